@@ -1,0 +1,18 @@
+"""The project's own error types.
+
+Every user-facing error is an `LmnbError` (a `ValueError`, so callers that catch
+`ValueError` keep working) whose message is one line saying what to change.
+"""
+from __future__ import annotations
+
+
+class LmnbError(ValueError):
+    """Bad input or an unusable configuration; the message says what to change."""
+
+
+class EngineError(RuntimeError):
+    """The runtime's engine thread failed; every waiting request receives this."""
+
+
+class RequestAborted(RuntimeError):
+    """A request was aborted before it finished (the partial output is kept)."""
