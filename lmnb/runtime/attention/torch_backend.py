@@ -1,0 +1,61 @@
+"""Reference attention in plain torch (CPU and GPU): the ground truth for the kernels.
+
+Decode gathers every request's K/V into a padded [bs, max_len] batch (one SDPA call per
+layer); extend runs one SDPA call per request, so nothing is padded where prompts differ.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmnb.runtime.attention.base import AttentionBackend
+from lmnb.runtime.forward_batch import ForwardBatch, Mode
+from lmnb.runtime.memory import KVPool
+
+
+class TorchBackend(AttentionBackend):
+    name = "torch"
+
+    def init_forward(self, batch: ForwardBatch) -> None:
+        rows = batch.req_to_token[batch.req_pool_indices].long()
+        if batch.mode is Mode.DECODE:
+            max_len = max(batch.seq_lens_cpu)
+            idx = rows[:, :max_len]
+            ar = torch.arange(max_len, device=idx.device)
+            valid = ar[None, :] < batch.seq_lens[:, None]
+            batch.attn_state = (idx, valid[:, None, None, :])
+        else:
+            batch.attn_state = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
+
+    def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        pool.store(layer, batch.out_cache_loc, k, v)
+        kbuf, vbuf = pool.k[layer], pool.v[layer]
+        if batch.mode is Mode.DECODE:
+            idx, mask = batch.attn_state
+            kk = kbuf[idx].transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
+            vv = vbuf[idx].transpose(1, 2).to(q.dtype)
+            o = self._sdpa(q[:, :, None, :], kk, vv, mask)
+            return o[:, :, 0, :]
+        out = torch.empty_like(q)
+        for i, idx in enumerate(batch.attn_state):
+            start = int(batch.extend_starts[i]) if q.is_cuda else sum(batch.extend_lens_cpu[:i])
+            ext, pre = batch.extend_lens_cpu[i], batch.prefix_lens_cpu[i]
+            qi = q[start : start + ext].transpose(0, 1)[None]          # [1, H, ext, D]
+            ki = kbuf[idx].transpose(0, 1)[None].to(q.dtype)           # [1, KVH, S, D]
+            vi = vbuf[idx].transpose(0, 1)[None].to(q.dtype)
+            if pre == 0:
+                oi = self._sdpa(qi, ki, vi, None, causal=True)
+            else:
+                rows = torch.arange(pre, pre + ext, device=q.device)[:, None]
+                cols = torch.arange(pre + ext, device=q.device)[None, :]
+                oi = self._sdpa(qi, ki, vi, (cols <= rows)[None, None])
+            out[start : start + ext] = oi[0].transpose(0, 1)
+        return out
+
+    def _sdpa(self, q, k, v, mask, causal: bool = False) -> torch.Tensor:
+        rep = self.num_heads // self.num_kv_heads
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=self.scale)

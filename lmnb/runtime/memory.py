@@ -1,0 +1,90 @@
+"""KV memory: a token-level slot allocator, the KV tensors, and the req_to_token table.
+
+Slot 0 is reserved as a padding target (kernels may write garbage there), so a pool of
+`size` usable slots has `size + 1` rows. The allocator is pure CPU bookkeeping; the
+tensors live on the model's device.
+"""
+from __future__ import annotations
+
+import torch
+
+from lmnb.errors import LmnbError
+
+
+class TokenSlotAllocator:
+    """Free list of KV slots 1..size. `alloc(n)` returns None when short (the caller
+    evicts from the radix cache and retries); `free` takes slots back."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise LmnbError(f"the KV pool needs at least 1 slot, got {size}")
+        self.size = size
+        self.clear()
+
+    def clear(self) -> None:
+        self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+        self._n_free = self.size
+
+    def available(self) -> int:
+        return self._n_free
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        if n > self._n_free:
+            return None
+        out = self._free[self._n_free - n : self._n_free].clone()
+        self._n_free -= n
+        return out
+
+    def free(self, slots: torch.Tensor) -> None:
+        n = slots.numel()
+        if n == 0:
+            return
+        if self._n_free + n > self.size:
+            raise RuntimeError("KV slot double free")
+        self._free[self._n_free : self._n_free + n] = slots.to(torch.int64)
+        self._n_free += n
+
+    def free_slots(self) -> torch.Tensor:
+        return self._free[: self._n_free]
+
+
+class KVPool:
+    """K and V buffers per layer, `[size + 1, kv_heads, head_dim]` each."""
+
+    def __init__(self, size: int, num_layers: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.size, self.dtype, self.device = size, dtype, device
+        self.allocator = TokenSlotAllocator(size)
+        shape = (size + 1, kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+    def store(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k[layer][loc] = k.to(self.dtype)
+        self.v[layer][loc] = v.to(self.dtype)
+
+
+class ReqToTokenPool:
+    """Row per running request: the KV slot of each of its token positions."""
+
+    def __init__(self, max_reqs: int, max_context: int, device: torch.device) -> None:
+        self.max_reqs, self.max_context = max_reqs, max_context
+        self.table = torch.zeros((max_reqs, max_context), dtype=torch.int32, device=device)
+        self._free = list(range(max_reqs - 1, -1, -1))
+
+    def available(self) -> int:
+        return len(self._free)
+
+    def alloc(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def free(self, idx: int) -> None:
+        self._free.append(idx)
+
+    def write(self, idx: int, start: int, slots: torch.Tensor) -> None:
+        if slots.numel():
+            self.table[idx, start : start + slots.numel()] = slots.to(self.table.device, torch.int32)
