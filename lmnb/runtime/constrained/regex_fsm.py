@@ -1,0 +1,258 @@
+"""Regex → deterministic byte-level automaton.
+
+interegular parses the (validated) pattern; from its syntax tree we build a
+Glushkov position automaton directly over UTF-8 bytes (each character class is
+an alternation of byte-range sequences, see `utf8.py`) and determinize it by
+subset construction. Working on bytes means tokens that end in the middle of a
+multi-byte character simply leave the automaton in a mid-character state.
+
+The result is a dense transition table `trans[state, byte]` with one extra
+absorbing `dead` row, so walks never branch on "no transition".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import interegular
+import numpy as np
+from interegular import patterns as ip
+
+from lmnb.errors import LmnbError
+from lmnb.runtime.constrained.regex_check import normalize_regex
+from lmnb.runtime.constrained.utf8 import char_ranges, utf8_sequences
+
+MAX_POSITIONS = 400_000
+MAX_STATES = 200_000
+_I = ip.REFlags.CASE_INSENSITIVE
+_S = ip.REFlags.SINGLE_LINE
+
+
+@dataclass(frozen=True, eq=False)
+class ByteFSM:
+    """A DFA over bytes. Row `dead` (the last one) maps every byte to itself.
+
+    `boundary[s]` is True when state `s` sits between two whole characters.
+    """
+
+    pattern: str
+    trans: np.ndarray  # int32 [n_states + 1, 256]
+    accepting: np.ndarray  # bool [n_states + 1]
+    boundary: np.ndarray  # bool [n_states + 1]
+    initial: int
+
+    @property
+    def dead(self) -> int:
+        return self.trans.shape[0] - 1
+
+    def step(self, state: int, data: bytes) -> int:
+        """The state after reading `data` (`dead` if it leaves the language)."""
+        trans = self.trans
+        for b in data:
+            state = int(trans[state, b])
+        return state
+
+    def matches(self, data: bytes) -> bool:
+        return bool(self.accepting[self.step(self.initial, data)])
+
+
+def compile_regex(pattern: str) -> ByteFSM:
+    """Compile `pattern` (Python `re` syntax, full-match semantics) or raise LmnbError."""
+    norm = normalize_regex(pattern)
+    try:
+        tree = interegular.parse_pattern(norm)
+    except (ip.Unsupported, ip.InvalidSyntax, NotImplementedError) as e:
+        raise LmnbError(f"regex {pattern!r} is not supported in constrained decoding: {e}") from None
+    g = _Glushkov()
+    nullable, first, last = g.build(tree, ip.REFlags(0))
+    fsm = g.determinize(pattern, nullable, first, last)
+    if fsm.initial == fsm.dead:
+        raise LmnbError(f"regex {pattern!r} matches no string; fix the pattern")
+    return fsm
+
+
+@lru_cache(maxsize=4096)
+def _class_sequences(chars: frozenset[str], negated: bool) -> tuple[tuple[int, ...], ...]:
+    """Byte masks (256-bit ints) per byte of each UTF-8 sequence of a character class."""
+    seqs = utf8_sequences(char_ranges(chars, negated))
+    return tuple(tuple(((1 << (hi + 1)) - (1 << lo)) for lo, hi in seq) for seq in seqs)
+
+
+@lru_cache(maxsize=8192)
+def _mask_bytes(mask: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(mask.to_bytes(32, "little"), np.uint8), bitorder="little")
+    return np.flatnonzero(bits)
+
+
+Part = tuple[bool, set, set]  # nullable, first positions, last positions
+
+
+class _Glushkov:
+    def __init__(self) -> None:
+        self.masks: list[int] = []
+        self.follow: list[set[int]] = []
+        self.is_end: list[bool] = []
+        self.saw_empty_class = False
+
+    def build(self, node, flags) -> Part:
+        if isinstance(node, ip.Pattern):
+            return self._alternation(node, ip._combine_flags(flags, node.added_flags, node.removed_flags))
+        if isinstance(node, ip._Concatenation):
+            return self._concat([lambda p=p: self.build(p, flags) for p in node.parts])
+        if isinstance(node, ip._Repeated):
+            return self._repeat(node, flags)
+        if isinstance(node, ip._CharGroup):
+            return self._chars(node.chars, node.negated, flags)
+        if node is ip._DOT:
+            return self._chars(frozenset() if flags & _S else frozenset("\n"), True, flags)
+        if node is ip._EMPTY:
+            return True, set(), set()
+        raise LmnbError(f"regex construct {type(node).__name__} is not supported; rewrite the pattern")
+
+    def _alternation(self, node, flags) -> Part:
+        nullable, first, last = False, set(), set()
+        for option in node.options:
+            n, f, l = self.build(option, flags)
+            nullable, first, last = nullable or n, first | f, last | l
+        return nullable, first, last
+
+    def _concat(self, builders) -> Part:
+        nullable, first, last = True, set(), set()
+        for build in builders:
+            n, f, l = build()
+            for p in last:
+                self.follow[p] |= f
+            if nullable:
+                first = first | f
+            last = (last | l) if n else l
+            nullable = nullable and n
+        return nullable, first, last
+
+    def _repeat(self, node, flags) -> Part:
+        lo, hi = node.min, node.max
+        unit = lambda: self.build(node.base, flags)  # noqa: E731  (fresh positions per copy)
+        parts = [unit] * max(lo - 1, 0)
+        if hi is None:
+            parts.append(lambda: self._loop(unit(), optional=lo == 0))
+        else:
+            if lo >= 1:
+                parts.append(unit)
+            parts.append(lambda: self._optional_chain(unit, hi - lo))
+        return self._concat(parts)
+
+    def _loop(self, part: Part, optional: bool) -> Part:
+        n, f, l = part
+        for p in l:
+            self.follow[p] |= f
+        return n or optional, f, l
+
+    def _optional_chain(self, unit, count: int) -> Part:
+        """(x(x(x)?)?)? — nested so the determinized states stay small."""
+        copies = [unit() for _ in range(count)]
+        rest: Part = (True, set(), set())
+        for n, f, l in reversed(copies):
+            for p in l:
+                self.follow[p] |= rest[1]
+            rest = (True, f | (rest[1] if n else set()), l | rest[2])
+        return rest
+
+    def _chars(self, chars: frozenset[str], negated: bool, flags) -> Part:
+        if flags & _I:
+            chars = frozenset({*chars, *(c.lower() for c in chars), *(c.upper() for c in chars)})
+            chars = frozenset(c for c in chars if len(c) == 1)
+        first, last = set(), set()
+        seqs = _class_sequences(chars, negated)
+        if not seqs:
+            self.saw_empty_class = True
+        for seq in seqs:
+            prev = -1
+            for k, mask in enumerate(seq):
+                pos = self._new_position(mask, k == len(seq) - 1)
+                if prev < 0:
+                    first.add(pos)
+                else:
+                    self.follow[prev].add(pos)
+                prev = pos
+            last.add(prev)
+        return False, first, last
+
+    def _new_position(self, mask: int, is_end: bool) -> int:
+        if len(self.masks) >= MAX_POSITIONS:
+            raise LmnbError("regex is too large for constrained decoding; lower its repetition bounds")
+        self.masks.append(mask)
+        self.follow.append(set())
+        self.is_end.append(is_end)
+        return len(self.masks) - 1
+
+    def determinize(self, pattern: str, nullable: bool, first: set, last: set) -> ByteFSM:
+        start = self._new_position(0, True)
+        self.follow[start] = first
+        finals = last | ({start} if nullable else set())
+        ids: dict[frozenset, int] = {frozenset((start,)): 0}
+        order = [frozenset((start,))]
+        rows: list[np.ndarray] = []
+        for s in order:  # grows while we iterate
+            row = np.full(256, -1, np.int32)
+            for mask, targets in self._split(s):
+                key = frozenset(targets)
+                tid = ids.get(key)
+                if tid is None:
+                    tid = ids[key] = len(order)
+                    order.append(key)
+                    if tid >= MAX_STATES:
+                        raise LmnbError("regex is too large for constrained decoding; simplify it")
+                row[_mask_bytes(mask)] = tid
+            rows.append(row)
+        n = len(order)
+        trans = np.vstack(rows + [np.full(256, n, np.int32)])
+        trans[trans < 0] = n
+        accepting = np.array([not finals.isdisjoint(s) for s in order] + [False])
+        boundary = np.array([all(self.is_end[p] for p in s) for s in order] + [True])
+        if self.saw_empty_class:
+            _prune_dead(trans, accepting)
+        return ByteFSM(pattern, trans, accepting, boundary, 0)
+
+    def _split(self, state: frozenset) -> list[tuple[int, list[int]]]:
+        """Partition the bytes by which next positions they reach from `state`."""
+        follow, masks = self.follow, self.masks
+        if len(state) == 1:
+            cands = follow[next(iter(state))]
+        else:
+            cands = set().union(*(follow[q] for q in state))
+        pieces: list[tuple[int, list[int]]] = []
+        for p in cands:
+            m = masks[p]
+            new = []
+            for pm, ps in pieces:
+                inter = pm & m
+                if inter:
+                    new.append((inter, ps + [p]))
+                    if pm != inter:
+                        new.append((pm & ~m, ps))
+                    m &= ~pm
+                else:
+                    new.append((pm, ps))
+            if m:
+                new.append((m, [p]))
+            pieces = new
+        return pieces
+
+
+def _prune_dead(trans: np.ndarray, accepting: np.ndarray) -> None:
+    """Send transitions into states that cannot reach acceptance to `dead` (in place)."""
+    dead = trans.shape[0] - 1
+    src = np.repeat(np.arange(dead + 1), 256)
+    edges = np.unique(src * (dead + 1) + trans.ravel())
+    preds: dict[int, list[int]] = {}
+    for e in edges.tolist():
+        preds.setdefault(e % (dead + 1), []).append(e // (dead + 1))
+    live = set(np.flatnonzero(accepting).tolist())
+    stack = list(live)
+    while stack:
+        for p in preds.get(stack.pop(), ()):
+            if p not in live:
+                live.add(p)
+                stack.append(p)
+    is_live = np.zeros(dead + 1, bool)
+    is_live[list(live)] = True
+    trans[~is_live[trans]] = dead
