@@ -1,0 +1,302 @@
+"""Triton kernels for attention over the token-level KV pool.
+
+Every K/V row is found through `req_to_token[req_pool_indices[b], pos]`, so the slots of
+one request may lie anywhere in the pool. Softmax runs in base 2 (`scale * log2(e)` is
+folded into the logits) with fp32 accumulation; fp32 inputs use IEEE dots so the fp32
+tests can be tight.
+
+- `store_kv`: one launch writes this step's K and V rows at `out_cache_loc`.
+- `extend_attention`: queries of the new tokens of each request attend to its cached
+  prefix plus the new tokens, causally. The new slots are already in `req_to_token` and
+  already stored, so one loop over key positions covers both; only key blocks that cross
+  the diagonal pay for the causal mask.
+- `decode_attention`: one query per request, split-K (flash decoding): the context is cut
+  into `num_splits` ranges computed in parallel, each leaving a partial output and its
+  log-sum-exp, then a second kernel merges them. One program serves all query heads of a
+  KV head (GQA), so K/V are read once per group. `num_splits == 1` writes the output
+  directly and skips the merge.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ---------------------------------------------------------------------------- store
+
+@triton.jit
+def _store_kv_kernel(K, V, KBuf, VBuf, Loc, stride_kt, stride_kh, stride_vt, stride_vh,
+                     stride_bt, stride_bh, num_heads, head_dim,
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0)
+    slot = tl.load(Loc + t).to(tl.int64)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_h[:, None] < num_heads) & (offs_d[None, :] < head_dim)
+    src_k = K + t.to(tl.int64) * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :]
+    src_v = V + t.to(tl.int64) * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
+    dst = slot * stride_bt + offs_h[:, None] * stride_bh + offs_d[None, :]
+    tl.store(KBuf + dst, tl.load(src_k, mask=mask).to(KBuf.dtype.element_ty), mask=mask)
+    tl.store(VBuf + dst, tl.load(src_v, mask=mask).to(VBuf.dtype.element_ty), mask=mask)
+
+
+def store_kv(k_buf: torch.Tensor, v_buf: torch.Tensor, loc: torch.Tensor,
+             k: torch.Tensor, v: torch.Tensor) -> None:
+    """k_buf[loc] = k; v_buf[loc] = v (cast to the pool dtype), one launch."""
+    t, h, d = k.shape
+    if t == 0:
+        return
+    k, v = _last_dim_contiguous(k), _last_dim_contiguous(v)
+    _store_kv_kernel[(t,)](
+        k, v, k_buf, v_buf, loc, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_buf.stride(0), k_buf.stride(1), h, d,
+        BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d), num_warps=2,
+    )
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+# ---------------------------------------------------------------------------- extend
+
+@triton.jit
+def _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos, offs_d, mask_d,
+                  stride_kt, stride_kh, stride_vt, stride_vh, sm_scale_log2,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One online-softmax step over key positions n0 .. n0+BLOCK_N of one request."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < kv_end
+    slots = tl.load(kv_row + offs_n, mask=mask_n, other=0).to(tl.int64)
+    k = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
+                mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+    qk = tl.dot(q, k.to(q.dtype), input_precision=DOT_PREC) * sm_scale_log2
+    keep = mask_n[None, :]
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= q_pos[:, None])
+    qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, ExtendStarts,
+                   sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
+                   stride_vh, stride_ot, stride_oh, stride_r2t, head_dim,
+                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    mb = tl.program_id(2)
+    kvh = h // GROUP
+    ext = tl.load(ExtendLens + b).to(tl.int32)
+    pre = tl.load(PrefixLens + b).to(tl.int32)
+    q_start = tl.load(ExtendStarts + b).to(tl.int64)
+    kv_row = ReqToToken + tl.load(ReqPoolIdx + b).to(tl.int64) * stride_r2t
+
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < ext
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    q = tl.load(Q + (q_start + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q_pos = pre + offs_m
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # blocks past this request's new tokens do no work (kv_end = 0) and store nothing
+    kv_end = tl.where(mb * BLOCK_M < ext, tl.minimum(pre + ext, pre + (mb + 1) * BLOCK_M), 0)
+    # keys every row of this block may see: no causal mask needed
+    full_end = tl.minimum(pre + mb * BLOCK_M, kv_end)
+    full_end_aligned = (full_end // BLOCK_N) * BLOCK_N
+    for n0 in range(0, full_end_aligned, BLOCK_N):
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos,
+                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, sm_scale_log2, BLOCK_N, False, DOT_PREC)
+    for n0 in range(full_end_aligned, kv_end, BLOCK_N):
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos,
+                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, sm_scale_log2, BLOCK_N, True, DOT_PREC)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(O + (q_start + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int) -> dict:
+    """Block shapes for the extend kernel; smaller for fp32 (shared memory) and for short
+    extends (a 128-row block over 5 new tokens wastes most of its work)."""
+    wide = dtype == torch.float32 or head_dim > 128
+    block_m = 64 if (wide or max_extend <= 64) else 128
+    block_n = 32 if wide else 64
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4 if block_m == 64 else 8,
+                num_stages=2)
+
+
+def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                     o: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
+                     prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
+                     extend_starts: torch.Tensor, max_extend: int, scale: float,
+                     config: dict | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens over prefix + new tokens, all read through
+    req_to_token (the new K/V must already be stored). q, o: [T, H, D]."""
+    bs = req_pool_indices.numel()
+    if bs == 0 or max_extend == 0:
+        return o
+    t, h, d = q.shape
+    kvh = k_buf.shape[1]
+    cfg = dict(config or extend_config(d, q.dtype, max_extend))
+    grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
+    q = _last_dim_contiguous(q)
+    _extend_kernel[grid](
+        q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens,
+        extend_starts, scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0),
+        k_buf.stride(1), v_buf.stride(0), v_buf.stride(1), o.stride(0), o.stride(1),
+        req_to_token.stride(0), d, GROUP=h // kvh, BLOCK_D=triton.next_power_of_2(d),
+        DOT_PREC=_dot_precision(q.dtype), **cfg,
+    )
+    return o
+
+
+# ---------------------------------------------------------------------------- decode
+
+@triton.jit
+def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens,
+                         sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh,
+                         stride_vt, stride_vh, stride_ot, stride_oh, stride_mb, stride_mh,
+                         stride_ms, stride_lb, stride_lh, stride_r2t, num_splits, head_dim,
+                         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PREC: tl.constexpr):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    seq_len = tl.load(SeqLens + b).to(tl.int32)
+    kv_row = ReqToToken + tl.load(ReqPoolIdx + b).to(tl.int64) * stride_r2t
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = s * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    offs_g = tl.arange(0, BLOCK_H)
+    heads = kvh * GROUP + offs_g
+    mask_h = offs_g < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    q = tl.load(Q + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, end, heads,
+                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, sm_scale_log2, BLOCK_N, False, DOT_PREC)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    mask_o = mask_h[:, None] & mask_d[None, :]
+    if DIRECT:
+        tl.store(O + b.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=mask_o)
+    else:
+        # an empty split leaves lse = -inf, which the merge weighs as zero
+        lse = tl.where(l_i > 0, m_i + tl.log2(l_i), float("-inf"))
+        tl.store(MidO + b.to(tl.int64) * stride_mb + heads[:, None] * stride_mh
+                 + s * stride_ms + offs_d[None, :], out, mask=mask_o)
+        tl.store(MidLse + b.to(tl.int64) * stride_lb + heads * stride_lh + s, lse, mask=mask_h)
+
+
+@triton.jit
+def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, stride_mh,
+                         stride_ms, stride_lb, stride_lh, num_splits, head_dim,
+                         BLOCK_D: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    m = -1e30  # finite start: an all-empty row (seq_len 0, e.g. graph padding) gives zeros
+    l = 0.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for s in range(0, num_splits):
+        lse = tl.load(MidLse + b * stride_lb + h * stride_lh + s)
+        o_s = tl.load(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d,
+                      mask=mask_d, other=0.0)
+        m_new = tl.maximum(m, lse)
+        alpha = tl.exp2(m - m_new)
+        w = tl.exp2(lse - m_new)
+        acc = acc * alpha + w * o_s
+        l = l * alpha + w
+        m = m_new
+    out = acc / tl.where(l > 0, l, 1.0)
+    tl.store(O + b * stride_ot + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
+
+
+DECODE_BLOCK_N = 64
+
+
+def decode_num_splits(bs: int, num_kv_heads: int, max_len: int, num_sms: int,
+                      max_splits: int = 64, min_tokens: int = 2 * DECODE_BLOCK_N) -> int:
+    """Enough splits for about two programs per SM, none shorter than `min_tokens`."""
+    want = math.ceil(2 * num_sms / max(1, bs * num_kv_heads))
+    cap = math.ceil(max_len / min_tokens)
+    return max(1, min(want, cap, max_splits))
+
+
+def decode_buffers(bs: int, num_heads: int, num_splits: int, head_dim: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 partial outputs [bs, H, splits, D] and log-sum-exps [bs, H, splits]."""
+    mid_o = torch.empty((bs, num_heads, num_splits, head_dim), dtype=torch.float32, device=device)
+    mid_lse = torch.empty((bs, num_heads, num_splits), dtype=torch.float32, device=device)
+    return mid_o, mid_lse
+
+
+def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                     o: torch.Tensor, req_to_token: torch.Tensor,
+                     req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                     num_splits: int, mid_o: torch.Tensor | None = None,
+                     mid_lse: torch.Tensor | None = None, block_n: int = DECODE_BLOCK_N,
+                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """One query per request over its whole context. q, o: [bs, H, D]. With
+    num_splits > 1, mid_o / mid_lse (see `decode_buffers`, at least bs x H x splits) hold
+    the partial results; no host sync happens here."""
+    bs, h, d = q.shape
+    if bs == 0:
+        return o
+    kvh = k_buf.shape[1]
+    group = h // kvh
+    direct = num_splits == 1
+    if direct:
+        mid_o = mid_lse = o  # unused by the kernel; any tensor satisfies the signature
+    elif mid_o is None or mid_lse is None:
+        mid_o, mid_lse = decode_buffers(bs, h, num_splits, d, q.device)
+    q = _last_dim_contiguous(q)
+    block_d = triton.next_power_of_2(d)
+    _decode_split_kernel[(bs, kvh, num_splits)](
+        q, k_buf, v_buf, o, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
+        scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
+        v_buf.stride(0), v_buf.stride(1), o.stride(0), o.stride(1),
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2) if not direct else 0,
+        mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
+        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if not direct:
+        _decode_merge_kernel[(bs, h)](
+            o, mid_o, mid_lse, o.stride(0), o.stride(1), mid_o.stride(0), mid_o.stride(1),
+            mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), num_splits, d,
+            BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
+        )
+    return o
