@@ -74,7 +74,7 @@ class _Scanner:
             elif self.in_class:
                 if p[i] == "]" and i > self.class_start:
                     self.in_class = False
-                self.out.append(p[i])
+                self.out.append("\\]" if p[i] == "]" and self.in_class else p[i])
                 i += 1
             else:
                 i = self._outside(i)
@@ -85,7 +85,7 @@ class _Scanner:
         if c == "[":
             self.in_class = True
             j = i + 1 + (p.startswith("^", i + 1))
-            self.class_start = j + 1  # a ']' right after '[' or '[^' is literal
+            self.class_start = j  # a "]" right after "[" or "[^" is literal
             self.out.append(p[i:j])
             return j
         if c == "(" and p.startswith("(?", i):

@@ -208,9 +208,10 @@ class _Glushkov:
         trans[trans < 0] = n
         accepting = np.array([not finals.isdisjoint(s) for s in order] + [False])
         boundary = np.array([all(self.is_end[p] for p in s) for s in order] + [True])
-        if self.saw_empty_class:
-            _prune_dead(trans, accepting)
-        return ByteFSM(pattern, trans, accepting, boundary, 0)
+        initial = 0
+        if self.saw_empty_class and not _prune_dead(trans, accepting)[0]:
+            initial = n
+        return ByteFSM(pattern, trans, accepting, boundary, initial)
 
     def _split(self, state: frozenset) -> list[tuple[int, list[int]]]:
         """Partition the bytes by which next positions they reach from `state`."""
@@ -238,8 +239,10 @@ class _Glushkov:
         return pieces
 
 
-def _prune_dead(trans: np.ndarray, accepting: np.ndarray) -> None:
-    """Send transitions into states that cannot reach acceptance to `dead` (in place)."""
+def _prune_dead(trans: np.ndarray, accepting: np.ndarray) -> np.ndarray:
+    """Send transitions into states that cannot reach acceptance to `dead` (in place).
+
+    Returns which states are live."""
     dead = trans.shape[0] - 1
     src = np.repeat(np.arange(dead + 1), 256)
     edges = np.unique(src * (dead + 1) + trans.ravel())
@@ -256,3 +259,4 @@ def _prune_dead(trans: np.ndarray, accepting: np.ndarray) -> None:
     is_live = np.zeros(dead + 1, bool)
     is_live[list(live)] = True
     trans[~is_live[trans]] = dead
+    return is_live
