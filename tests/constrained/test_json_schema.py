@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal, Optional
+from typing import Literal
 
 import jsonschema
 import pytest
@@ -53,7 +53,7 @@ class Person(BaseModel):
     name: str = Field(max_length=20)
     age: int = Field(ge=0, le=150)
     role: Literal["admin", "user"]
-    email: Optional[str] = None
+    email: str | None = None
     addresses: list[Address] = Field(max_length=2)
 
 

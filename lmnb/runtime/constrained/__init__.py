@@ -17,11 +17,21 @@ from lmnb.runtime.constrained.dtypes import (
 )
 from lmnb.runtime.constrained.guide import GrammarBackend, Guide, GuideCursor
 from lmnb.runtime.constrained.json_schema import build_regex_from_schema
-from lmnb.runtime.constrained.regex_fsm import ByteFSM, compile_regex
 from lmnb.runtime.constrained.regex_check import normalize_regex
+from lmnb.runtime.constrained.regex_fsm import ByteFSM, compile_regex
 
 __all__ = [
-    "GrammarBackend", "Guide", "GuideCursor", "ByteFSM", "compile_regex", "normalize_regex",
-    "build_regex_from_schema", "regex_for_dtype", "parse_value",
-    "REGEX_INT", "REGEX_FLOAT", "REGEX_BOOL", "REGEX_STR",
+    "REGEX_BOOL",
+    "REGEX_FLOAT",
+    "REGEX_INT",
+    "REGEX_STR",
+    "ByteFSM",
+    "GrammarBackend",
+    "Guide",
+    "GuideCursor",
+    "build_regex_from_schema",
+    "compile_regex",
+    "normalize_regex",
+    "parse_value",
+    "regex_for_dtype",
 ]

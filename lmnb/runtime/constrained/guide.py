@@ -9,7 +9,8 @@ pattern reuses those tensors. Masks are read-only and shared: never modify one.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class Guide:
 class GuideCursor:
     """A request's position in a `Guide` (see `interface.GuideCursor` for the protocol)."""
 
-    __slots__ = ("guide", "state", "eos_seen")
+    __slots__ = ("eos_seen", "guide", "state")
 
     def __init__(self, guide: Guide):
         self.guide = guide

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, Union
+from typing import Any
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained import json_terminals as T
 
-Whitespace = Union[Literal["compact", "flexible"], str]
+Whitespace = str  # "compact", "flexible" or a regex used between JSON tokens
 FLEXIBLE_WS = r"[ \t\n]{0,16}"
 ANY_DEPTH = 2  # nesting depth of values a schema leaves unconstrained
 
@@ -162,7 +162,7 @@ class _Converter:
 
     def _integer(self, s: dict, path: str, refs) -> str:
         lo, hi = _bounds(s)
-        to_int = lambda v, up: None if v is None else int(-(-v // 1) if up else v // 1)  # noqa: E731
+        to_int = lambda v, up: None if v is None else int(-(-v // 1) if up else v // 1)
         return T.integer_range(to_int(lo, True), to_int(hi, False))
 
     def _number(self, s: dict, path: str, refs) -> str:
@@ -264,8 +264,7 @@ class _Converter:
 
 
 def _unanchor(pattern: str) -> str:
-    if pattern.startswith("^"):
-        pattern = pattern[1:]
+    pattern = pattern.removeprefix("^")
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1]
     return pattern

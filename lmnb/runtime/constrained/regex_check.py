@@ -127,7 +127,7 @@ class _Scanner:
             return p.index(")", i) + 1  # comment: drop it
         m = _FLAGS.match(p, i)
         if m and m.group(1) and set(m.group(1)) - set("imsu"):
-            bad = sorted(set(m.group(1)) - set("imsu"))[0]
+            bad = min(set(m.group(1)) - set("imsu"))
             raise _unsupported(p, i, f"inline flag (?{bad})")
         self.out.append("(?")
         return i + 2
