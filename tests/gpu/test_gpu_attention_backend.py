@@ -71,15 +71,22 @@ def test_triton_backend_matches_torch_backend(bs, group, head_dim, dtype):
     dtype = usable(dtype)
     if INTERPRET and bs > 17:
         pytest.skip("too slow for the interpreter")
+    check_against_torch_backend(TritonBackend, bs, group, head_dim, dtype)
+
+
+def check_against_torch_backend(backend_cls, bs, group, head_dim, dtype, prefixes=None):
+    """An extend step over mixed cached prefixes (0, 1, 37, 500), then 3 decode steps, on
+    two layers; `backend_cls` and the torch backend each own a copy of the pool."""
     rng = random.Random(bs * group)
-    prefixes = [rng.choice([0, 1, 37, 500]) for _ in range(bs)]
+    if prefixes is None:
+        prefixes = [rng.choice([0, 1, 37, 500]) for _ in range(bs)]
     exts = [rng.randint(1, 100) for _ in range(bs)]
     kvh = 2
     h = kvh * group
     case = make_case(prefixes, exts, h, kvh, head_dim, dtype, seed=bs, num_layers=LAYERS)
     pools = [case.pool, _clone_pool(case.pool)]
     backends = [TorchBackend(h, kvh, head_dim, case.scale),
-                TritonBackend(h, kvh, head_dim, case.scale)]
+                backend_cls(h, kvh, head_dim, case.scale)]
     g = torch.Generator().manual_seed(bs + 1)
     errs = [_step(backends, pools, case.batch, h, kvh, head_dim, dtype, g)]
     seq = [p + e for p, e in zip(prefixes, exts)]
@@ -95,6 +102,7 @@ def test_triton_backend_matches_torch_backend(bs, group, head_dim, dtype):
         # the torch backend rounds to the model dtype too, so allow both roundings
         assert vs_torch < 2 * REL_TOL[dtype], errs
         assert vs_ref < REL_TOL[dtype], errs
+    return errs
 
 
 def _slots_in_use(case, seq_lens):
