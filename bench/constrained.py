@@ -116,10 +116,9 @@ def bench_schema(backend, name: str, schema: dict, repeats: int) -> dict:
 
 
 def environment() -> dict:
-    import interegular  # noqa: F401
-    import torch
-
     from importlib.metadata import version
+
+    import torch
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=False).stdout.strip()
