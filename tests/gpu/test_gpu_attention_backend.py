@@ -7,18 +7,25 @@ import random
 
 import pytest
 import torch
-
-from gpu_common import (DEVICE, INTERPRET, REL_TOL, make_case, needs_gpu_or_interpreter,
-                        ref_attention, rel_err, usable)
+from gpu_common import (
+    DEVICE,
+    INTERPRET,
+    REL_TOL,
+    make_case,
+    needs_gpu_or_interpreter,
+    ref_attention,
+    rel_err,
+    usable,
+)
 
 needs_gpu_or_interpreter()
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime.attention import create_backend  # noqa: E402
-from lmnb.runtime.attention.torch_backend import TorchBackend  # noqa: E402
-from lmnb.runtime.attention.triton_backend import TritonBackend  # noqa: E402
-from lmnb.runtime.forward_batch import ForwardBatch, Mode  # noqa: E402
-from lmnb.runtime.memory import KVPool  # noqa: E402
+from lmnb.runtime.attention import create_backend
+from lmnb.runtime.attention.torch_backend import TorchBackend
+from lmnb.runtime.attention.triton_backend import TritonBackend
+from lmnb.runtime.forward_batch import ForwardBatch, Mode
+from lmnb.runtime.memory import KVPool
 
 LAYERS = 2
 

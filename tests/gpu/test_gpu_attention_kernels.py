@@ -5,15 +5,21 @@ import random
 
 import pytest
 import torch
-
-from gpu_common import (INTERPRET, REL_TOL, needs_gpu_or_interpreter, make_case, ref_attention,
-                        rel_err, usable)
+from gpu_common import (
+    INTERPRET,
+    REL_TOL,
+    make_case,
+    needs_gpu_or_interpreter,
+    ref_attention,
+    rel_err,
+    usable,
+)
 
 needs_gpu_or_interpreter()
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime.attention import triton_kernels as tk  # noqa: E402
-from lmnb.runtime.forward_batch import Mode  # noqa: E402
+from lmnb.runtime.attention import triton_kernels as tk
+from lmnb.runtime.forward_batch import Mode
 
 BATCHES = (1, 3, 17, 64)
 GROUPS = (1, 3, 4, 8)
@@ -150,5 +156,5 @@ def test_extend_block_shapes(block_m, block_n):
     dtype = torch.float16
     case = make_case([63, 64, 65, 0], [65, 64, 1, 129], 4, 4, 64, dtype, seed=block_m + block_n)
     ref = _store_and_ref(case)
-    cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2)
+    cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 2}
     assert rel_err(_run_extend(case, cfg), ref) < REL_TOL[dtype]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gpu_common import DEVICE, needs_gpu_or_interpreter
 
 needs_gpu_or_interpreter()
@@ -14,9 +13,10 @@ if DEVICE.type != "cuda":
 pytest.importorskip("flashinfer")
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime.attention import create_backend  # noqa: E402
-from lmnb.runtime.attention.flashinfer_backend import FlashInferBackend  # noqa: E402
-from test_gpu_attention_backend import check_against_torch_backend  # noqa: E402
+from test_gpu_attention_backend import check_against_torch_backend
+
+from lmnb.runtime.attention import create_backend
+from lmnb.runtime.attention.flashinfer_backend import FlashInferBackend
 
 
 @pytest.mark.parametrize("bs,group", [(1, 1), (3, 3), (17, 4), (64, 8)])

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gpu_common import DEVICE, REL_TOL, needs_gpu_or_interpreter, rel_err, usable
 
 needs_gpu_or_interpreter()
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime import kernels  # noqa: E402
-from lmnb.runtime.kernels.activation import silu_and_mul_triton  # noqa: E402
-from lmnb.runtime.kernels.norm import add_rms_norm_triton, rms_norm_triton  # noqa: E402
-from lmnb.runtime.kernels.reference import (add_rms_norm_ref, rms_norm_ref, rotary_ref,  # noqa: E402
-                                            silu_and_mul_ref)
-from lmnb.runtime.kernels.rotary import rotary_triton  # noqa: E402
+from lmnb.runtime import kernels
+from lmnb.runtime.kernels.activation import silu_and_mul_triton
+from lmnb.runtime.kernels.norm import add_rms_norm_triton, rms_norm_triton
+from lmnb.runtime.kernels.reference import (
+    add_rms_norm_ref,
+    rms_norm_ref,
+    rotary_ref,
+    silu_and_mul_ref,
+)
+from lmnb.runtime.kernels.rotary import rotary_triton
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 

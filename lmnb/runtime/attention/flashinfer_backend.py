@@ -29,7 +29,7 @@ from lmnb.runtime.memory import KVPool
 
 try:
     import flashinfer
-except Exception as e:  # ImportError, or a broken install failing at import
+except Exception as e:  # noqa: BLE001 - ImportError, or a broken install failing at import
     raise LmnbError(f"attention='flashinfer' needs the flashinfer-python package ({e}); "
                     "use attention='triton' or 'torch'") from None
 
@@ -112,7 +112,7 @@ class FlashInferBackend(AttentionBackend):
             return wrapper
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         bs = plan.qo_indptr.numel() - 1
-        common = dict(q_data_type=dtype, kv_data_type=kv_dtype, sm_scale=self.scale)
+        common = {"q_data_type": dtype, "kv_data_type": kv_dtype, "sm_scale": self.scale}
         if plan.kind == "ragged":
             wrapper.plan(plan.qo_indptr, plan.kv_indptr, h, kvh, d, causal=True, **common)
         elif plan.kind == "paged_prefill":

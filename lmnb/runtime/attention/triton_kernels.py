@@ -144,8 +144,8 @@ def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int) -> dict:
     wide = dtype == torch.float32 or head_dim > 128
     block_m = 64 if (wide or max_extend <= 64) else 128
     block_n = 32 if wide else 64
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4 if block_m == 64 else 8,
-                num_stages=2)
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 4 if block_m == 64 else 8,
+            "num_stages": 2}
 
 
 def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
@@ -158,7 +158,7 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     bs = req_pool_indices.numel()
     if bs == 0 or max_extend == 0:
         return o
-    t, h, d = q.shape
+    _, h, d = q.shape
     kvh = k_buf.shape[1]
     cfg = dict(config or extend_config(d, q.dtype, max_extend))
     grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
@@ -229,7 +229,7 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
     m = -1e30  # finite start: an all-empty row (seq_len 0, e.g. graph padding) gives zeros
     l = 0.0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for s in range(0, num_splits):
+    for s in range(num_splits):
         lse = tl.load(MidLse + b * stride_lb + h * stride_lh + s)
         o_s = tl.load(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d,
                       mask=mask_d, other=0.0)

@@ -16,11 +16,24 @@ from functools import lru_cache
 
 import torch
 
-from lmnb.runtime.kernels.reference import (add_rms_norm_ref, rms_norm_ref, rotary_ref,
-                                            silu_and_mul_ref)
+from lmnb.runtime.kernels.reference import (
+    add_rms_norm_ref,
+    rms_norm_ref,
+    rotary_ref,
+    silu_and_mul_ref,
+)
 
-__all__ = ["rms_norm", "add_rms_norm", "rotary", "silu_and_mul", "rms_norm_ref",
-           "add_rms_norm_ref", "rotary_ref", "silu_and_mul_ref", "triton_usable"]
+__all__ = [
+    "add_rms_norm",
+    "add_rms_norm_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "rotary",
+    "rotary_ref",
+    "silu_and_mul",
+    "silu_and_mul_ref",
+    "triton_usable",
+]
 
 
 @lru_cache(maxsize=1)
