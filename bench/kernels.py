@@ -34,6 +34,9 @@ DECODE = [(1, 1024), (1, 8192), (1, 32768), (8, 4096), (32, 2048), (64, 1024), (
           (128, 2048)]
 EXTEND = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128)]  # (bs, prefix, ext)
 TUNE = [(1, 8192), (1, 32768), (8, 4096), (64, 4096)]
+DECODE_CONFIGS = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2)]
+EXTEND_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+                  (128, 128, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3)]
 
 
 def bench_ms(fn) -> float:
@@ -135,16 +138,45 @@ def run_tune(rows):
         ref = torch.empty_like(q)
         tk.decode_attention(*args, ref, batch.req_to_token, batch.req_pool_indices,
                             batch.seq_lens, D ** -0.5, default)
-        for splits in sorted({max(1, default // 4), max(1, default // 2), default, 2 * default}):
-            for block_n, warps in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)):
+        for splits in sorted({max(1, default // 2), default, 2 * default, 4 * default}):
+            for block_n, warps, stages in DECODE_CONFIGS:
                 o = torch.empty_like(q)
                 ms = bench_ms(functools.partial(
                     tk.decode_attention, *args, o, batch.req_to_token, batch.req_pool_indices,
-                    batch.seq_lens, D ** -0.5, splits, block_n=block_n, num_warps=warps))
+                    batch.seq_lens, D ** -0.5, splits, block_n=block_n, num_warps=warps,
+                    num_stages=stages))
                 err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
                 emit(rows, "decode_tune", bs=bs, ctx=ctx, splits=splits, default=default,
-                     block_n=block_n, warps=warps, us=ms * 1e3,
+                     block_n=block_n, warps=warps, stages=stages, us=ms * 1e3,
                      GBps=2 * bs * ctx * KVH * D * 2 / ms / 1e6, err=err)
+        del pool, batch
+        torch.cuda.empty_cache()
+
+
+def run_tune_extend(rows):
+    """Block shapes of the extend kernel around the default."""
+    from lmnb.runtime.attention import triton_kernels as tk
+    for bs, prefix, ext in EXTEND[:3]:
+        pool, batch, (q, _, _) = make_step(Mode.EXTEND, bs, prefix, ext)
+        args = (q, pool.k[0], pool.v[0])
+        rest = (batch.req_to_token, batch.req_pool_indices, batch.prefix_lens,
+                batch.extend_lens, batch.extend_starts, ext, D ** -0.5)
+        ref = tk.extend_attention(*args, torch.empty_like(q), *rest)
+        default = tk.extend_config(D, DTYPE, ext)
+        flops = 4 * D * H * bs * (ext * prefix + ext * (ext + 1) / 2)
+        for bm, bn, warps, stages in EXTEND_CONFIGS:
+            cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+            o = torch.empty_like(q)
+            try:
+                ms = bench_ms(functools.partial(tk.extend_attention, *args, o, *rest, cfg))
+            except Exception as e:  # noqa: BLE001 - e.g. out of shared memory: report it
+                emit(rows, "extend_tune", bs=bs, prefix=prefix, ext=ext, cfg=str(cfg),
+                     error=type(e).__name__)
+                continue
+            err = ((o.float() - ref.float()).norm() / ref.float().norm()).item()
+            emit(rows, "extend_tune", bs=bs, prefix=prefix, ext=ext, block_m=bm, block_n=bn,
+                 warps=warps, stages=stages, default=cfg == default, us=ms * 1e3,
+                 TFLOPs=flops / ms / 1e9, err=err)
         del pool, batch
         torch.cuda.empty_cache()
 
@@ -163,7 +195,7 @@ def run_extend(rows, names):
 
 
 def run_fused(rows, hbm):
-    from lmnb.runtime.kernels import activation, norm, reference, rotary
+    from lmnb.runtime.kernels import activation, norm, reference, rope
     t, hidden, inter = 4096, 4096, 14336
     x = torch.randn(t, hidden, device="cuda", dtype=DTYPE)
     r = torch.randn_like(x)
@@ -181,7 +213,7 @@ def run_fused(rows, hbm):
                      lambda: reference.rms_norm_ref(x, w, 1e-5), 2 * x_bytes),
         "add_rms_norm": (lambda: norm.add_rms_norm_triton(x, r, w, 1e-5),
                          lambda: reference.add_rms_norm_ref(x, r, w, 1e-5), 4 * x_bytes),
-        "rotary": (lambda: rotary.rotary_triton(q, k, pos, cos, sin),
+        "rotary": (lambda: rope.rotary_triton(q, k, pos, cos, sin),
                    lambda: reference.rotary_ref(q, k, pos, cos, sin),
                    2 * (q.numel() + k.numel()) * 2),
         "silu_and_mul": (lambda: activation.silu_and_mul_triton(gu),
@@ -238,6 +270,7 @@ def main() -> None:
     run_fused(rows, hbm)
     if not args.no_tune:
         run_tune(rows)
+        run_tune_extend(rows)
     out = args.out or default_out(info["gpu"])
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -58,9 +58,17 @@ def usable(dtype: torch.dtype) -> torch.dtype:
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖; appended to $LMNB_ERR_LOG (test, dtype, error) when set."""
+    dtype = out.dtype
     out, ref = out.double(), ref.double()
     assert torch.isfinite(out).all(), "non-finite values in the output"
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    err = ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    log = os.environ.get("LMNB_ERR_LOG")
+    if log:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(log, "a") as f:
+            f.write(f"{test}\t{str(dtype).removeprefix('torch.')}\t{err:.3e}\n")
+    return err
 
 
 @dataclass

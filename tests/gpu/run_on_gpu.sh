@@ -23,6 +23,7 @@ if ls .whl/fi_slim.tgz >/dev/null 2>&1; then
   WARM=$!
 fi
 
+export LMNB_ERR_LOG="$OUT/errors.tsv"
 timeout 330 python3 -m pytest tests/gpu -q -m gpu -n 6 -p no:cacheprovider \
   --ignore=tests/gpu/test_gpu_flashinfer.py -rs 2>&1 | tee "$OUT/pytest.log" | tail -25
 
@@ -38,5 +39,9 @@ if [ -n "$WARM" ]; then
   fi
 fi
 
-timeout 240 python3 bench/kernels.py --out "$OUT/kernels_h100.json" 2>&1 | tee "$OUT/bench.log" \
+# worst relative error per test function and dtype
+awk -F'\t' '{sub(/\[.*/, "", $1); k=$1" "$2; if (!(k in m) || $3+0 > m[k]) m[k]=$3+0}
+  END {for (k in m) printf "maxerr %s %.3e\n", k, m[k]}' "$OUT/errors.tsv" | sort | tee "$OUT/maxerr.txt"
+
+timeout 300 python3 bench/kernels.py --out "$OUT/kernels_h100.json" 2>&1 | tee "$OUT/bench.log" \
   | grep -v '^decode_tune'

@@ -18,7 +18,7 @@ from lmnb.runtime.kernels.reference import (
     rotary_ref,
     silu_and_mul_ref,
 )
-from lmnb.runtime.kernels.rotary import rotary_triton
+from lmnb.runtime.kernels.rope import rotary_triton
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 

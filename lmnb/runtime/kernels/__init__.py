@@ -1,6 +1,7 @@
 """Fused GPU ops with plain-torch references (`reference.py`).
 
-Call the dispatchers below: on a CUDA tensor with Triton importable they run the Triton
+Modules: `reference` (torch), `norm`, `rope`, `activation` (Triton). Call the dispatchers
+below: on a CUDA tensor with Triton importable they run the Triton
 kernel (imported lazily, so CPU-only installs never import triton), otherwise the torch
 reference.
 
@@ -63,7 +64,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if triton_usable(q):
-        from lmnb.runtime.kernels.rotary import rotary_triton
+        from lmnb.runtime.kernels.rope import rotary_triton
         return rotary_triton(q, k, positions, cos, sin)
     return rotary_ref(q, k, positions, cos, sin)
 
