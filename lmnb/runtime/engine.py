@@ -1,0 +1,195 @@
+"""The engine: a background thread that owns the scheduler, the cache and the model.
+
+Other threads talk to it only through its inbox (submit, abort, call); results flow back
+through each request's event queue. Everything that touches KV bookkeeping runs on the
+engine thread, so the radix cache and allocator need no locks.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import Future
+
+from lmnb.errors import EngineError
+from lmnb.runtime.model_runner import ModelRunner
+from lmnb.runtime.output import OutputProcessor
+from lmnb.runtime.request import Req, Status
+from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor) -> None:
+        self.sched, self.runner, self.outputs = scheduler, runner, outputs
+        self.inbox: queue.Queue = queue.Queue()
+        self.reqs: dict[str, Req] = {}
+        self.error: BaseException | None = None
+        self.counters = dict(forward_steps=0, extend_steps=0, decode_steps=0, prefill_tokens=0,
+                             decode_tokens=0, computed_tokens=0, max_batch_size=0,
+                             finished_requests=0, aborted_requests=0)
+        self.history: deque = deque(maxlen=2048)   # (t_end, mode, tokens, seconds, rids)
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, name="lmnb-engine", daemon=True)
+        self.thread.start()
+
+    # -- called from any thread ----------------------------------------------
+    def submit(self, req: Req) -> None:
+        self._check_alive()
+        self.inbox.put(("submit", req))
+
+    def abort(self, rid: str) -> None:
+        if self.thread.is_alive():
+            self.inbox.put(("abort", rid))
+
+    def call(self, fn, timeout: float | None = 60.0):
+        """Run fn() on the engine thread between steps and return its result."""
+        if not self.thread.is_alive():
+            return fn()  # nothing runs concurrently any more
+        fut: Future = Future()
+        self.inbox.put(("call", (fn, fut)))
+        return fut.result(timeout=timeout)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.inbox.put(("wake", None))
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=30)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
+    def _check_alive(self) -> None:
+        if self.error is not None:
+            raise EngineError(f"the engine stopped after an error ({self.error!r}); "
+                              "load the model again (lm.Runtime(...) or %lm model ...)")
+        if not self.thread.is_alive():
+            raise EngineError("the runtime was shut down; create a new lm.Runtime(...)")
+
+    # -- engine thread ---------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop:
+                self._drain(block=not self.sched.has_work())
+                if self._stop:
+                    break
+                batch = self.sched.next_batch()
+                if batch is None:
+                    if self.sched.has_work():
+                        time.sleep(0.001)
+                    continue
+                self._step(batch)
+        except BaseException as e:  # noqa: BLE001 - every waiting request must hear of it
+            self.error = e
+            self._fail_all(e)
+        finally:
+            self._abort_all_on_stop()
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(*item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, arg) -> None:
+        if kind == "submit":
+            self.reqs[arg.rid] = arg
+            self.sched.add(arg)
+        elif kind == "abort":
+            r = self.reqs.get(arg)
+            if r is not None and not r.finished():
+                self._finish(r, {"type": "abort"})
+        elif kind == "call":
+            fn, fut = arg
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - delivered to the caller
+                fut.set_exception(e)
+
+    def _step(self, batch: ScheduledBatch) -> None:
+        t0 = time.perf_counter()
+        out = self.runner.run(batch)
+        ntok = sum(batch.lens)
+        self._count(batch, ntok)
+        finished = self.outputs.process(batch, out)
+        for r, reason in finished:
+            self._finish(r, reason)
+        for r in batch.reqs:
+            if not r.finished() and r.kv_len < r.fill_len - 1 and r.status is Status.RUNNING:
+                self.sched.cache_progress(r)  # a prompt chunk: share it through the cache now
+        dt = time.perf_counter() - t0
+        self.history.append((time.time(), "decode" if batch.is_decode else "extend", ntok, dt,
+                             tuple(r.rid for r in batch.reqs)))
+
+    def _count(self, batch: ScheduledBatch, ntok: int) -> None:
+        c = self.counters
+        c["forward_steps"] += 1
+        c["computed_tokens"] += ntok
+        c["max_batch_size"] = max(c["max_batch_size"], len(batch.reqs))
+        if batch.is_decode:
+            c["decode_steps"] += 1
+            c["decode_tokens"] += ntok
+        else:
+            c["extend_steps"] += 1
+            c["prefill_tokens"] += ntok
+        for r, n in zip(batch.reqs, batch.lens):
+            r.computed_tokens += n
+            if batch.is_decode:
+                r.decode_steps += 1
+
+    def _finish(self, r: Req, reason: dict) -> None:
+        if r.status is Status.WAITING:
+            self.sched.drop_waiting(r)
+        else:
+            self.sched.release(r)
+        r.status = Status.FINISHED
+        r.finish_reason = reason
+        self.counters["finished_requests"] += 1
+        if reason["type"] == "abort":
+            self.counters["aborted_requests"] += 1
+        self.reqs.pop(r.rid, None)
+        r.events.put(("done", self.outputs.result(r)))
+
+    def _fail_all(self, e: BaseException) -> None:
+        msg = "".join(traceback.format_exception_only(type(e), e)).strip()
+        err = EngineError(f"engine failure: {msg}")
+        for r in list(self.reqs.values()):
+            r.events.put(("error", err))
+        self.reqs.clear()
+        while True:
+            try:
+                kind, arg = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                arg.events.put(("error", err))
+            elif kind == "call":
+                arg[1].set_exception(err)
+
+    def _abort_all_on_stop(self) -> None:
+        for r in list(self.reqs.values()):
+            try:
+                self._finish(r, {"type": "abort"})
+            except Exception:  # noqa: BLE001 - shutting down; deliver what we can
+                r.events.put(("done", self.outputs.result(r)))
+        self.reqs.clear()
+        while True:
+            try:
+                kind, arg = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                arg.events.put(("error", EngineError("the runtime was shut down")))
+            elif kind == "call":
+                try:
+                    arg[1].set_result(arg[0]())
+                except BaseException as e:  # noqa: BLE001
+                    arg[1].set_exception(e)
+

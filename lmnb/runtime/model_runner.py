@@ -1,0 +1,48 @@
+"""Turns a ScheduledBatch into a ForwardBatch, runs the model, and says which logits row
+belongs to which request position."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmnb.runtime.attention.base import AttentionBackend
+from lmnb.runtime.forward_batch import ForwardBatch, Mode
+from lmnb.runtime.memory import KVPool, ReqToTokenPool
+from lmnb.runtime.scheduler import ScheduledBatch
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor              # [rows, V] fp32
+    sample_rows: dict[int, int]       # batch index -> row of its last position
+    logprob_rows: dict[int, tuple[int, int, int]]  # batch index -> (first row, first pos, count)
+
+
+class ModelRunner:
+    def __init__(self, model, backend: AttentionBackend, pool: KVPool, req_pool: ReqToTokenPool) -> None:
+        self.model, self.backend, self.pool, self.req_pool = model, backend, pool, req_pool
+
+    def run(self, sb: ScheduledBatch) -> StepOutput:
+        input_ids: list[int] = []
+        rows: list[int] = []
+        sample_rows: dict[int, int] = {}
+        logprob_rows: dict[int, tuple[int, int, int]] = {}
+        tok_off = 0
+        for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
+            input_ids += r.fill_ids[pre : pre + n]
+            lp_from = r.logprob_from
+            if lp_from >= 0:  # prompt positions whose next-token logprob is wanted
+                lo, hi = max(lp_from, pre), min(len(r.input_ids) - 1, pre + n)
+                if hi > lo:
+                    logprob_rows[i] = (len(rows), lo, hi - lo)
+                    rows += range(tok_off + lo - pre, tok_off + hi - pre)
+            if pre + n == r.fill_len:
+                sample_rows[i] = len(rows)
+                rows.append(tok_off + n - 1)
+            tok_off += n
+        mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
+        fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
+                                sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
+        logits = self.model(fb, self.backend, self.pool)
+        return StepOutput(logits, sample_rows, logprob_rows)

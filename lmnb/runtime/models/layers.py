@@ -1,0 +1,81 @@
+"""Building blocks of the Llama family in plain torch (the CPU path and the reference
+for fused GPU kernels). Numerics follow HF transformers so greedy outputs match it."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmnb.errors import LmnbError
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype, device) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if not scaling:
+        return inv
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / scaling["factor"]
+    if kind == "llama3":
+        return _llama3_inv_freq(inv, scaling)
+    raise LmnbError(f"rope scaling {kind!r} is not supported; supported: linear, llama3")
+
+
+def _llama3_inv_freq(inv: torch.Tensor, s: dict) -> torch.Tensor:
+    factor, lo, hi = s["factor"], s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+    old_ctx = s.get("original_max_position_embeddings", 8192)
+    lo_wavelen, hi_wavelen = old_ctx / lo, old_ctx / hi
+    wavelen = 2 * math.pi / inv
+    out = torch.where(wavelen > lo_wavelen, inv / factor, inv)
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = (wavelen >= hi_wavelen) & (wavelen <= lo_wavelen)
+    return torch.where(medium, smoothed, out)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for all positions, computed once in fp32 (HF's rotate_half form)."""
+
+    def __init__(self, head_dim: int, max_pos: int, theta: float, scaling: dict | None,
+                 dtype: torch.dtype, device) -> None:
+        super().__init__()
+        inv = rope_inv_freq(head_dim, theta, scaling)
+        freqs = torch.arange(max_pos, dtype=torch.float32)[:, None] * inv[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos().to(dtype).to(device), persistent=False)
+        self.register_buffer("sin", emb.sin().to(dtype).to(device), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
+        cos = self.cos[positions][:, None, :]
+        sin = self.sin[positions][:, None, :]
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device) -> nn.Linear:
+    """A Linear whose storage is left uninitialised (weights are loaded right after)."""
+    lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
+    lin.weight = nn.Parameter(torch.empty(n_out, n_in, dtype=dtype, device=device))
+    if bias:
+        lin.bias = nn.Parameter(torch.empty(n_out, dtype=dtype, device=device))
+    return lin

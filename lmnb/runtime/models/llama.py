@@ -1,0 +1,148 @@
+"""The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over the token-level
+KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on load."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmnb.errors import LmnbError
+from lmnb.runtime.attention.base import AttentionBackend
+from lmnb.runtime.forward_batch import ForwardBatch
+from lmnb.runtime.memory import KVPool
+from lmnb.runtime.models.config import ModelConfig
+from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, device) -> None:
+        super().__init__()
+        self.layer, self.h, self.kvh, self.d = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size = self.h * self.d, self.kvh * self.d
+        self.qkv_proj = empty_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
+                                     cfg.attention_bias, dtype, device)
+        self.o_proj = empty_linear(self.q_size, cfg.hidden_size, False, dtype, device)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype, device) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype, device) if cfg.qk_norm else None
+
+    def forward(self, x, positions, rotary: Rotary, backend: AttentionBackend,
+                batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.h, self.d)
+        k = k.view(-1, self.kvh, self.d)
+        v = v.view(-1, self.kvh, self.d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(q, k, positions)
+        o = backend.forward(q, k, v, self.layer, batch, pool)
+        return self.o_proj(o.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype, device) -> None:
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = empty_linear(cfg.hidden_size, 2 * self.inter, False, dtype, device)
+        self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, device) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer, dtype, device)
+        self.mlp = MLP(cfg, dtype, device)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+
+    def forward(self, x, positions, rotary, backend, batch, pool) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, backend, batch, pool)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta")
+        self.embed_tokens.weight = nn.Parameter(
+            torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, device) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else empty_linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device))
+        self.rotary = Rotary(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling,
+                             dtype, device)
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, backend: AttentionBackend, pool: KVPool) -> torch.Tensor:
+        """Runs the step and returns fp32 logits of the rows in `batch.logits_rows`."""
+        x = self.embed_tokens(batch.input_ids)
+        backend.init_forward(batch)
+        for layer in self.layers:
+            x = layer(x, batch.positions, self.rotary, backend, batch, pool)
+        x = self.norm(x[batch.logits_rows])
+        return self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, w).float()
+
+    # -- weights -------------------------------------------------------------
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; every parameter must be covered exactly once."""
+        params = dict(self.named_parameters())
+        seen: set[str] = set()
+        for name, t in weights:
+            target, offset = self._target(name)
+            if target is None:
+                continue
+            p = params[target]
+            rows = t.shape[0] if offset is not None else None
+            dst = p if offset is None else p.narrow(0, offset, rows)
+            if dst.shape != t.shape:
+                raise LmnbError(f"weight {name} has shape {tuple(t.shape)}, expected {tuple(dst.shape)}")
+            dst.copy_(t)
+            seen.add(name)
+        missing = self._expected_names() - seen
+        if missing:
+            raise LmnbError(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
+
+    def _target(self, name: str) -> tuple[str | None, int | None]:
+        name = name.removeprefix("model.")
+        if name == "lm_head.weight":
+            return (None, None) if self.lm_head is None else ("lm_head.weight", None)
+        if "rotary_emb" in name:
+            return None, None
+        cfg = self.cfg
+        q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+        fused = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", q),
+                 "v_proj": ("qkv_proj", q + kv), "gate_proj": ("gate_up_proj", 0),
+                 "up_proj": ("gate_up_proj", inter)}
+        for part, (dst, off) in fused.items():
+            if f".{part}." in name:
+                return name.replace(part, dst), off
+        return name, None
+
+    def _expected_names(self) -> set[str]:
+        cfg = self.cfg
+        names = {"model.embed_tokens.weight", "model.norm.weight"}
+        if not cfg.tie_word_embeddings:
+            names.add("lm_head.weight")
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            for s in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                names.add(p + f"self_attn.{s}.weight")
+            if cfg.attention_bias:
+                names |= {p + f"self_attn.{s}.bias" for s in ("q_proj", "k_proj", "v_proj")}
+            if cfg.qk_norm:
+                names |= {p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"}
+            names |= {p + f"mlp.{s}.weight" for s in ("gate_proj", "up_proj", "down_proj")}
+            names |= {p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        return names

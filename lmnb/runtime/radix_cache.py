@@ -1,0 +1,203 @@
+"""RadixCache: a radix tree over token ids whose nodes own KV slots (RadixAttention).
+
+Ownership: every slot is exactly one of free (in the allocator), cached (in a tree node)
+or in use (held by a running request and not yet inserted). Requests lock the path they
+read from leaf to root; only unlocked leaves are evicted, least recently used first.
+
+    match_prefix(key)   -> (slots of the longest cached prefix, last node); splits an edge
+                           when the match ends inside it, so the node boundary is exact
+    insert(key, slots)  -> length of the prefix that was already cached; the caller frees
+                           its own duplicate slots for that range
+    inc/dec_lock_ref    -> protect / release the path node..root
+    evict(n)            -> free at least n slots of unlocked leaves (fewer if not possible)
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from typing import Callable
+
+import torch
+
+_EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+class TreeNode:
+    _ids = itertools.count()
+
+    __slots__ = ("id", "parent", "children", "key", "value", "lock_ref", "last_access", "hits")
+
+    def __init__(self, parent: "TreeNode | None" = None) -> None:
+        self.id = next(TreeNode._ids)
+        self.parent = parent
+        self.children: dict[int, TreeNode] = {}
+        self.key: list[int] = []
+        self.value: torch.Tensor = _EMPTY
+        self.lock_ref = 0
+        self.last_access = time.monotonic()
+        self.hits = 0
+
+    def __lt__(self, other: "TreeNode") -> bool:
+        return self.last_access < other.last_access
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class RadixCache:
+    def __init__(self, free_slots: Callable[[torch.Tensor], None], disabled: bool = False) -> None:
+        self._free_slots = free_slots
+        self.disabled = disabled
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the tree without freeing (the caller resets the allocator too)."""
+        self.root = TreeNode()
+        self.root.lock_ref = 1  # the root is never evicted
+        self.evictable_size = 0
+        self.protected_size = 0
+
+    # -- lookup / insert ------------------------------------------------------
+    def match_prefix(self, key: list[int]) -> tuple[torch.Tensor, TreeNode]:
+        if self.disabled or not key:
+            return _EMPTY, self.root
+        node, values, now = self.root, [], time.monotonic()
+        node.last_access = now
+        while key:
+            child = node.children.get(key[0])
+            if child is None:
+                break
+            n = _common_len(child.key, key)
+            if n < len(child.key):
+                child = self._split(child, n)
+            child.last_access = now
+            child.hits += 1
+            values.append(child.value)
+            node, key = child, key[n:]
+        return (torch.cat(values) if values else _EMPTY), node
+
+    def insert(self, key: list[int], value: torch.Tensor) -> int:
+        """Insert key -> slots; returns how many leading tokens were already cached."""
+        if self.disabled:
+            return 0
+        node, matched, now = self.root, 0, time.monotonic()
+        while key:
+            node.last_access = now
+            child = node.children.get(key[0])
+            if child is None:
+                leaf = TreeNode(node)
+                leaf.key, leaf.value = list(key), value.clone()
+                node.children[key[0]] = leaf
+                self.evictable_size += len(key)
+                return matched
+            n = _common_len(child.key, key)
+            if n < len(child.key):
+                child = self._split(child, n)
+            matched += n
+            node, key, value = child, key[n:], value[n:]
+        node.last_access = now
+        return matched
+
+    def _split(self, child: TreeNode, n: int) -> TreeNode:
+        """Cut child's edge after n tokens; returns the new upper node."""
+        upper = TreeNode(child.parent)
+        upper.key, upper.value = child.key[:n], child.value[:n]
+        upper.lock_ref, upper.last_access, upper.hits = child.lock_ref, child.last_access, child.hits
+        child.parent.children[upper.key[0]] = upper
+        child.key, child.value = child.key[n:], child.value[n:]
+        child.parent = upper
+        upper.children[child.key[0]] = child
+        return upper
+
+    # -- locking --------------------------------------------------------------
+    def inc_lock_ref(self, node: TreeNode) -> None:
+        while node is not self.root:
+            if node.lock_ref == 0:
+                self.evictable_size -= len(node.key)
+                self.protected_size += len(node.key)
+            node.lock_ref += 1
+            node = node.parent
+
+    def dec_lock_ref(self, node: TreeNode) -> None:
+        while node is not self.root:
+            if node.lock_ref <= 0:
+                raise RuntimeError("radix cache lock underflow")
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self.evictable_size += len(node.key)
+                self.protected_size -= len(node.key)
+            node = node.parent
+
+    # -- eviction -------------------------------------------------------------
+    def evict(self, num_tokens: int) -> int:
+        """Free at least num_tokens slots from unlocked leaves, LRU first. Returns freed."""
+        if num_tokens <= 0:
+            return 0
+        heap = [n for n in self._leaves() if n.lock_ref == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while freed < num_tokens and heap:
+            leaf = heapq.heappop(heap)
+            self._free_slots(leaf.value)
+            freed += len(leaf.key)
+            self.evictable_size -= len(leaf.key)
+            parent = leaf.parent
+            del parent.children[leaf.key[0]]
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(heap, parent)
+        return freed
+
+    def flush(self) -> int:
+        """Evict everything unlocked; returns slots freed."""
+        return self.evict(self.evictable_size)
+
+    # -- inspection -----------------------------------------------------------
+    def _leaves(self) -> list[TreeNode]:
+        out, stack = [], [self.root]
+        while stack:
+            n = stack.pop()
+            if not n.children and n is not self.root:
+                out.append(n)
+            stack.extend(n.children.values())
+        return out
+
+    def nodes(self) -> list[TreeNode]:
+        out, stack = [], list(self.root.children.values())
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(n.children.values())
+        return out
+
+    def total_size(self) -> int:
+        return self.evictable_size + self.protected_size
+
+    def cached_slots(self) -> torch.Tensor:
+        vals = [n.value for n in self.nodes()]
+        return torch.cat(vals) if vals else _EMPTY
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError if the tree's bookkeeping is inconsistent."""
+        evictable = protected = 0
+        for n in self.nodes():
+            assert n.key, f"empty node {n.id}"
+            assert len(n.key) == n.value.numel(), f"node {n.id}: key/value length mismatch"
+            assert n.parent.children.get(n.key[0]) is n, f"node {n.id}: bad parent link"
+            assert n.lock_ref >= 0, f"node {n.id}: negative lock"
+            child_locks = sum(c.lock_ref for c in n.children.values())
+            assert n.lock_ref >= child_locks, f"node {n.id}: fewer locks than its children"
+            if n.lock_ref:
+                protected += len(n.key)
+            else:
+                evictable += len(n.key)
+        assert evictable == self.evictable_size, f"evictable {self.evictable_size} != {evictable}"
+        assert protected == self.protected_size, f"protected {self.protected_size} != {protected}"
+        slots = self.cached_slots()
+        assert slots.numel() == slots.unique().numel(), "a slot is cached twice"
+        assert not (slots == 0).any(), "padding slot 0 in the cache"

@@ -1,0 +1,253 @@
+"""`lmnb.Runtime`: the public face of the kernel-resident engine."""
+from __future__ import annotations
+
+import queue
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+from lmnb.errors import EngineError, LmnbError
+from lmnb.runtime import loader
+from lmnb.runtime.attention import create_backend
+from lmnb.runtime.engine import Engine
+from lmnb.runtime.memory import KVPool, ReqToTokenPool
+from lmnb.runtime.model_runner import ModelRunner
+from lmnb.runtime.models.llama import LlamaForCausalLM
+from lmnb.runtime.output import OutputProcessor
+from lmnb.runtime.radix_cache import RadixCache
+from lmnb.runtime.request import Req, new_rid
+from lmnb.runtime.runtime_config import RuntimeConfig
+from lmnb.runtime.sampling_params import SamplingParams
+from lmnb.runtime.scheduler import Scheduler
+from lmnb.runtime.tokenizer import eos_token_ids
+
+
+class RequestHandle:
+    """One submitted request: wait for its result, iterate its text, or abort it."""
+
+    def __init__(self, runtime: "Runtime", req: Req) -> None:
+        self.runtime, self.req, self.rid = runtime, req, req.rid
+        self.partial_text = ""
+        self._result: dict | None = None
+
+    def _next_event(self):
+        while True:
+            try:
+                return self.req.events.get(timeout=0.1)
+            except queue.Empty:
+                if not self.runtime.engine.thread.is_alive() and self.req.events.empty():
+                    raise EngineError("the engine stopped before this request finished") from None
+
+    def _consume(self, kind: str, val):
+        if kind == "delta":
+            self.partial_text += val
+        elif kind == "done":
+            self._result = val
+        elif kind == "error":
+            raise val
+
+    def result(self) -> dict:
+        """Block until done. Ctrl-C aborts the request (its slots are freed) and re-raises."""
+        try:
+            while self._result is None:
+                self._consume(*self._next_event())
+        except KeyboardInterrupt:
+            self.abort(wait=True)
+            raise
+        return self._result
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield text deltas as they arrive (the request must be submitted with stream=True)."""
+        try:
+            while self._result is None:
+                kind, val = self._next_event()
+                self._consume(kind, val)
+                if kind == "delta":
+                    yield val
+        except (KeyboardInterrupt, GeneratorExit):
+            self.abort(wait=True)
+            raise
+
+    def abort(self, wait: bool = False) -> None:
+        self.runtime.engine.abort(self.rid)
+        if wait:
+            deadline = time.monotonic() + 10
+            while self._result is None and time.monotonic() < deadline:
+                try:
+                    self._consume(*self.req.events.get(timeout=0.1))
+                except queue.Empty:
+                    if not self.runtime.engine.thread.is_alive():
+                        break
+                except EngineError:
+                    break
+
+
+class Runtime:
+    """A model loaded in this process with its KV pool, radix cache and engine thread.
+
+    `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
+    those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
+    context_length, chunked_prefill_size, enable_radix_cache, jump_forward, attention,
+    dtype, schedule_policy, seed).
+    """
+
+    def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
+        self.spec = spec
+        self.config = RuntimeConfig.make(device=device, **options)
+        self.engine = None
+        lm = loader.load(spec)
+        self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
+        cfg, rc = lm.config, self.config
+        self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
+        self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
+        self.model.load_weights(lm.weights(self.device, self.dtype))
+        self.model.eval()
+        self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
+        pool_size = rc.pool_tokens(cfg, self.dtype)
+        self.pool = KVPool(pool_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+        self.req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
+        self.cache = RadixCache(self.pool.allocator.free, disabled=not rc.enable_radix_cache)
+        self.scheduler = Scheduler(self.pool.allocator, self.req_pool, self.cache,
+                                   rc.chunked_prefill_size, rc.max_running_requests, rc.schedule_policy)
+        backend = create_backend(rc.attention, self.device.type, num_heads=cfg.num_heads,
+                                 num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                                 scale=cfg.head_dim ** -0.5)
+        self.attention_backend = backend.name
+        self.eos_token_ids = eos_token_ids(lm.tokenizer, lm.generation_config)
+        self.outputs = OutputProcessor(lm.tokenizer, self.scheduler, self.eos_token_ids,
+                                       self.context_len, rc.jump_forward)
+        self._grammars = None
+        self._seed_gen = torch.Generator().manual_seed(rc.seed)
+        self.engine = Engine(self.scheduler, ModelRunner(self.model, backend, self.pool, self.req_pool),
+                             self.outputs)
+
+    # -- text <-> tokens ---------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=True))
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # -- requests ---------------------------------------------------------------
+    def submit(self, prompt: str | Sequence[int], *, stream: bool = False, **sampling) -> RequestHandle:
+        """Queue one request and return its handle at once."""
+        params = SamplingParams.make(**sampling)
+        ids = self._prompt_ids(prompt)
+        max_new = min(params.max_new_tokens, self.context_len - len(ids))
+        if len(ids) + max_new > self.pool.size:
+            raise LmnbError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds the KV pool "
+                f"({self.pool.size} tokens); lower max_new_tokens or give Runtime(kv_memory_gb=...) more")
+        req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter())
+        req.generator = torch.Generator(device=self.device)
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_gen))
+        req.generator.manual_seed(seed)
+        if max_new != params.max_new_tokens:
+            req.params = _replace(params, max_new_tokens=max_new)
+        if params.regex is not None or params.json_schema is not None:
+            req.guide = self.grammars().compile(regex=params.regex, json_schema=params.json_schema).cursor()
+        self.engine.submit(req)
+        return RequestHandle(self, req)
+
+    def generate(self, prompts, **sampling) -> list[dict]:
+        """Generate for one prompt or a list (texts or token-id lists); always a list of
+        dicts with `text`, `output_ids` and `meta`. All prompts are batched together."""
+        handles = [self.submit(p, **sampling) for p in _as_prompt_list(prompts)]
+        try:
+            return [h.result() for h in handles]
+        except BaseException:
+            for h in handles:
+                h.abort()
+            raise
+
+    def stream(self, prompt: str | Sequence[int], **sampling) -> Iterator[str]:
+        """Yield the text of one generation in pieces as it is produced."""
+        yield from self.submit(prompt, stream=True, **sampling)
+
+    def abort(self, rid: str) -> None:
+        self.engine.abort(rid)
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise LmnbError("the prompt is empty; give at least one character")
+            ids = self.encode(prompt)
+        elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+            if any(t < 0 or t >= self.model_config.vocab_size for t in ids):
+                raise LmnbError(f"token ids must be in [0, {self.model_config.vocab_size})")
+        else:
+            raise LmnbError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise LmnbError("the prompt is empty; give at least one token")
+        if len(ids) >= self.context_len:
+            raise LmnbError(f"the prompt has {len(ids)} tokens but the context holds {self.context_len}; "
+                            "shorten the prompt")
+        return ids
+
+    def grammars(self):
+        if self._grammars is None:
+            from lmnb.runtime.constrained import GrammarBackend
+
+            self._grammars = GrammarBackend(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+        return self._grammars
+
+    # -- inspection & control -------------------------------------------------------
+    def cache_stats(self) -> dict:
+        return self.engine.call(self._cache_stats)
+
+    def _cache_stats(self) -> dict:
+        s, c, a = self.scheduler, self.cache, self.pool.allocator
+        return {
+            "pool_size": a.size, "free_slots": a.available(), "cached_tokens": c.total_size(),
+            "evictable_tokens": c.evictable_size, "protected_tokens": c.protected_size,
+            "in_use_tokens": int(s.in_use_slots().numel()), "nodes": len(c.nodes()),
+            "running": len(s.running), "waiting": len(s.waiting), "retractions": s.retractions,
+            "hit_tokens": s.hit_tokens, "prompt_tokens": s.prompt_tokens,
+            "hit_rate": s.hit_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+        }
+
+    def check_integrity(self) -> None:
+        """Assert free + cached + in-use == pool size (runs on the engine thread)."""
+        self.engine.call(self.scheduler.check_integrity)
+
+    def flush_cache(self) -> int:
+        """Evict every unlocked cached prefix; returns the number of slots freed."""
+        return self.engine.call(self.cache.flush)
+
+    def stats(self) -> dict:
+        return self.engine.call(lambda: dict(self.engine.counters))
+
+    def shutdown(self) -> None:
+        """Stop the engine and free the model (idempotent)."""
+        if self.engine is not None:
+            self.engine.stop()
+        self.model = self.pool = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+
+
+def _as_prompt_list(prompts) -> list:
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, Sequence) and prompts and all(isinstance(t, int) for t in prompts):
+        return [list(prompts)]
+    if isinstance(prompts, Sequence) and prompts:
+        return list(prompts)
+    raise LmnbError("prompts must be a str, a list of str, or (lists of) token ids, and not empty")
+
+
+def _replace(params: SamplingParams, **kw) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, **kw)

@@ -1,0 +1,87 @@
+"""Runtime options, validated once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from lmnb.errors import LmnbError
+from lmnb.runtime.memory import KVPool
+from lmnb.runtime.models.config import ModelConfig
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """device: 'cpu' / 'cuda' / 'cuda:N' (None: cuda when available). dtype: None picks fp32
+    on CPU and bf16 on CUDA. The KV pool holds `max_total_tokens` tokens when given, else
+    as many as `kv_memory_gb` fits (default: 1 GiB on CPU; on CUDA `mem_fraction` of the
+    memory free after loading the weights)."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    attention: str | None = None
+    kv_memory_gb: float | None = None
+    mem_fraction: float = 0.85
+    max_total_tokens: int | None = None
+    max_running_requests: int | None = None
+    context_length: int | None = None
+    chunked_prefill_size: int | None = None
+    enable_radix_cache: bool = True
+    jump_forward: bool = True
+    schedule_policy: str = "lpm"
+    seed: int = 0
+
+    @classmethod
+    def make(cls, device: str | None = None, **kw) -> "RuntimeConfig":
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(kw) - names)
+        if bad:
+            raise LmnbError(f"unknown Runtime option {bad[0]!r}; valid: {', '.join(sorted(names))}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise LmnbError("device='cuda' but no CUDA device is visible; use device='cpu'")
+        return cls(device=str(device), **kw)
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise LmnbError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        for name in ("max_total_tokens", "max_running_requests", "context_length", "chunked_prefill_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise LmnbError(f"{name} must be a positive int, got {v!r}")
+        if self.kv_memory_gb is not None and not self.kv_memory_gb > 0:
+            raise LmnbError(f"kv_memory_gb must be > 0, got {self.kv_memory_gb}")
+        if not 0 < self.mem_fraction < 1:
+            raise LmnbError(f"mem_fraction must be in (0, 1), got {self.mem_fraction}")
+        if self.schedule_policy not in ("lpm", "fcfs"):
+            raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
+        is_cuda = self.device.startswith("cuda")
+        object.__setattr__(self, "max_running_requests", self.max_running_requests or (256 if is_cuda else 64))
+        object.__setattr__(self, "chunked_prefill_size", self.chunked_prefill_size or (8192 if is_cuda else 2048))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return _DTYPES[self.dtype]
+        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+
+    def pool_tokens(self, cfg: ModelConfig, dtype: torch.dtype) -> int:
+        """KV pool size in tokens."""
+        if self.max_total_tokens is not None:
+            return self.max_total_tokens
+        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
+        if self.kv_memory_gb is not None:
+            budget = self.kv_memory_gb * 2**30
+        elif self.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+            budget = free * self.mem_fraction - 2 * 2**30  # headroom for activations
+        else:
+            budget = 2**30
+        tokens = int(budget // per_token)
+        if tokens < 256:
+            raise LmnbError(f"the KV budget fits only {tokens} tokens; give more kv_memory_gb or mem_fraction")
+        return tokens

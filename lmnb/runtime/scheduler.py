@@ -1,0 +1,258 @@
+"""Scheduler: which requests run in the next model step, and who owns which KV slot.
+
+Pure CPU bookkeeping over the slot allocator, the req_to_token table and the radix
+cache. Each step is either an EXTEND batch (new prompts, prompt chunks, tokens after a
+jump-forward) or a DECODE batch (one token for every running request). Waiting requests
+are admitted longest-cached-prefix first; a waiting request whose uncached prefix is
+being computed by another request of the same batch waits one step so it reads that
+prefix from the cache instead of computing it again. When the pool runs short, unlocked
+cache is evicted; if that is not enough, the newest running request is retracted (its
+computed tokens stay in the cache) and resumes later — requests wait, they never fail.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmnb.runtime.memory import ReqToTokenPool, TokenSlotAllocator
+from lmnb.runtime.radix_cache import RadixCache
+from lmnb.runtime.request import Req, Status
+
+
+@dataclass
+class ScheduledBatch:
+    reqs: list[Req]
+    lens: list[int]           # tokens computed per request this step
+    prefix_lens: list[int]    # kv_len of each request before the step
+    out_cache_loc: torch.Tensor
+
+    is_decode: bool = False
+
+
+class Scheduler:
+    def __init__(self, allocator: TokenSlotAllocator, req_pool: ReqToTokenPool,
+                 cache: RadixCache, max_prefill_tokens: int, max_running: int,
+                 policy: str = "lpm") -> None:
+        self.alloc, self.req_pool, self.cache = allocator, req_pool, cache
+        self.max_prefill_tokens, self.max_running, self.policy = max_prefill_tokens, max_running, policy
+        self.waiting: deque[Req] = deque()
+        self.running: list[Req] = []
+        self.new_token_ratio = self.min_ratio = 0.1
+        self.max_ratio = 0.6
+        self.retractions = 0
+        self.hit_tokens = self.prompt_tokens = 0   # over first admissions, for the hit rate
+
+    # -- admission ------------------------------------------------------------
+    def add(self, req: Req) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def next_batch(self) -> ScheduledBatch | None:
+        batch = self._extend_batch()
+        if batch is None and self.running:
+            batch = self._decode_batch()
+        return batch
+
+    def _extend_batch(self) -> ScheduledBatch | None:
+        budget = self.max_prefill_tokens
+        picked: list[tuple[Req, int]] = []
+        # running requests with several pending tokens (prompt chunks, jump-forward) first
+        for r in self.running:
+            if r.pending > 1 and budget > 0:
+                taken = sum(k for _, k in picked)
+                self._ensure_free(taken + min(r.pending, budget))
+                n = min(r.pending, budget, self.alloc.available() - taken)
+                if n <= 0:
+                    break
+                picked.append((r, n))
+                budget -= n
+        if self.waiting and budget > 0:
+            picked += self._admit(budget, sum(k for _, k in picked))
+        if not picked:
+            return None
+        return self._materialize(picked)
+
+    def _admit(self, budget: int, taken: int) -> list[tuple[Req, int]]:
+        candidates = list(self.waiting)
+        if self.policy == "lpm" and len(candidates) <= 1024:
+            for r in candidates:
+                self._match(r)
+            candidates.sort(key=lambda r: -r.cache_len)
+        picked: list[tuple[Req, int]] = []
+        new_ids: list[np.ndarray] = []
+        reserve = self._decode_reserve()
+        for r in candidates:
+            if budget <= 0 or len(self.running) >= self.max_running:
+                break
+            self._match(r)  # again: evictions for earlier picks may have cut its path
+            ids = np.asarray(r.fill_ids[: r.fill_len - 1])
+            if any(_shared_len(ids, o) > r.cache_len + 32 for o in new_ids):
+                continue  # its prefix is being computed right now: read it from cache next step
+            n = min(r.fill_len - r.cache_len, budget)
+            want = taken + n + reserve + int(min(r.params.max_new_tokens, 4096) * self.new_token_ratio)
+            self.cache.inc_lock_ref(r.last_node)
+            idx = self.req_pool.alloc()
+            alone = not picked and not self.running
+            if idx is None or not self._ensure_free(want, allow_short=alone, need=taken + n):
+                if idx is not None:
+                    self.req_pool.free(idx)
+                self.cache.dec_lock_ref(r.last_node)
+                break
+            self._start(r, idx)
+            picked.append((r, n))
+            new_ids.append(ids)
+            budget -= n
+            taken += n
+        return picked
+
+    def _match(self, r: Req) -> None:
+        limit = r.fill_len - 1
+        if r.logprob_from >= 0:
+            limit = min(limit, r.logprob_from)
+        slots, node = self.cache.match_prefix(r.fill_ids[:limit])
+        r.last_node, r.cache_len, r.prefix_slots = node, slots.numel(), slots
+
+    def _start(self, r: Req, idx: int) -> None:
+        self.waiting.remove(r)
+        r.req_pool_idx, r.kv_len, r.status = idx, r.cache_len, Status.RUNNING
+        self.req_pool.write(idx, 0, r.prefix_slots)
+        r.prefix_slots = None
+        if r.cached_tokens < 0:
+            r.cached_tokens = r.cache_len
+            self.hit_tokens += r.cache_len
+            self.prompt_tokens += len(r.input_ids)
+        self.running.append(r)
+
+    def _decode_reserve(self) -> int:
+        left = sum(max(0, r.params.max_new_tokens - len(r.output_ids)) for r in self.running)
+        return int(left * self.new_token_ratio)
+
+    def _ensure_free(self, want: int, allow_short: bool = False, need: int | None = None) -> bool:
+        """Make `want` slots free (evicting cache); if allow_short, `need` is enough."""
+        short = want - self.alloc.available()
+        if short > 0:
+            self.cache.evict(short)
+        if self.alloc.available() >= want:
+            return True
+        return allow_short and self.alloc.available() >= (need if need is not None else want)
+
+    # -- decode ---------------------------------------------------------------
+    def _decode_batch(self) -> ScheduledBatch | None:
+        reqs = [r for r in self.running if r.pending == 1]
+        while reqs and not self._ensure_free(len(reqs)):
+            victim = reqs.pop()
+            self.retract(victim)
+            self.new_token_ratio = min(self.max_ratio, self.new_token_ratio + 0.1)
+        if not reqs:
+            return None
+        self.new_token_ratio = max(self.min_ratio, self.new_token_ratio - 0.001)
+        batch = self._materialize([(r, 1) for r in reqs])
+        batch.is_decode = True
+        return batch
+
+    def _materialize(self, picked: list[tuple[Req, int]]) -> ScheduledBatch:
+        total = sum(n for _, n in picked)
+        locs = self.alloc.alloc(total)
+        if locs is None:  # _ensure_free guaranteed room
+            raise RuntimeError("KV allocator short after reservation")
+        prefix_lens, off = [], 0
+        for r, n in picked:
+            self.req_pool.write(r.req_pool_idx, r.kv_len, locs[off : off + n])
+            prefix_lens.append(r.kv_len)
+            r.kv_len += n  # the step writes their KV; the request owns the slots from now
+            off += n
+        return ScheduledBatch([r for r, _ in picked], [n for _, n in picked], prefix_lens, locs)
+
+    # -- release --------------------------------------------------------------
+    def slots_of(self, r: Req) -> torch.Tensor:
+        return self.req_pool.table[r.req_pool_idx, : r.kv_len].to("cpu", torch.int64)
+
+    def cache_progress(self, r: Req) -> None:
+        """Insert the request's computed tokens into the cache and hold them from there."""
+        slots = self.slots_of(r)
+        if self.cache.disabled:
+            return
+        matched = self.cache.insert(r.fill_ids[: r.kv_len], slots)
+        self.alloc.free(slots[r.cache_len : matched])   # duplicates of what another request cached
+        new_slots, node = self.cache.match_prefix(r.fill_ids[: r.kv_len])
+        self.req_pool.write(r.req_pool_idx, 0, new_slots)
+        self.cache.dec_lock_ref(r.last_node)
+        self.cache.inc_lock_ref(node)
+        r.last_node, r.cache_len = node, new_slots.numel()
+
+    def release(self, r: Req) -> None:
+        """Give back everything the request holds; computed KV stays in the cache."""
+        if r.req_pool_idx is None:
+            return
+        if r.kv_len:
+            slots = self.slots_of(r)
+            if self.cache.disabled:
+                self.alloc.free(slots[r.cache_len :])
+            else:
+                matched = self.cache.insert(r.fill_ids[: r.kv_len], slots)
+                self.alloc.free(slots[r.cache_len : matched])
+        self.cache.dec_lock_ref(r.last_node)
+        self.req_pool.free(r.req_pool_idx)
+        r.req_pool_idx, r.last_node, r.kv_len, r.cache_len = None, None, 0, 0
+        if r in self.running:
+            self.running.remove(r)
+
+    def retract(self, r: Req) -> None:
+        self.release(r)
+        r.status = Status.WAITING
+        r.retractions += 1
+        self.retractions += 1
+        self.waiting.appendleft(r)
+
+    def drop_waiting(self, r: Req) -> None:
+        if r in self.waiting:
+            self.waiting.remove(r)
+
+    def rollback(self, r: Req, keep: int) -> None:
+        """Forget the KV of positions >= keep after the caller changed fill_ids there
+        (re-tokenization at a jump-forward boundary)."""
+        if keep >= r.kv_len:
+            return
+        own = self.req_pool.table[r.req_pool_idx, r.cache_len : r.kv_len].to("cpu", torch.int64)
+        if keep >= r.cache_len:
+            self.alloc.free(own[keep - r.cache_len :])
+            r.kv_len = keep
+            return
+        self.alloc.free(own)  # the change reaches into the cached part: re-match the new tokens
+        self.cache.dec_lock_ref(r.last_node)
+        slots, node = self.cache.match_prefix(r.fill_ids[:keep])
+        self.cache.inc_lock_ref(node)
+        self.req_pool.write(r.req_pool_idx, 0, slots)
+        r.last_node, r.cache_len, r.kv_len = node, slots.numel(), slots.numel()
+
+    # -- accounting -----------------------------------------------------------
+    def in_use_slots(self) -> torch.Tensor:
+        held = [self.req_pool.table[r.req_pool_idx, r.cache_len : r.kv_len].to("cpu", torch.int64)
+                for r in self.running if r.req_pool_idx is not None]
+        return torch.cat(held) if held else torch.empty(0, dtype=torch.int64)
+
+    def check_integrity(self) -> None:
+        """free + cached + in-use == pool size, with no slot counted twice."""
+        self.cache.check_integrity()
+        free, cached, used = self.alloc.free_slots(), self.cache.cached_slots(), self.in_use_slots()
+        total = free.numel() + cached.numel() + used.numel()
+        assert total == self.alloc.size, (
+            f"free {free.numel()} + cached {cached.numel()} + in-use {used.numel()} != pool {self.alloc.size}")
+        every = torch.cat([free, cached, used])
+        assert every.unique().numel() == self.alloc.size, "a KV slot is owned twice"
+        assert every.min() >= 1 and every.max() <= self.alloc.size, "slot out of range"
+        assert self.req_pool.available() + sum(r.req_pool_idx is not None for r in self.running) \
+            == self.req_pool.max_reqs, "req_to_token rows leaked"
+
+
+def _shared_len(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
