@@ -33,8 +33,9 @@ H, KVH, D, DTYPE = 32, 8, 128, torch.bfloat16
 DECODE = [(1, 1024), (1, 8192), (1, 32768), (8, 4096), (32, 2048), (64, 1024), (64, 4096),
           (128, 2048)]
 EXTEND = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128)]  # (bs, prefix, ext)
-TUNE = [(1, 8192), (1, 32768), (8, 4096), (64, 4096)]
-DECODE_CONFIGS = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2)]
+TUNE = [(1, 2048), (1, 8192), (1, 32768), (8, 4096), (64, 4096)]
+DECODE_CONFIGS = [(32, 4, 2), (32, 2, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2),
+                  (128, 8, 2)]
 EXTEND_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
                   (128, 128, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3)]
 
@@ -42,6 +43,16 @@ EXTEND_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 
 def bench_ms(fn) -> float:
     import triton.testing
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def graph_ms(fn) -> float:
+    """Time `fn` replayed from a CUDA graph (no launch overhead; L2 flushed each run)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
 
 
 def emit(rows: list, name: str, **kv) -> None:
@@ -141,7 +152,7 @@ def run_tune(rows):
         for splits in sorted({max(1, default // 2), default, 2 * default, 4 * default}):
             for block_n, warps, stages in DECODE_CONFIGS:
                 o = torch.empty_like(q)
-                ms = bench_ms(functools.partial(
+                ms = graph_ms(functools.partial(
                     tk.decode_attention, *args, o, batch.req_to_token, batch.req_pool_indices,
                     batch.seq_lens, D ** -0.5, splits, block_n=block_n, num_warps=warps,
                     num_stages=stages))
@@ -168,7 +179,7 @@ def run_tune_extend(rows):
             cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
             o = torch.empty_like(q)
             try:
-                ms = bench_ms(functools.partial(tk.extend_attention, *args, o, *rest, cfg))
+                ms = graph_ms(functools.partial(tk.extend_attention, *args, o, *rest, cfg))
             except Exception as e:  # noqa: BLE001 - e.g. out of shared memory: report it
                 emit(rows, "extend_tune", bs=bs, prefix=prefix, ext=ext, cfg=str(cfg),
                      error=type(e).__name__)
@@ -252,7 +263,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true", help="first three decode shapes only")
-    ap.add_argument("--no-tune", action="store_true", help="skip the decode kernel sweep")
+    ap.add_argument("--no-tune", action="store_true", help="skip the kernel block sweeps")
+    ap.add_argument("--tune-only", action="store_true", help="only the kernel block sweeps")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA device")
@@ -265,9 +277,10 @@ def main() -> None:
     hbm = copy_bandwidth_gbps()
     emit(rows, "hbm_copy", GBps=hbm)
     names = backends()
-    run_decode(rows, names, hbm)
-    run_extend(rows, names)
-    run_fused(rows, hbm)
+    if not args.tune_only:
+        run_decode(rows, names, hbm)
+        run_extend(rows, names)
+        run_fused(rows, hbm)
     if not args.no_tune:
         run_tune(rows)
         run_tune_extend(rows)
