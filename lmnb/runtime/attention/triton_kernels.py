@@ -221,25 +221,24 @@ def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLe
 @triton.jit
 def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, stride_mh,
                          stride_ms, stride_lb, stride_lh, num_splits, head_dim,
-                         BLOCK_D: tl.constexpr):
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """All splits of one (request, head) in one tile: a single round trip to memory, not
+    one per split (a loop over splits made batch-1 decode latency-bound)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < head_dim
-    m = -1e30  # finite start: an all-empty row (seq_len 0, e.g. graph padding) gives zeros
-    l = 0.0
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for s in range(num_splits):
-        lse = tl.load(MidLse + b * stride_lb + h * stride_lh + s)
-        o_s = tl.load(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d,
-                      mask=mask_d, other=0.0)
-        m_new = tl.maximum(m, lse)
-        alpha = tl.exp2(m - m_new)
-        w = tl.exp2(lse - m_new)
-        acc = acc * alpha + w * o_s
-        l = l * alpha + w
-        m = m_new
-    out = acc / tl.where(l > 0, l, 1.0)
+    lse = tl.load(MidLse + b * stride_lb + h * stride_lh + offs_s, mask=mask_s,
+                  other=float("-inf"))
+    o_s = tl.load(MidO + b * stride_mb + h * stride_mh + offs_s[:, None] * stride_ms
+                  + offs_d[None, :], mask=mask_s[:, None] & mask_d[None, :], other=0.0)
+    # a finite floor: an all-empty row (seq_len 0, e.g. graph padding) gives zeros, not NaN
+    m = tl.maximum(tl.max(lse, 0), -1e30)
+    w = tl.exp2(lse - m)
+    total = tl.sum(w, 0)
+    out = tl.sum(w[:, None] * o_s, 0) / tl.where(total > 0, total, 1.0)
     tl.store(O + b * stride_ot + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=mask_d)
 
 
@@ -297,6 +296,7 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         _decode_merge_kernel[(bs, h)](
             o, mid_o, mid_lse, o.stride(0), o.stride(1), mid_o.stride(0), mid_o.stride(1),
             mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), num_splits, d,
-            BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
+            BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
+            num_warps=4 if num_splits * block_d >= 4096 else 2,
         )
     return o
