@@ -80,10 +80,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LMNB_CACHE_DIR") or Path.home() / ".cache" / "lmnb")
 
 
-def _load_converted(gguf_path: str, name: str) -> LoadedModel:
+def converted_dir(gguf_path: str) -> Path:
+    """Where the converted copy of a GGUF file lives (keyed by path, size and mtime)."""
     st = os.stat(gguf_path)
     key = hashlib.sha1(f"{os.path.abspath(gguf_path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = cache_dir() / f"{Path(gguf_path).stem}-{key}"
+    return cache_dir() / f"{Path(gguf_path).stem}-{key}"
+
+
+def _load_converted(gguf_path: str, name: str) -> LoadedModel:
+    out = converted_dir(gguf_path)
     if not (out / "done").exists():
         _convert_gguf(gguf_path, out)
     return _load_hf(out, name)

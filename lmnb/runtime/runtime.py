@@ -1,8 +1,10 @@
 """`lmnb.Runtime`: the public face of the kernel-resident engine."""
 from __future__ import annotations
 
+import atexit
 import queue
 import time
+import weakref
 from typing import Iterator, Sequence
 
 import torch
@@ -121,6 +123,7 @@ class Runtime:
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         self.engine = Engine(self.scheduler, ModelRunner(self.model, backend, self.pool, self.req_pool),
                              self.outputs)
+        atexit.register(_shutdown_ref, weakref.ref(self))
 
     # -- text <-> tokens ---------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -235,6 +238,12 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+
+
+def _shutdown_ref(ref) -> None:
+    rt = ref()
+    if rt is not None:
+        rt.shutdown()
 
 
 def _as_prompt_list(prompts) -> list:

