@@ -36,8 +36,11 @@ EXTEND = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128)]  # (bs, 
 TUNE = [(1, 2048), (1, 8192), (1, 32768), (8, 4096), (64, 4096)]
 DECODE_CONFIGS = [(32, 4, 2), (32, 2, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2),
                   (128, 8, 2)]
+EXTEND_TUNE = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128), (1, 8000, 256),
+               (2, 16000, 64), (16, 4000, 32)]
 EXTEND_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
-                  (128, 128, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3)]
+                  (128, 128, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3),
+                  (64, 64, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)]
 
 
 def bench_ms(fn) -> float:
@@ -167,7 +170,7 @@ def run_tune(rows):
 def run_tune_extend(rows):
     """Block shapes of the extend kernel around the default."""
     from lmnb.runtime.attention import triton_kernels as tk
-    for bs, prefix, ext in EXTEND[:3]:
+    for bs, prefix, ext in EXTEND_TUNE:
         pool, batch, (q, _, _) = make_step(Mode.EXTEND, bs, prefix, ext)
         args = (q, pool.k[0], pool.v[0])
         rest = (batch.req_to_token, batch.req_pool_indices, batch.prefix_lens,
@@ -264,7 +267,8 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--quick", action="store_true", help="first three decode shapes only")
     ap.add_argument("--no-tune", action="store_true", help="skip the kernel block sweeps")
-    ap.add_argument("--tune-only", action="store_true", help="only the kernel block sweeps")
+    ap.add_argument("--tune-only", choices=["all", "decode", "extend"],
+                    help="only the kernel block sweeps (all, or one kernel's)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA device")
@@ -282,8 +286,10 @@ def main() -> None:
         run_extend(rows, names)
         run_fused(rows, hbm)
     if not args.no_tune:
-        run_tune(rows)
-        run_tune_extend(rows)
+        if args.tune_only != "extend":
+            run_tune(rows)
+        if args.tune_only != "decode":
+            run_tune_extend(rows)
     out = args.out or default_out(info["gpu"])
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
