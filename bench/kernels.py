@@ -32,7 +32,7 @@ from lmnb.runtime.memory import KVPool, ReqToTokenPool
 H, KVH, D, DTYPE = 32, 8, 128, torch.bfloat16
 DECODE = [(1, 1024), (1, 8192), (1, 32768), (8, 4096), (32, 2048), (64, 1024), (64, 4096),
           (128, 2048)]
-EXTEND = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128)]  # (bs, prefix, ext)
+EXTEND = [(1, 0, 4096), (8, 2048, 512), (32, 1024, 64), (4, 8000, 128), (1, 8000, 256)]  # (bs, prefix, ext)
 TUNE = [(1, 2048), (1, 8192), (1, 32768), (8, 4096), (64, 4096)]
 DECODE_CONFIGS = [(32, 4, 2), (32, 2, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2),
                   (128, 8, 2)]
@@ -176,7 +176,8 @@ def run_tune_extend(rows):
         rest = (batch.req_to_token, batch.req_pool_indices, batch.prefix_lens,
                 batch.extend_lens, batch.extend_starts, ext, D ** -0.5)
         ref = tk.extend_attention(*args, torch.empty_like(q), *rest)
-        default = tk.extend_config(D, DTYPE, ext)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        default = tk.extend_config(D, DTYPE, ext, bs, H, sms)
         flops = 4 * D * H * bs * (ext * prefix + ext * (ext + 1) / 2)
         for bm, bn, warps, stages in EXTEND_CONFIGS:
             cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}

@@ -18,6 +18,7 @@ tests can be tight.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -138,14 +139,23 @@ def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, E
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
-def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int) -> dict:
-    """Block shapes for the extend kernel: 4 warps with a 3-stage pipeline measured best on
-    H100 (bench/KERNELS.md); 64-row blocks for short extends (a 128-row block over 5 new
-    tokens wastes most of its work) and smaller tiles for fp32 (shared memory)."""
+def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int, bs: int = 1,
+                  num_heads: int = 1, num_sms: int = 132) -> dict:
+    """Block shapes for the extend kernel, from the sweeps in bench/KERNELS.md (H100):
+    4 warps with a 3-stage pipeline; 128-row query blocks only while they still give two
+    programs per SM (a long prefix under few new tokens is otherwise starved of
+    parallelism), else 64; smaller tiles for fp32 (shared memory)."""
     if dtype == torch.float32 or head_dim > 128:
         return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
-    return {"BLOCK_M": 64 if max_extend <= 64 else 128, "BLOCK_N": 64, "num_warps": 4,
-            "num_stages": 3}
+    wide = max_extend > 64 and bs * num_heads * triton.cdiv(max_extend, 128) >= 2 * num_sms
+    return {"BLOCK_M": 128 if wide else 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
@@ -160,7 +170,7 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         return o
     _, h, d = q.shape
     kvh = k_buf.shape[1]
-    cfg = dict(config or extend_config(d, q.dtype, max_extend))
+    cfg = dict(config or extend_config(d, q.dtype, max_extend, bs, h, _num_sms(q.device)))
     grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
     q = _last_dim_contiguous(q)
     _extend_kernel[grid](
