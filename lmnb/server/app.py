@@ -1,0 +1,174 @@
+"""The FastAPI application: /v1/models, /v1/completions, /v1/chat/completions."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from lmnb.server.bridge import Bridge, abort_unfinished
+from lmnb.server.config import ServerConfig
+from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers, read_json
+from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
+from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse
+
+
+def create_app(runtime, config: ServerConfig | None = None) -> FastAPI:
+    """An OpenAI-compatible app over `runtime` (which it does not own: stopping the
+    app leaves the runtime running)."""
+    config = config or ServerConfig(model_name=runtime.spec)
+    service = _Service(runtime, config)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.bridge.close()
+
+    app = FastAPI(title="lmnb", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    install_handlers(app)
+    app.add_middleware(ApiKeyGuard, api_key=config.api_key)
+    app.add_api_route("/health", service.health, methods=["GET"])
+    app.add_api_route("/v1/models", service.models, methods=["GET"])
+    app.add_api_route("/v1/models/{model}", service.model, methods=["GET"])
+    app.add_api_route("/v1/completions", service.completions, methods=["POST"])
+    app.add_api_route("/v1/chat/completions", service.chat_completions, methods=["POST"])
+    return app
+
+
+class _Service:
+    def __init__(self, runtime, config: ServerConfig) -> None:
+        self.rt, self.cfg, self.bridge = runtime, config, Bridge(runtime)
+        self.created = int(time.time())
+
+    # -- models ----------------------------------------------------------------
+    async def health(self) -> dict:
+        return {"status": "ok" if self.rt.engine.alive() else "engine stopped"}
+
+    def _model_card(self, name: str) -> dict:
+        card = {"id": name, "object": "model", "created": self.created, "owned_by": "lmnb",
+                "root": self.rt.spec, "max_model_len": self.rt.context_len}
+        if name == "default":
+            card["parent"] = self.cfg.model_name   # an alias of the served model
+        return card
+
+    async def models(self) -> dict:
+        return {"object": "list",
+                "data": [self._model_card(self.cfg.model_name), self._model_card("default")]}
+
+    async def model(self, model: str) -> dict:
+        if not self.cfg.accepts(model):
+            raise ApiError(404, f"model {model!r} is not served here", code="model_not_found")
+        return self._model_card(model)
+
+    # -- generation ---------------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        req = parse(CompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req.check(self.cfg)
+        if req.stream and req.echo and req.logprobs is not None:
+            raise ApiError(400, "echo with logprobs is not supported when streaming", param="echo")
+        sampling = req.sampling(self.cfg, self.rt.context_len)
+        fmt = CompletionFormat(self.rt.tokenizer, self._name(req.model), req)
+        return await self._answer(request, req, fmt, req.prompts(), sampling)
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = parse(ChatCompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req.check(self.cfg)
+        sampling = req.sampling(self.cfg, self.rt.context_len)
+        prompt = self._chat_prompt([m.for_template() for m in req.messages])
+        fmt = ChatFormat(self.rt.tokenizer, self._name(req.model), req)
+        return await self._answer(request, req, fmt, [prompt], sampling)
+
+    def _name(self, model: str | None) -> str:
+        return self.cfg.model_name if model in (None, "default") else model
+
+    def _chat_prompt(self, messages: list[dict]) -> list[int]:
+        tok = self.rt.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ApiError(400, "this model has no chat template; use /v1/completions")
+        try:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # noqa: BLE001 - template errors (jinja) are about the input
+            raise ApiError(400, f"the chat template rejected the messages: {e}", param="messages") from None
+        # the template writes the special tokens itself (BOS included)
+        return list(tok.encode(text, add_special_tokens=False))
+
+    async def _answer(self, request: Request, req, fmt, prompts: list, sampling: dict) -> Response:
+        jobs = [(p, _seeded(sampling, req.seed, j)) for p in prompts for j in range(req.n)]
+        handles = await self.bridge.submit(jobs, stream=req.stream)
+        if req.stream:
+            return StreamingResponse(self._stream(handles, fmt, req), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        results = await self._collect(request, handles)
+        if results is None:   # the client went away; its requests are aborted
+            return Response(status_code=499)
+        return JSONResponse(fmt.response(results, handles))
+
+    async def _collect(self, request: Request, handles: list) -> list[dict] | None:
+        results: list = [None] * len(handles)
+
+        async def gather() -> list:
+            async for ev in self.bridge.events(handles):
+                if ev.kind == "error":
+                    raise ev.value
+                if ev.kind == "done":
+                    results[ev.index] = ev.value
+            return results
+
+        work, gone = asyncio.ensure_future(gather()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                abort_unfinished(handles)
+                work.cancel()
+        return None if work.cancelled() else work.result()
+
+    async def _stream(self, handles: list, fmt, req):
+        """SSE chunks; leaving early (client disconnect) aborts what is still running."""
+        sent, results = [0] * len(handles), [None] * len(handles)
+        try:
+            for chunk in fmt.start_chunks(handles):
+                yield _sse(chunk)
+            async for ev in self.bridge.events(handles):
+                if ev.kind == "error":
+                    yield _sse(error_body(503, str(ev.value), code="engine_unavailable"))
+                    return
+                entries = None
+                if ev.kind == "delta":
+                    if fmt.wants_logprobs:
+                        r, lo, hi = handles[ev.index].req, sent[ev.index], ev.logprobs_ready
+                        entries = (r.output_logprobs[lo:hi], r.output_top_logprobs[lo:hi])
+                        sent[ev.index] = max(lo, hi)
+                    yield _sse(fmt.chunk(ev.index, ev.text, entries))
+                    continue
+                results[ev.index] = ev.value
+                if fmt.wants_logprobs:
+                    lps, tops = visible_logprobs(ev.value)
+                    entries = (lps[sent[ev.index]:], tops[sent[ev.index]:])
+                yield _sse(fmt.chunk(ev.index, "", entries, ev.value["meta"]["finish_reason"]))
+            if req.include_usage():
+                yield _sse(fmt.envelope(fmt.chunk_object, [], usage=usage_of(results, req.n)))
+            yield "data: [DONE]\n\n"
+        finally:
+            abort_unfinished(handles)
+
+
+def _seeded(sampling: dict, seed: int | None, j: int) -> dict:
+    """The j-th of n choices: with a seed, choice j samples with seed + j (else n
+    identical seeds would give n identical choices)."""
+    return sampling if seed is None else {**sampling, "seed": seed + j}
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,206 @@
+"""Request bodies of the OpenAI API and their mapping to runtime sampling parameters.
+
+Parameters lmnb cannot honour (tools, logit_bias, penalties, ...) are rejected with a
+400 when set to anything but their neutral value, never silently ignored. The
+SGLang-style extras `top_k`, `min_p`, `regex`, `ignore_eos` and `stop_token_ids` are
+accepted on both endpoints.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lmnb.server.config import ServerConfig
+from lmnb.server.errors import ApiError
+
+MAX_TOP_LOGPROBS = 20
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: dict | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # accepted only at their neutral value
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict | None = None
+    # SGLang-style extras
+    top_k: int | None = None
+    min_p: float | None = None
+    regex: str | None = None
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+
+    def check(self, cfg: ServerConfig) -> None:
+        if not cfg.accepts(self.model):
+            raise ApiError(404, f"model {self.model!r} is not served here; use {cfg.model_name!r} "
+                                "(or 'default'), see /v1/models", param="model", code="model_not_found")
+        if not 1 <= self.n <= cfg.max_n:
+            raise ApiError(400, f"n must be in [1, {cfg.max_n}], got {self.n}", param="n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ApiError(400, f"{name} is not supported by lmnb serve; leave it 0", param=name)
+        if self.logit_bias:
+            raise ApiError(400, "logit_bias is not supported by lmnb serve", param="logit_bias")
+
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.get("include_usage"))
+
+    def _sampling(self, cfg: ServerConfig, context_len: int, max_tokens: int | None) -> dict:
+        """Runtime keyword arguments shared by all choices of this request."""
+        limit = cfg.max_tokens_limit or context_len
+        if max_tokens is None:
+            max_tokens = limit
+        if isinstance(max_tokens, bool) or max_tokens < 0:
+            raise ApiError(400, f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens")
+        kw: dict[str, Any] = {"max_new_tokens": min(max_tokens, limit)}
+        for name in ("temperature", "top_p", "top_k", "min_p", "regex", "stop", "stop_token_ids"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        if self.ignore_eos:
+            kw["ignore_eos"] = True
+        return kw
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+    json_schema: str | dict | None = None
+
+    def check(self, cfg: ServerConfig) -> None:
+        super().check(cfg)
+        if self.suffix:
+            raise ApiError(400, "suffix is not supported by lmnb serve", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ApiError(400, "best_of is not supported by lmnb serve; use n", param="best_of")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}",
+                           param="logprobs")
+        if not self.prompts():
+            raise ApiError(400, "prompt is empty; give a string, a list of strings or token ids",
+                           param="prompt")
+
+    def prompts(self) -> list:
+        """One entry (str or token-id list) per prompt."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(t, int) for t in p):
+            return [p]
+        return list(p)
+
+    def sampling(self, cfg: ServerConfig, context_len: int) -> dict:
+        kw = self._sampling(cfg, context_len, self.max_tokens)
+        if self.logprobs is not None:
+            kw.update(return_logprob=True, top_logprobs_num=self.logprobs)
+            if self.echo:
+                kw["logprob_start_len"] = 0
+        if self.json_schema is not None:
+            kw["json_schema"] = _schema_str(self.json_schema)
+        return kw
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+
+    def for_template(self) -> dict:
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": _text_of(self.content)}
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: dict | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+
+    def check(self, cfg: ServerConfig) -> None:
+        super().check(cfg)
+        if not self.messages:
+            raise ApiError(400, "messages is empty; give at least one message", param="messages")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise ApiError(400, "tools are not supported by lmnb serve", param="tools")
+        if self.top_logprobs is not None:
+            if not self.logprobs:
+                raise ApiError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+            if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+                raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], "
+                                    f"got {self.top_logprobs}", param="top_logprobs")
+
+    def sampling(self, cfg: ServerConfig, context_len: int) -> dict:
+        asked = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        kw = self._sampling(cfg, context_len, asked)
+        if self.logprobs:
+            kw.update(return_logprob=True, top_logprobs_num=self.top_logprobs or 0)
+        schema = _response_schema(self.response_format)
+        if schema is not None:
+            if self.regex is not None:
+                raise ApiError(400, "give either regex or response_format, not both", param="regex")
+            kw["json_schema"] = schema
+        return kw
+
+
+def parse(model: type[BaseModel], body: dict) -> Any:
+    """Validate a body; the first problem becomes a one-line 400."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, str) or "[" not in x)
+        raise ApiError(400, f"{loc}: {err['msg']}", param=loc or None) from None
+
+
+def _text_of(content) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(400, f"message content part of type {part.get('type')!r} is not "
+                                "supported; only text parts", param="messages")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def _response_schema(fmt: dict | None) -> str | None:
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return json.dumps({"type": "object"})
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or "schema" not in spec:
+            raise ApiError(400, "response_format json_schema needs {'json_schema': {'schema': {...}}}",
+                           param="response_format")
+        return _schema_str(spec["schema"])
+    raise ApiError(400, f"response_format type must be text, json_object or json_schema, "
+                        f"got {fmt.get('type')!r}", param="response_format")
+
+
+def _schema_str(schema) -> str:
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, (dict, bool)):
+        return json.dumps(schema)
+    raise ApiError(400, "a JSON schema is an object (or its JSON text)", param="response_format")
