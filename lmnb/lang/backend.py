@@ -1,0 +1,111 @@
+"""Backends: where a program's primitives are executed.
+
+A backend answers three questions for the interpreter, and nothing else:
+  * `generate(prompt, stream, **sampling)`: continue a text; returns a handle with
+    `result() -> {"text", "meta"}`, iteration over text deltas (stream=True) and `abort()`.
+  * `select(prompt, choices, method)`: score the choices after the prompt and pick one.
+  * `chat_template()`: role prefixes/suffixes for the model, or None (raw completion only).
+Sampling keywords use the runtime's names (`max_new_tokens`, `temperature`, `stop`, ...,
+`regex`, `json_schema` as a JSON string). Each call is blocking or returns a handle at
+once; the interpreter runs programs, branches and batch items on their own threads, so
+concurrent calls from many threads must be safe (the engine batches them).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from lmnb.errors import LmnbError
+from lmnb.lang.chat_template import ChatTemplate
+
+
+@dataclass
+class SelectResult:
+    index: int
+    text: str
+    meta: dict = field(default_factory=dict)
+
+
+class Backend(ABC):
+    supports_logprobs: bool = True
+
+    @abstractmethod
+    def generate(self, prompt: str, stream: bool = False, **sampling):
+        """Start generating after `prompt`; return a handle (result / iterate / abort)."""
+
+    @abstractmethod
+    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+        """Pick one of `choices` as the continuation of `prompt`."""
+
+    @abstractmethod
+    def chat_template(self) -> ChatTemplate | None:
+        """Role prefixes/suffixes, or None when the model has no chat template."""
+
+
+class RuntimeBackend(Backend):
+    """The in-process `lmnb.Runtime`: requests go straight to its engine."""
+
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+        self._template: ChatTemplate | None | bool = False
+
+    def generate(self, prompt: str, stream: bool = False, **sampling):
+        return self.runtime.submit(prompt, stream=stream, **sampling)
+
+    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+        from lmnb.lang.choices import score_choices
+
+        return score_choices(self.runtime, prompt, list(choices), method)
+
+    def chat_template(self) -> ChatTemplate | None:
+        if self._template is False:
+            self._template = ChatTemplate.from_tokenizer(self.runtime.tokenizer)
+        return self._template
+
+    def __repr__(self) -> str:
+        return f"RuntimeBackend({self.runtime!r})"
+
+
+class StreamHandle:
+    """Protocol reference for what `generate` returns (RequestHandle satisfies it)."""
+
+    def result(self) -> dict: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def abort(self) -> None: ...
+
+
+_default: Backend | None = None
+_wrapped: dict[int, RuntimeBackend] = {}
+
+
+def as_backend(obj) -> Backend:
+    """A Backend as is; an `lmnb.Runtime` (anything with `submit` and `tokenizer`) wrapped."""
+    if isinstance(obj, Backend):
+        return obj
+    if hasattr(obj, "submit") and hasattr(obj, "tokenizer"):
+        b = _wrapped.get(id(obj))
+        if b is None or b.runtime is not obj:
+            b = _wrapped[id(obj)] = RuntimeBackend(obj)
+        return b
+    raise LmnbError(f"a backend is an lmnb.Runtime or an lmnb Backend, got {type(obj).__name__}")
+
+
+def set_default_backend(backend) -> Backend:
+    """Make `backend` (an `lm.Runtime` or a Backend) the one programs use by default."""
+    global _default
+    _default = as_backend(backend)
+    return _default
+
+
+def get_default_backend() -> Backend | None:
+    return _default
+
+
+def resolve_backend(backend=None) -> Backend:
+    if backend is not None:
+        return as_backend(backend)
+    if _default is None:
+        raise LmnbError("no backend: call lm.set_default_backend(lm.Runtime('smollm2')) "
+                        "or pass backend=... to run()")
+    return _default

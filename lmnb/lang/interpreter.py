@@ -1,0 +1,245 @@
+"""Executing IR nodes on a `ProgramState`, and running programs (one or a batch).
+
+`execute(state, node)` runs on the state's worker thread. `run_program` /
+`run_programs` accept a node, a list of nodes, or a body `fn(state)` (what
+`@lm.function` passes) and return finished states.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Sequence
+
+from lmnb.errors import EngineError, LmnbError, RequestAborted
+from lmnb.lang import ir
+from lmnb.lang.backend import resolve_backend
+from lmnb.lang.state import ProgramState
+
+# run()/run_batch() keywords that set program-wide sampling defaults (runtime names)
+DEFAULT_KEYS = ("max_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p",
+                "seed", "ignore_eos", "return_logprob", "top_logprobs_num")
+
+
+def execute(state: ProgramState, node: ir.Expr) -> None:
+    if isinstance(node, ir.Text):
+        state._append(node.value)
+    elif isinstance(node, ir.Seq):
+        for item in node.items:
+            execute(state, item)
+    elif isinstance(node, ir.Gen):
+        _gen(state, node)
+    elif isinstance(node, ir.Select):
+        res = state.backend.select(_prompt(state, node), node.choices, node.method)
+        state._append(res.text, node.name)
+        state._capture(node.name, res.text, res.meta)
+    elif isinstance(node, ir.RoleBegin):
+        _role_begin(state, node.role)
+    elif isinstance(node, ir.RoleEnd):
+        _role_end(state, node.role)
+    elif isinstance(node, ir.Var):
+        if node.name not in state._vars:
+            raise LmnbError(f"no variable {node.name!r} was captured before it is used")
+        state._append(str(state._vars[node.name]))
+    elif isinstance(node, ir.Fork):
+        _fork(state, node)
+    elif isinstance(node, ir.Call):
+        out = node.fn(state)
+        if out is not None and out is not state:
+            execute(state, ir.as_expr(out))
+    else:
+        raise LmnbError(f"not a program node: {type(node).__name__}")
+
+
+def _prompt(state: ProgramState, node: ir.Expr) -> str:
+    if not state._text:
+        raise LmnbError("there is no text before it to continue; add a prompt (or a role) first")
+    return state._text
+
+
+def _gen(state: ProgramState, node: ir.Gen) -> None:
+    params = {**state.defaults, **node.sampling()}
+    h = state.backend.generate(_prompt(state, node), stream=state.stream, **params)
+    state._handle = h
+    start = len(state._text)
+    try:
+        if state.stream:
+            _stream_into(state, h, node.name, tuple(params.get("stop") or ()))
+        res = h.result()
+    except BaseException:
+        h.abort()
+        raise
+    finally:
+        state._handle = None
+    text, meta = res["text"], res["meta"]
+    shown = state._text[start:]
+    if text.startswith(shown):
+        state._append(text[len(shown):], node.name)
+    else:  # re-tokenization changed text already streamed: the state keeps the final text
+        state._text = state._text[:start] + text
+    if meta.get("finish_reason") == "abort":
+        raise RequestAborted("the request was aborted")
+    value = text
+    if node.parse is not None:
+        from lmnb.runtime.constrained import parse_value
+
+        value = parse_value(node.parse, text)
+    state._capture(node.name, value, meta)
+
+
+def _stream_into(state: ProgramState, handle, name: str | None, stops: tuple[str, ...]) -> None:
+    """Append deltas as they come, holding back a tail that could begin a stop string
+    (the runtime cuts a stop string only once it is complete)."""
+    buf, shown = "", 0
+    for delta in handle:
+        buf += delta
+        safe = len(buf) - _stop_overlap(buf, stops)
+        if safe > shown:
+            state._append(buf[shown:safe], name)
+            shown = safe
+
+
+def _stop_overlap(text: str, stops: tuple[str, ...]) -> int:
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _role_begin(state: ProgramState, role: str) -> None:
+    tmpl = state.backend.chat_template()
+    if tmpl is None:
+        raise LmnbError("this model has no chat template; write raw text without system/user/assistant")
+    if state._role is not None:
+        raise LmnbError(f"the {state._role[0]} turn is still open; close it first ({state._role[0]}_end())")
+    first = not state._messages and not state._text
+    state._append(tmpl.begin(role, first))
+    state._role = (role, len(state._text))
+
+
+def _role_end(state: ProgramState, role: str) -> None:
+    if state._role is None or state._role[0] != role:
+        open_ = f"the open turn is {state._role[0]!r}" if state._role else "no turn is open"
+        raise LmnbError(f"{role}_end() without {role}_begin() ({open_})")
+    state._messages.append({"role": role, "content": state._text[state._role[1]:]})
+    state._role = None
+    state._append(state.backend.chat_template().end(role))
+
+
+def _fork(state: ProgramState, node: ir.Fork) -> None:
+    from lmnb.lang.state import ForkGroup
+
+    group = ForkGroup(state, [state._branch() for _ in node.branches])
+    for b, body in zip(group.states, node.branches):
+        b += body
+    group.join(node.join)
+
+
+def named_error(node: ir.Expr, e: BaseException) -> BaseException:
+    """The same kind of error with the primitive named first; the original is the cause."""
+    where = node.describe()
+    if isinstance(e, (LmnbError, EngineError, RequestAborted)):
+        if str(e).startswith(where) or str(e).startswith("fork branch"):
+            return e
+        new = type(e)(f"{where}: {e}")
+    elif isinstance(e, KeyboardInterrupt):
+        new = RequestAborted(f"{where}: interrupted")
+    else:
+        new = RuntimeError(f"{where} failed: {type(e).__name__}: {e}")
+    new.__cause__ = e
+    return new
+
+
+# -- running programs -----------------------------------------------------------------
+def _as_body(program) -> Callable:
+    if callable(program) and not isinstance(program, ir.Expr):
+        return program
+    node = ir.as_expr(program)
+    return lambda s: s.__iadd__(node)
+
+
+def start(body: Callable, backend=None, stream: bool = False, defaults: dict | None = None,
+          args: tuple = (), kwargs: dict | None = None) -> ProgramState:
+    """Run `body(state, *args, **kwargs)`. Blocks until done unless stream=True, when the
+    body runs on a thread and the state is returned at once. Errors land in state.error."""
+    state = ProgramState(resolve_backend(backend), _check_defaults(defaults or {}), stream)
+    state._open = True
+
+    def go() -> None:
+        try:
+            state.ret_value = body(state, *args, **(kwargs or {}))
+            state.sync()
+        except BaseException as e:  # noqa: BLE001 - reported through the state
+            state.fail(e)
+            if isinstance(e, KeyboardInterrupt) and not stream:
+                raise
+        finally:
+            with state._cond:
+                state._open = False
+                state._cond.notify_all()
+
+    if stream:
+        import threading
+
+        threading.Thread(target=go, name="lmnb-program-body", daemon=True).start()
+    else:
+        go()
+    return state
+
+
+def run_program(program, backend=None, stream: bool = False, **defaults) -> ProgramState:
+    """Run a node, a list of nodes or a body fn(state); raise the program's error (with
+    `.state` set) unless stream=True, where it stays in `state.error`."""
+    state = start(_as_body(program), backend, stream, defaults)
+    if not stream and state.error is not None:
+        err = state.error
+        err.state = state
+        raise err
+    return state
+
+
+def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_bar: bool = False,
+                 args_list: Sequence[dict] | None = None, **defaults) -> list[ProgramState]:
+    """Run several programs at once (the engine batches their requests); the states come
+    back in order, a failed one with `state.error` set."""
+    n = len(programs)
+    if n == 0:
+        return []
+    workers = _threads(num_threads, n)
+    backend = resolve_backend(backend)
+    out: list[ProgramState | None] = [None] * n
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="lmnb-batch") as pool, \
+            tqdm(total=n, disable=not progress_bar, desc="programs") as bar:
+        futs = {pool.submit(start, _as_body(p), backend, False, defaults, (),
+                            args_list[i] if args_list else None): i for i, p in enumerate(programs)}
+        try:
+            for f in as_completed(futs):
+                out[futs[f]] = f.result()
+                bar.update(1)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+    return out  # type: ignore[return-value]
+
+
+def _threads(num_threads, n: int) -> int:
+    if num_threads == "auto":
+        return max(1, min(n, 128, (os.cpu_count() or 1) * 32))
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise LmnbError(f"num_threads must be 'auto' or an int >= 1, got {num_threads!r}")
+    return min(num_threads, n)
+
+
+def _check_defaults(defaults: dict) -> dict:
+    unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
+    if unknown:
+        raise LmnbError(f"unknown run option {unknown[0]!r}; valid: {', '.join(DEFAULT_KEYS)}")
+    d = {k: v for k, v in defaults.items() if v is not None}
+    if isinstance(d.get("stop"), str):
+        d["stop"] = (d["stop"],)
+    return d

@@ -1,0 +1,357 @@
+"""The program IR: the primitives of the SGLang frontend language as plain data.
+
+A program is a sequence of nodes appended to a `ProgramState`:
+
+    Text(value)            constant text
+    Gen(name, ...)         a generation hole; the output is captured under `name`
+    Select(name, choices)  pick one of `choices` by likelihood; the choice is appended
+    RoleBegin(role) / RoleEnd(role)   chat turns (system / user / assistant)
+    Seq(items)             several nodes in order (what `"a" + gen(...) + "b"` builds)
+    Var(name)              the text of a value captured earlier in the same program
+    Fork(branches, join)   run the branches in parallel from the current text, then join
+    Call(fn)               fn(state) runs on the state when reached (may return a node)
+
+The constructors (`gen`, `select`, `system`, `user`, `assistant`, `*_begin`, `*_end`,
+`fork`) build nodes and validate their arguments at once, so a bad argument raises an
+`LmnbError` naming the primitive on the line that wrote it.
+
+Running IR without the decorator (what `%%lm` does):
+
+    from lmnb.lang.ir import Text, Seq, Fork, gen, select, user, assistant
+    from lmnb.lang.interpreter import run_program
+    prog = Seq([user("Name a colour."), assistant(gen("c", max_tokens=8))])
+    state = run_program(prog, backend=None, temperature=0)   # default backend, blocks
+    state["c"], state.text(), state.messages()
+
+`run_program(node_or_list, backend=None, stream=False, **defaults)` returns the finished
+`ProgramState` (stream=True returns at once; iterate `state.text_iter()`), and
+`run_programs(list_of_nodes, ...)` runs several through the engine together. On an
+existing state, `state += node` appends any node (executed in order, asynchronously).
+`Fork(branches=(body,) * n)` runs `body` n times; a name captured in several branches
+becomes a list in branch order in the parent (`join="gather_variable"`), or
+`join="concate_and_append"` appends the branches' texts to the parent text.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+from lmnb.errors import LmnbError
+
+ROLES = ("system", "user", "assistant")
+SELECT_METHODS = ("token_length_normalized", "greedy_token", "unconditional_likelihood_normalized")
+JOIN_MODES = ("gather_variable", "concate_and_append")
+
+
+class Expr:
+    """Base of every IR node: `+` concatenates nodes and strings into a `Seq`."""
+
+    def __add__(self, other) -> "Seq":
+        return Seq([self, as_expr(other)])
+
+    def __radd__(self, other) -> "Seq":
+        return Seq([as_expr(other), self])
+
+    def describe(self) -> str:
+        """How error messages name this node, e.g. `gen('answer')`."""
+        return type(self).__name__.lower()
+
+
+def as_expr(value) -> Expr:
+    """Strings become `Text`, lists and tuples become `Seq`; nodes pass through."""
+    if isinstance(value, Expr):
+        return value
+    if isinstance(value, str):
+        return Text(value)
+    if isinstance(value, (list, tuple)):
+        return Seq([as_expr(v) for v in value])
+    raise LmnbError(f"cannot add a {type(value).__name__} to a program; use a str or a primitive "
+                    "(gen, select, user, ...), e.g. str(value)")
+
+
+@dataclass(frozen=True, eq=False)
+class Text(Expr):
+    value: str
+
+    def describe(self) -> str:
+        return f"text {self.value[:30]!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class Seq(Expr):
+    items: tuple = ()
+
+    def __init__(self, items: Sequence = ()) -> None:
+        flat: list[Expr] = []
+        for it in items:
+            it = as_expr(it)
+            flat.extend(it.items if isinstance(it, Seq) else [it])
+        object.__setattr__(self, "items", tuple(flat))
+
+    def describe(self) -> str:
+        return "sequence"
+
+
+@dataclass(frozen=True, eq=False)
+class Gen(Expr):
+    """A generation hole. Sampling fields left None take the program's defaults.
+
+    `regex` / `json_schema` (a JSON string here) constrain the output; `parse` is the
+    dtype or schema the captured text is parsed with (`parse_value`), or None for text."""
+
+    name: str | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    ignore_eos: bool | None = None
+    return_logprob: bool | None = None
+    top_logprobs_num: int | None = None
+    regex: str | None = None
+    json_schema: str | None = None
+    parse: Any = None
+
+    def describe(self) -> str:
+        return f"gen({self.name!r})"
+
+    def sampling(self) -> dict:
+        """The sampling fields this node sets, by runtime name (`max_new_tokens`...)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or f.name in ("name", "parse"):
+                continue
+            out["max_new_tokens" if f.name == "max_tokens" else f.name] = v
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    name: str | None
+    choices: tuple[str, ...]
+    method: str = "token_length_normalized"
+    temperature: float | None = None  # accepted for SGLang compatibility; scoring ignores it
+
+    def describe(self) -> str:
+        return f"select({self.name!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class RoleBegin(Expr):
+    role: str
+
+    def describe(self) -> str:
+        return f"{self.role}_begin()"
+
+
+@dataclass(frozen=True, eq=False)
+class RoleEnd(Expr):
+    role: str
+
+    def describe(self) -> str:
+        return f"{self.role}_end()"
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    name: str
+
+    def describe(self) -> str:
+        return f"variable {self.name!r}"
+
+
+@dataclass(frozen=True, eq=False)
+class Fork(Expr):
+    branches: tuple[Expr, ...]
+    join: str = "gather_variable"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "branches", tuple(as_expr(b) for b in self.branches))
+        if not self.branches:
+            raise LmnbError("fork: give at least one branch")
+        if self.join not in JOIN_MODES:
+            raise LmnbError(f"fork: join must be one of {', '.join(JOIN_MODES)}, got {self.join!r}")
+
+    def describe(self) -> str:
+        return f"fork({len(self.branches)})"
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    """`fn(state)` runs on the program's state when reached; a returned node or str is
+    executed next (how a sub-program or a late-bound value enters a program)."""
+
+    fn: Callable
+    label: str = "call"
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return self.label
+
+
+# -- constructors (the SGLang names) -------------------------------------------------
+def gen(name: str | None = None, max_tokens: int | None = None, stop=None, stop_token_ids=None,
+        temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+        min_p: float | None = None, seed: int | None = None, ignore_eos: bool | None = None,
+        regex: str | None = None, json_schema=None, dtype=None, choices: Sequence[str] | None = None,
+        return_logprob: bool | None = None, top_logprobs_num: int | None = None) -> Expr:
+    """Generate text and capture it under `name`. `choices=[...]` behaves like `select`;
+    `regex=`, `json_schema=` (dict, JSON string or pydantic model) and `dtype=` (int,
+    float, bool, str) constrain the output and parse the captured value."""
+    where = f"gen({name!r})"
+    _check_name(name, where)
+    if choices is not None:
+        return select(name, choices, temperature=temperature)
+    if sum(x is not None for x in (regex, json_schema, dtype)) > 1:
+        raise LmnbError(f"{where}: give only one of regex=, json_schema= and dtype=")
+    parse = None
+    if dtype is not None:
+        from lmnb.runtime.constrained import regex_for_dtype
+
+        regex, parse = _wrap(where, regex_for_dtype, dtype), dtype
+    if json_schema is not None:
+        parse, json_schema = json_schema, _schema_json(json_schema, where)
+    if regex is not None:
+        _check_regex(regex, where)
+    node = Gen(name, max_tokens, _tuple(stop, where, "stop"), _tuple(stop_token_ids, where, "stop_token_ids"),
+               temperature, top_p, top_k, min_p, seed, ignore_eos, return_logprob, top_logprobs_num,
+               regex, json_schema, parse)
+    _check_sampling(node.sampling(), where)
+    return node
+
+
+def gen_int(name: str | None = None, **kw) -> Expr:
+    return gen(name, dtype=int, **kw)
+
+
+def gen_string(name: str | None = None, **kw) -> Expr:
+    return gen(name, dtype=str, **kw)
+
+
+def select(name: str | None = None, choices: Sequence[str] | None = None,
+           method: str = "token_length_normalized", temperature: float | None = None) -> Expr:
+    """Choose one of `choices` by its likelihood after the current text (all options are
+    scored in one batched pass); the chosen text is appended and captured under `name`."""
+    where = f"select({name!r})"
+    _check_name(name, where)
+    if isinstance(choices, str) or not choices or not all(isinstance(c, str) for c in choices):
+        raise LmnbError(f"{where}: choices must be a non-empty list of str, got {choices!r}")
+    if any(not c for c in choices):
+        raise LmnbError(f"{where}: choices must not be empty strings")
+    if method not in SELECT_METHODS:
+        raise LmnbError(f"{where}: method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
+    return Select(name, tuple(choices), method, temperature)
+
+
+def _role(role: str, expr=None) -> Expr:
+    if expr is None:
+        return Seq([RoleBegin(role), RoleEnd(role)])
+    return Seq([RoleBegin(role), as_expr(expr), RoleEnd(role)])
+
+
+def system(expr=None) -> Expr:
+    return _role("system", expr)
+
+
+def user(expr=None) -> Expr:
+    return _role("user", expr)
+
+
+def assistant(expr=None) -> Expr:
+    return _role("assistant", expr)
+
+
+def system_begin() -> Expr:
+    return RoleBegin("system")
+
+
+def system_end() -> Expr:
+    return RoleEnd("system")
+
+
+def user_begin() -> Expr:
+    return RoleBegin("user")
+
+
+def user_end() -> Expr:
+    return RoleEnd("user")
+
+
+def assistant_begin() -> Expr:
+    return RoleBegin("assistant")
+
+
+def assistant_end() -> Expr:
+    return RoleEnd("assistant")
+
+
+def fork(*branches, n: int | None = None, join: str = "gather_variable") -> Fork:
+    """`fork(body, n=3)` runs body three times; `fork(a, b)` runs a and b side by side."""
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LmnbError(f"fork: n must be an int >= 1, got {n!r}")
+        if len(branches) != 1:
+            raise LmnbError("fork: with n=, give exactly one branch body")
+        branches = branches * n
+    return Fork(tuple(branches), join)
+
+
+# -- validation helpers ------------------------------------------------------------
+def _check_name(name, where: str) -> None:
+    if name is not None and (not isinstance(name, str) or not name):
+        raise LmnbError(f"{where}: the name must be a non-empty str, got {name!r}")
+
+
+def _tuple(v, where: str, what: str):
+    if v is None:
+        return None
+    if isinstance(v, (str, int)):
+        return (v,)
+    try:
+        return tuple(v)
+    except TypeError:
+        raise LmnbError(f"{where}: {what} must be a value or a list, got {type(v).__name__}") from None
+
+
+def _wrap(where: str, fn, *args):
+    try:
+        return fn(*args)
+    except LmnbError as e:
+        raise LmnbError(f"{where}: {e}") from None
+
+
+def _schema_json(schema, where: str) -> str:
+    if isinstance(schema, str):
+        try:
+            json.loads(schema)
+        except ValueError as e:
+            raise LmnbError(f"{where}: json_schema is not valid JSON: {e}") from None
+        return schema
+    if isinstance(schema, dict):
+        return json.dumps(schema)
+    if hasattr(schema, "model_json_schema"):
+        return json.dumps(schema.model_json_schema())
+    raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
+                    f"got {type(schema).__name__}")
+
+
+def _check_regex(regex, where: str) -> None:
+    if not isinstance(regex, str) or not regex:
+        raise LmnbError(f"{where}: regex must be a non-empty str, got {regex!r}")
+    from lmnb.runtime.constrained import normalize_regex
+
+    _wrap(where, normalize_regex, regex)
+
+
+def _check_sampling(params: dict, where: str) -> None:
+    from lmnb.runtime.sampling_params import SamplingParams
+
+    try:
+        SamplingParams.make(**params)
+    except LmnbError as e:
+        raise LmnbError(f"{where}: {str(e).replace('max_new_tokens', 'max_tokens')}") from None

@@ -1,0 +1,261 @@
+"""`ProgramState`: the text, messages and captured variables of one running program.
+
+`s += node` queues the node and returns at once; a worker thread of this state executes
+the queue in order (see `interpreter.execute`). This is what lets `fork` branches and the
+programs of a batch reach the engine together: each has its own worker, so their
+requests are in flight at the same time and the engine batches them. Reading a value
+(`s["x"]`, `s.text()`) waits only as long as needed. Code that runs on the worker itself
+(a sub-program, a `Call` node) executes nodes inline instead of queueing them.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from typing import Iterator
+
+from lmnb.errors import LmnbError, RequestAborted
+from lmnb.lang.ir import Expr, as_expr
+
+
+class ProgramState:
+    def __init__(self, backend, defaults: dict | None = None, stream: bool = False) -> None:
+        self.backend, self.defaults, self.stream = backend, dict(defaults or {}), stream
+        self.error: BaseException | None = None
+        self.ret_value = None
+        self._text = ""
+        self._messages: list[dict] = []
+        self._role: tuple[str, int] | None = None   # open turn and where its content starts
+        self._vars: dict = {}
+        self._meta: dict = {}
+        self._chunks: list[tuple[str | None, str]] = []   # appended text pieces, for text_iter
+        self._cond = threading.Condition()
+        self._queue: deque = deque()
+        self._worker: threading.Thread | None = None
+        self._handle = None          # the backend request in flight, for abort()
+        self._open = False           # a program body may still add nodes (run sets it)
+        self._fork_base: dict | None = None
+
+    # -- adding nodes -----------------------------------------------------------
+    def __iadd__(self, other) -> "ProgramState":
+        self.submit(as_expr(other))
+        return self
+
+    def submit(self, node: Expr) -> None:
+        if self._in_worker():
+            from lmnb.lang.interpreter import execute
+
+            execute(self, node)
+            return
+        with self._cond:
+            if self.error is not None:
+                return  # the program already failed; run() reports the first error
+            self._queue.append(node)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="lmnb-program", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        from lmnb.lang.interpreter import execute, named_error
+
+        while True:
+            with self._cond:
+                if not self._queue or self.error is not None:
+                    self._queue.clear()
+                    self._worker = None
+                    self._cond.notify_all()
+                    return
+                node = self._queue.popleft()
+            try:
+                execute(self, node)
+            except BaseException as e:  # noqa: BLE001 - kept on the state, raised to readers
+                self.fail(named_error(node, e))
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = error
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def _in_worker(self) -> bool:
+        return self._worker is not None and threading.current_thread() is self._worker
+
+    # -- waiting ------------------------------------------------------------------
+    def sync(self) -> "ProgramState":
+        """Wait until every queued node has run. Ctrl-C aborts the program."""
+        if self._in_worker():
+            return self
+        self._wait(lambda: self._worker is None)
+        return self
+
+    def _wait(self, pred) -> None:
+        try:
+            with self._cond:
+                self._cond.wait_for(pred)
+        except KeyboardInterrupt:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop the program: drop queued nodes and abort the request in flight."""
+        self.fail(RequestAborted("the program was aborted"))
+        h = self._handle
+        if h is not None:
+            h.abort()
+
+    # -- reading --------------------------------------------------------------------
+    def __getitem__(self, name: str):
+        return self.get_var(name)
+
+    def get_var(self, name: str):
+        if not self._in_worker():
+            self._wait(lambda: name in self._vars or self._worker is None)
+        if name in self._vars:
+            return self._vars[name]
+        if self.error is not None:
+            raise self.error
+        known = ", ".join(map(repr, self._vars)) or "none yet"
+        raise LmnbError(f"the program captured no variable {name!r} (captured: {known})")
+
+    def set_var(self, name: str, value) -> None:
+        self.sync()
+        self._vars[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        self.sync()
+        return name in self._vars
+
+    def variables(self) -> dict:
+        self.sync()
+        return dict(self._vars)
+
+    def get_meta_info(self, name: str) -> dict | None:
+        self.get_var(name)
+        return self._meta.get(name)
+
+    def text(self) -> str:
+        self.sync()
+        return self._text
+
+    def messages(self) -> list[dict]:
+        """The chat turns so far as [{"role", "content"}] (an open turn included)."""
+        self.sync()
+        out = [dict(m) for m in self._messages]
+        if self._role is not None:
+            out.append({"role": self._role[0], "content": self._text[self._role[1]:]})
+        return out
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        """Yield the text as it is produced (all of it, or what is captured under
+        `var_name`), until the program ends; a program error is raised at the end."""
+        i = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: len(self._chunks) > i or self._ended())
+                new, i, ended = self._chunks[i:], len(self._chunks), self._ended()
+            for var, piece in new:
+                if var_name is None or var == var_name:
+                    yield piece
+            if ended and not new:
+                break
+        if self.error is not None:
+            raise self.error
+
+    def _ended(self) -> bool:
+        return self.error is not None or (not self._open and self._worker is None)
+
+    # -- used by the interpreter (on the worker thread) -------------------------------
+    def _append(self, text: str, var: str | None = None) -> None:
+        if not text:
+            return
+        with self._cond:
+            self._text += text
+            self._chunks.append((var, text))
+            self._cond.notify_all()
+
+    def _capture(self, name: str | None, value, meta: dict | None) -> None:
+        if name is None:
+            return
+        with self._cond:
+            self._vars[name] = value
+            self._meta[name] = meta
+            self._cond.notify_all()
+
+    # -- fork / join --------------------------------------------------------------------
+    def fork(self, n: int = 1) -> "ForkGroup":
+        """`n` branches that continue from the current text (the prefix KV is shared)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise LmnbError(f"fork: n must be an int >= 1, got {n!r}")
+        self.sync()
+        if self.error is not None:
+            raise self.error
+        return ForkGroup(self, [self._branch() for _ in range(n)])
+
+    def _branch(self) -> "ProgramState":
+        b = ProgramState(self.backend, self.defaults, self.stream)
+        b._text, b._role = self._text, self._role
+        b._messages = copy.deepcopy(self._messages)
+        b._vars, b._meta = dict(self._vars), dict(self._meta)
+        b._fork_base = dict(self._vars)
+        return b
+
+    def __repr__(self) -> str:
+        status = "error" if self.error else ("running" if self._worker or self._open else "done")
+        return f"<ProgramState {status}, {len(self._text)} chars, variables={list(self._vars)}>"
+
+
+class ForkGroup:
+    """The branches of `s.fork(n)`: index or iterate them; `forks += x` adds x to every
+    branch (a callable gets the branch index); `join()` waits and gathers."""
+
+    def __init__(self, parent: ProgramState, states: list[ProgramState]) -> None:
+        self.parent, self.states = parent, states
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.states[i]
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __iadd__(self, other) -> "ForkGroup":
+        for i, s in enumerate(self.states):
+            s += other(i) if callable(other) and not isinstance(other, Expr) else other
+        return self
+
+    def join(self, mode: str = "gather_variable") -> ProgramState:
+        """Wait for every branch; `gather_variable` puts each name captured in the
+        branches into the parent as a list in branch order (None where a branch did not
+        capture it); `concate_and_append` appends the branches' new text to the parent."""
+        if mode not in ("gather_variable", "concate_and_append"):
+            raise LmnbError(f"join: mode must be 'gather_variable' or 'concate_and_append', got {mode!r}")
+        for i, b in enumerate(self.states):
+            b.sync()
+            if b.error is not None:
+                raise _branch_error(i, b.error)
+        p = self.parent
+        p.sync()
+        if mode == "concate_and_append":
+            base = len(p._text)
+            p._append("".join(b._text[base:] for b in self.states))
+            return p
+        names: dict[str, None] = {}
+        for b in self.states:
+            for k, v in b._vars.items():
+                if k not in b._fork_base or b._fork_base[k] is not v:
+                    names[k] = None
+        for k in names:
+            p._capture(k, [b._vars.get(k) for b in self.states], [b._meta.get(k) for b in self.states])
+        return p
+
+
+def _branch_error(i: int, e: BaseException) -> BaseException:
+    try:
+        new = type(e)(f"fork branch {i}: {e}")
+    except Exception:  # noqa: BLE001 - exotic exception signature
+        return e
+    new.__cause__ = e
+    return new
