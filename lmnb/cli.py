@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> None:
     from lmnb.runtime.runtime import Runtime
     from lmnb.server import serve
+    from lmnb.server.launch import bind
+
+    if args.port:
+        bind(args.host, args.port).close()   # a busy port fails now, not after the model loads
 
     api_key = args.api_key or os.environ.get("LMNB_API_KEY") or None
     options = {k: v for k, v in (("dtype", args.dtype), ("kv_memory_gb", args.kv_memory_gb),

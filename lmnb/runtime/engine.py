@@ -36,7 +36,7 @@ class Engine:
 
     # -- called from any thread ----------------------------------------------
     def submit(self, req: Req) -> None:
-        self._check_alive()
+        self.ensure_alive()
         self.inbox.put(("submit", req))
 
     def abort(self, rid: str) -> None:
@@ -60,7 +60,7 @@ class Engine:
     def alive(self) -> bool:
         return self.thread.is_alive() and self.error is None
 
-    def _check_alive(self) -> None:
+    def ensure_alive(self) -> None:
         if self.error is not None:
             raise EngineError(f"the engine stopped after an error ({self.error!r}); "
                               "load the model again (lm.Runtime(...) or %lm model ...)")

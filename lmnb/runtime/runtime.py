@@ -135,6 +135,7 @@ class Runtime:
     # -- requests ---------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], *, stream: bool = False, **sampling) -> RequestHandle:
         """Queue one request and return its handle at once."""
+        self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
         ids = self._prompt_ids(prompt)
         max_new = min(params.max_new_tokens, self.context_len - len(ids))
