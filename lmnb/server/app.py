@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -43,6 +44,21 @@ class _Service:
     def __init__(self, runtime, config: ServerConfig) -> None:
         self.rt, self.cfg, self.bridge = runtime, config, Bridge(runtime)
         self.created = int(time.time())
+        self._active: set = set()            # handles of requests in flight
+        self._lock = threading.Lock()
+
+    def abort_all(self) -> None:
+        """Abort every request in flight (any thread): on shutdown, streams end at once."""
+        with self._lock:
+            handles = list(self._active)
+        abort_unfinished(handles)
+
+    def _track(self, handles: list, on: bool) -> None:
+        with self._lock:
+            if on:
+                self._active.update(handles)
+            else:
+                self._active.difference_update(handles)
 
     # -- models ----------------------------------------------------------------
     async def health(self) -> dict:
@@ -99,10 +115,14 @@ class _Service:
     async def _answer(self, request: Request, req, fmt, prompts: list, sampling: dict) -> Response:
         jobs = [(p, _seeded(sampling, req.seed, j)) for p in prompts for j in range(req.n)]
         handles = await self.bridge.submit(jobs, stream=req.stream)
+        self._track(handles, True)
         if req.stream:
             return StreamingResponse(self._stream(handles, fmt, req), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        results = await self._collect(request, handles)
+        try:
+            results = await self._collect(request, handles)
+        finally:
+            self._track(handles, False)
         if results is None:   # the client went away; its requests are aborted
             return Response(status_code=499)
         return JSONResponse(fmt.response(results, handles))
@@ -156,6 +176,7 @@ class _Service:
             yield "data: [DONE]\n\n"
         finally:
             abort_unfinished(handles)
+            self._track(handles, False)
 
 
 def _seeded(sampling: dict, seed: int | None, j: int) -> dict:

@@ -14,7 +14,8 @@ from lmnb.server.config import ServerConfig
 
 
 class _Uvicorn(uvicorn.Server):
-    """Calls `on_ready` once the sockets accept connections."""
+    """Calls `on_ready` once the sockets accept connections; stopping (also by a
+    signal) aborts the requests in flight so that open streams end at once."""
 
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
         super().__init__(config)
@@ -24,6 +25,14 @@ class _Uvicorn(uvicorn.Server):
         await super().startup(sockets=sockets)
         if not self.should_exit:
             self.on_ready()
+
+    def request_stop(self) -> None:
+        self.should_exit = True
+        self.config.app.state.service.abort_all()
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        self.config.app.state.service.abort_all()
 
 
 class ServerHandle:
@@ -35,7 +44,7 @@ class ServerHandle:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving (idempotent); running requests are aborted. The runtime stays."""
-        self._server.should_exit = True
+        self._server.request_stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 

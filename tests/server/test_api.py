@@ -73,8 +73,8 @@ def test_chat_logprobs(client):
 
 
 def test_streaming_logprobs_and_usage(client):
-    kw = dict(model="smollm2", messages=[{"role": "user", "content": "Count to three."}],
-              max_tokens=8, temperature=0, logprobs=True)
+    kw = {"model": "smollm2", "messages": [{"role": "user", "content": "Count to three."}],
+              "max_tokens": 8, "temperature": 0, "logprobs": True}
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     whole = client.chat.completions.create(**kw)
     streamed = [t.token for c in chunks if c.choices and c.choices[0].logprobs
@@ -107,17 +107,17 @@ def test_response_format_json(client, fmt):
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(temperature=-1), "temperature must be >= 0"),
-    (dict(top_p=2), "top_p must be in (0, 1]"),
-    (dict(messages=[]), "messages is empty"),
-    (dict(n=99), "n must be in"),
-    (dict(top_logprobs=2), "top_logprobs needs logprobs"),
-    (dict(response_format={"type": "xml"}), "response_format type"),
-    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), "tools are not supported"),
-    (dict(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
+    ({"temperature": -1}, "temperature must be >= 0"),
+    ({"top_p": 2}, "top_p must be in (0, 1]"),
+    ({"messages": []}, "messages is empty"),
+    ({"n": 99}, "n must be in"),
+    ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
+    ({"response_format": {"type": "xml"}}, "response_format type"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools are not supported"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
 ])
 def test_bad_params_are_400(client, kw, words):
-    args = dict(model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2) | kw
+    args = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2} | kw
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(**args)
     assert e.value.status_code == 400

@@ -22,7 +22,7 @@ def client(server):
 
 def _ask(client, q: str, stream: bool) -> str:
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
-    kw = dict(model="smollm2", messages=msgs, max_tokens=10, temperature=0)
+    kw = {"model": "smollm2", "messages": msgs, "max_tokens": 10, "temperature": 0}
     if not stream:
         return client.chat.completions.create(**kw).choices[0].message.content
     return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw))
@@ -72,3 +72,26 @@ def test_non_streaming_disconnect_aborts(server, smollm2):
     assert time.monotonic() - t0 < 10                  # aborted, not run to 400 tokens
     assert stats["in_use_tokens"] == 0 and smollm2.stats()["aborted_requests"] == aborted + 1
     smollm2.check_integrity()
+
+
+def test_stop_ends_open_requests(smollm2):
+    from lmnb.server import start_server
+
+    handle = start_server(smollm2)
+    body = {"model": "smollm2", "prompt": "Tell a long story.", "max_tokens": 400, "ignore_eos": True}
+    with ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(httpx.post, f"{handle.url}/completions", json=body, timeout=60)
+        streamed = pool.submit(lambda: httpx.post(f"{handle.url}/completions", json=body | {"stream": True},
+                                                  timeout=60).text)
+        deadline = time.monotonic() + 20
+        while smollm2.cache_stats()["running"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        handle.stop()
+        assert time.monotonic() - t0 < 3 and not handle.running
+        assert plain.result().json()["choices"][0]["finish_reason"] == "abort"
+        assert streamed.result().endswith("data: [DONE]\n\n")
+    stats = wait_idle(smollm2)
+    assert stats["in_use_tokens"] == 0
+    smollm2.check_integrity()
+    handle.stop()   # idempotent
