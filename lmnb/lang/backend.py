@@ -5,6 +5,8 @@ A backend answers three questions for the interpreter, and nothing else:
     `result() -> {"text", "meta"}`, iteration over text deltas (stream=True) and `abort()`.
   * `select(prompt, choices, method)`: score the choices after the prompt and pick one.
   * `chat_template()`: role prefixes/suffixes for the model, or None (raw completion only).
+  * `cache_prefix(prompt)` (optional): compute and keep the prompt's KV before several
+    requests that share it are sent (fork, batches, select); a no-op by default.
 Sampling keywords use the runtime's names (`max_new_tokens`, `temperature`, `stop`, ...,
 `regex`, `json_schema` as a JSON string). Each call is blocking or returns a handle at
 once; the interpreter runs programs, branches and batch items on their own threads, so
@@ -12,9 +14,11 @@ concurrent calls from many threads must be safe (the engine batches them).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 from lmnb.errors import LmnbError
 from lmnb.lang.chat_template import ChatTemplate
@@ -42,6 +46,9 @@ class Backend(ABC):
     def chat_template(self) -> ChatTemplate | None:
         """Role prefixes/suffixes, or None when the model has no chat template."""
 
+    def cache_prefix(self, prompt: str) -> None:
+        """Make `prompt` a cached prefix (blocking); backends without a cache skip it."""
+
 
 class RuntimeBackend(Backend):
     """The in-process `lmnb.Runtime`: requests go straight to its engine."""
@@ -58,6 +65,12 @@ class RuntimeBackend(Backend):
 
         return score_choices(self.runtime, prompt, list(choices), method)
 
+    def cache_prefix(self, prompt: str) -> None:
+        # the runtime inserts a request's KV into the radix cache when it finishes, so a
+        # zero-token request makes the prefix shareable by everything sent after it
+        if prompt:
+            self.runtime.submit(prompt, max_new_tokens=0).result()
+
     def chat_template(self) -> ChatTemplate | None:
         if self._template is False:
             self._template = ChatTemplate.from_tokenizer(self.runtime.tokenizer)
@@ -65,6 +78,43 @@ class RuntimeBackend(Backend):
 
     def __repr__(self) -> str:
         return f"RuntimeBackend({self.runtime!r})"
+
+
+class PrefixGate(Backend):
+    """For a batch: the first request of any program waits while the first program's
+    prompt is cached (`cache_prefix`), so the batch computes a shared prefix once."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.supports_logprobs = inner, inner.supports_logprobs
+        self._lock, self._opened, self._leader = threading.Lock(), threading.Event(), False
+
+    def _pass(self, prompt: str) -> None:
+        if self._opened.is_set():
+            return
+        with self._lock:
+            leader, self._leader = not self._leader, True
+        if not leader:
+            self._opened.wait()
+            return
+        try:
+            with contextlib.suppress(Exception):  # the program's own request reports it
+                self.inner.cache_prefix(prompt)
+        finally:
+            self._opened.set()
+
+    def generate(self, prompt: str, stream: bool = False, **sampling):
+        self._pass(prompt)
+        return self.inner.generate(prompt, stream=stream, **sampling)
+
+    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+        self._pass(prompt)
+        return self.inner.select(prompt, choices, method)
+
+    def chat_template(self) -> ChatTemplate | None:
+        return self.inner.chat_template()
+
+    def cache_prefix(self, prompt: str) -> None:
+        self.inner.cache_prefix(prompt)
 
 
 class StreamHandle:

@@ -32,7 +32,7 @@ class ChatTemplate:
         return self.suffix[role]
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, strip_bos: bool = True) -> "ChatTemplate | None":
+    def from_tokenizer(cls, tokenizer, strip_bos: bool = True) -> ChatTemplate | None:
         """None when the tokenizer has no chat template. `strip_bos` drops a leading BOS
         token string that the tokenizer's `encode` adds by itself."""
         if not getattr(tokenizer, "chat_template", None):

@@ -2,8 +2,8 @@
 
 Each option is sent as prefix + option with `max_new_tokens=0` and `logprob_start_len`
 at the first token of the option, all at once, so the engine batches them and the radix
-cache computes the shared prefix a single time (the scheduler holds back requests whose
-prefix another request in the same step is computing).
+cache computes the shared prefix a single time: the shared part is cached first by a zero-token request (as
+SGLang does), since the runtime shares a request's KV only once it has finished.
 
 Tokenization at the boundary: prefix + option is encoded as one text (what the model
 would see) and the option starts at the first token where it differs from the encoded
@@ -11,9 +11,8 @@ prefix; one start is used for all options so they are scored over the same span.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from collections.abc import Sequence
 
 from lmnb.lang.backend import SelectResult
 
@@ -22,6 +21,9 @@ def score_choices(rt, prompt: str, choices: Sequence[str], method: str) -> Selec
     prefix_ids = rt.encode(prompt) if prompt else []
     full = [rt.encode(prompt + c) for c in choices]
     start = min(_common_len(prefix_ids, f) for f in full)
+    warm = 0
+    if start > 1:  # cache the shared part first, so every option reads it from the cache
+        warm = rt.submit(full[0][:start], max_new_tokens=0).result()["meta"]["computed_tokens"]
     handles = [rt.submit(f, max_new_tokens=0, logprob_start_len=start) for f in full]
     uncond = None
     if method == "unconditional_likelihood_normalized":
@@ -52,7 +54,7 @@ def score_choices(rt, prompt: str, choices: Sequence[str], method: str) -> Selec
         "option_start": start,
         "prompt_tokens": len(prefix_ids),
         "cached_tokens": [m["cached_tokens"] for m in metas],
-        "computed_tokens": sum(m["computed_tokens"] for m in metas),
+        "computed_tokens": warm + sum(m["computed_tokens"] for m in metas),
         "method": method,
     }
     return SelectResult(best, choices[best], meta)

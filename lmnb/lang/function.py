@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lmnb.errors import LmnbError
 from lmnb.lang import ir
@@ -32,10 +32,10 @@ class Function:
             top_logprobs_num: int | None = None, **kwargs) -> ProgramState:
         """Run once and return the finished state (stream=True: at once, then
         `state.text_iter()`). Keyword sampling options are defaults for every `gen`."""
-        defaults = dict(max_new_tokens=max_new_tokens, stop=stop, stop_token_ids=stop_token_ids,
-                        temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
-                        ignore_eos=ignore_eos, return_logprob=return_logprob,
-                        top_logprobs_num=top_logprobs_num)
+        defaults = {"max_new_tokens": max_new_tokens, "stop": stop, "stop_token_ids": stop_token_ids,
+                    "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                    "seed": seed, "ignore_eos": ignore_eos, "return_logprob": return_logprob,
+                    "top_logprobs_num": top_logprobs_num}
         self._check_args(args, kwargs)
         state = start(self.func, backend, stream, defaults, args, kwargs)
         if not stream and state.error is not None:

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Sequence
 
 from lmnb.errors import EngineError, LmnbError, RequestAborted
 from lmnb.lang import ir
-from lmnb.lang.backend import resolve_backend
+from lmnb.lang.backend import PrefixGate, resolve_backend
 from lmnb.lang.state import ProgramState
 
 # run()/run_batch() keywords that set program-wide sampling defaults (runtime names)
@@ -21,33 +21,44 @@ DEFAULT_KEYS = ("max_new_tokens", "stop", "stop_token_ids", "temperature", "top_
 
 
 def execute(state: ProgramState, node: ir.Expr) -> None:
-    if isinstance(node, ir.Text):
-        state._append(node.value)
-    elif isinstance(node, ir.Seq):
+    """Run one node on the state (on its worker thread); a failing primitive raises an
+    error whose message starts with its name, e.g. `gen('answer'): ...`."""
+    if isinstance(node, ir.Seq):
         for item in node.items:
             execute(state, item)
-    elif isinstance(node, ir.Gen):
-        _gen(state, node)
-    elif isinstance(node, ir.Select):
-        res = state.backend.select(_prompt(state, node), node.choices, node.method)
-        state._append(res.text, node.name)
-        state._capture(node.name, res.text, res.meta)
-    elif isinstance(node, ir.RoleBegin):
-        _role_begin(state, node.role)
-    elif isinstance(node, ir.RoleEnd):
-        _role_end(state, node.role)
-    elif isinstance(node, ir.Var):
-        if node.name not in state._vars:
-            raise LmnbError(f"no variable {node.name!r} was captured before it is used")
-        state._append(str(state._vars[node.name]))
-    elif isinstance(node, ir.Fork):
-        _fork(state, node)
-    elif isinstance(node, ir.Call):
-        out = node.fn(state)
-        if out is not None and out is not state:
-            execute(state, ir.as_expr(out))
-    else:
+        return
+    run = _LEAVES.get(type(node))
+    if run is None:
         raise LmnbError(f"not a program node: {type(node).__name__}")
+    try:
+        run(state, node)
+    except BaseException as e:
+        err = named_error(node, e)
+        if err is e:
+            raise
+        raise err from e
+
+
+def _text(state: ProgramState, node: ir.Text) -> None:
+    state._append(node.value)
+
+
+def _select(state: ProgramState, node: ir.Select) -> None:
+    res = state.backend.select(_prompt(state, node), node.choices, node.method)
+    state._append(res.text, node.name)
+    state._capture(node.name, res.text, res.meta)
+
+
+def _var(state: ProgramState, node: ir.Var) -> None:
+    if node.name not in state._vars:
+        raise LmnbError(f"no variable {node.name!r} was captured before it is used")
+    state._append(str(state._vars[node.name]))
+
+
+def _call(state: ProgramState, node: ir.Call) -> None:
+    out = node.fn(state)
+    if out is not None and out is not state:
+        execute(state, ir.as_expr(out))
 
 
 def _prompt(state: ProgramState, node: ir.Expr) -> str:
@@ -131,6 +142,7 @@ def _role_end(state: ProgramState, role: str) -> None:
 def _fork(state: ProgramState, node: ir.Fork) -> None:
     from lmnb.lang.state import ForkGroup
 
+    state.backend.cache_prefix(state._text)
     group = ForkGroup(state, [state._branch() for _ in node.branches])
     for b, body in zip(group.states, node.branches):
         b += body
@@ -138,18 +150,25 @@ def _fork(state: ProgramState, node: ir.Fork) -> None:
 
 
 def named_error(node: ir.Expr, e: BaseException) -> BaseException:
-    """The same kind of error with the primitive named first; the original is the cause."""
+    """The same kind of error with the primitive named first; the original is the cause.
+    An error already named by an inner primitive passes through."""
+    if getattr(e, "lmnb_where", None):
+        return e
     where = node.describe()
     if isinstance(e, (LmnbError, EngineError, RequestAborted)):
-        if str(e).startswith(where) or str(e).startswith("fork branch"):
-            return e
         new = type(e)(f"{where}: {e}")
     elif isinstance(e, KeyboardInterrupt):
         new = RequestAborted(f"{where}: interrupted")
     else:
         new = RuntimeError(f"{where} failed: {type(e).__name__}: {e}")
     new.__cause__ = e
+    new.lmnb_where = where
     return new
+
+
+_LEAVES = {ir.Text: _text, ir.Gen: lambda s, n: _gen(s, n), ir.Select: _select,
+           ir.RoleBegin: lambda s, n: _role_begin(s, n.role), ir.RoleEnd: lambda s, n: _role_end(s, n.role),
+           ir.Var: _var, ir.Fork: lambda s, n: _fork(s, n), ir.Call: _call}
 
 
 # -- running programs -----------------------------------------------------------------
@@ -171,7 +190,7 @@ def start(body: Callable, backend=None, stream: bool = False, defaults: dict | N
         try:
             state.ret_value = body(state, *args, **(kwargs or {}))
             state.sync()
-        except BaseException as e:  # noqa: BLE001 - reported through the state
+        except BaseException as e:
             state.fail(e)
             if isinstance(e, KeyboardInterrupt) and not stream:
                 raise
@@ -208,7 +227,7 @@ def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_
     if n == 0:
         return []
     workers = _threads(num_threads, n)
-    backend = resolve_backend(backend)
+    backend = PrefixGate(resolve_backend(backend)) if n > 1 else resolve_backend(backend)
     out: list[ProgramState | None] = [None] * n
     from tqdm.auto import tqdm
 

@@ -34,8 +34,9 @@ becomes a list in branch order in the parent (`join="gather_variable"`), or
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from lmnb.errors import LmnbError
 
@@ -47,10 +48,10 @@ JOIN_MODES = ("gather_variable", "concate_and_append")
 class Expr:
     """Base of every IR node: `+` concatenates nodes and strings into a `Seq`."""
 
-    def __add__(self, other) -> "Seq":
+    def __add__(self, other) -> Seq:
         return Seq([self, as_expr(other)])
 
-    def __radd__(self, other) -> "Seq":
+    def __radd__(self, other) -> Seq:
         return Seq([as_expr(other), self])
 
     def describe(self) -> str:

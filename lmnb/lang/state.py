@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
+
+from typing_extensions import Self
 
 from lmnb.errors import LmnbError, RequestAborted
 from lmnb.lang.ir import Expr, as_expr
@@ -37,7 +39,7 @@ class ProgramState:
         self._fork_base: dict | None = None
 
     # -- adding nodes -----------------------------------------------------------
-    def __iadd__(self, other) -> "ProgramState":
+    def __iadd__(self, other) -> Self:
         self.submit(as_expr(other))
         return self
 
@@ -82,7 +84,7 @@ class ProgramState:
         return self._worker is not None and threading.current_thread() is self._worker
 
     # -- waiting ------------------------------------------------------------------
-    def sync(self) -> "ProgramState":
+    def sync(self) -> ProgramState:
         """Wait until every queued node has run. Ctrl-C aborts the program."""
         if self._in_worker():
             return self
@@ -152,7 +154,7 @@ class ProgramState:
         i = 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: len(self._chunks) > i or self._ended())
+                self._cond.wait_for(lambda i=i: len(self._chunks) > i or self._ended())
                 new, i, ended = self._chunks[i:], len(self._chunks), self._ended()
             for var, piece in new:
                 if var_name is None or var == var_name:
@@ -183,16 +185,17 @@ class ProgramState:
             self._cond.notify_all()
 
     # -- fork / join --------------------------------------------------------------------
-    def fork(self, n: int = 1) -> "ForkGroup":
+    def fork(self, n: int = 1) -> ForkGroup:
         """`n` branches that continue from the current text (the prefix KV is shared)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise LmnbError(f"fork: n must be an int >= 1, got {n!r}")
         self.sync()
         if self.error is not None:
             raise self.error
+        self.backend.cache_prefix(self._text)  # the branches then share its KV
         return ForkGroup(self, [self._branch() for _ in range(n)])
 
-    def _branch(self) -> "ProgramState":
+    def _branch(self) -> ProgramState:
         b = ProgramState(self.backend, self.defaults, self.stream)
         b._text, b._role = self._text, self._role
         b._messages = copy.deepcopy(self._messages)
@@ -221,7 +224,7 @@ class ForkGroup:
     def __iter__(self) -> Iterator[ProgramState]:
         return iter(self.states)
 
-    def __iadd__(self, other) -> "ForkGroup":
+    def __iadd__(self, other) -> Self:
         for i, s in enumerate(self.states):
             s += other(i) if callable(other) and not isinstance(other, Expr) else other
         return self
@@ -258,4 +261,5 @@ def _branch_error(i: int, e: BaseException) -> BaseException:
     except Exception:  # noqa: BLE001 - exotic exception signature
         return e
     new.__cause__ = e
+    new.lmnb_where = f"fork branch {i}"
     return new
