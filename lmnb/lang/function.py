@@ -45,7 +45,7 @@ class Function:
         return state
 
     def run_batch(self, batch_kwargs: Sequence[dict], *, backend=None, num_threads="auto",
-                  progress_bar: bool = False, **defaults) -> list[ProgramState]:
+                  progress_bar: bool = True, **defaults) -> list[ProgramState]:
         """Run once per dict of arguments, all together; states in order, failures in
         `state.error`. `progress_bar=True` shows a tqdm bar (a widget in notebooks)."""
         if isinstance(batch_kwargs, dict) or not all(isinstance(k, dict) for k in batch_kwargs):

@@ -180,11 +180,13 @@ def _as_body(program) -> Callable:
 
 
 def start(body: Callable, backend=None, stream: bool = False, defaults: dict | None = None,
-          args: tuple = (), kwargs: dict | None = None) -> ProgramState:
+          args: tuple = (), kwargs: dict | None = None, on_state: Callable | None = None) -> ProgramState:
     """Run `body(state, *args, **kwargs)`. Blocks until done unless stream=True, when the
     body runs on a thread and the state is returned at once. Errors land in state.error."""
     state = ProgramState(resolve_backend(backend), _check_defaults(defaults or {}), stream)
     state._open = True
+    if on_state is not None:
+        on_state(state)
 
     def go() -> None:
         try:
@@ -222,19 +224,22 @@ def run_program(program, backend=None, stream: bool = False, **defaults) -> Prog
 def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_bar: bool = False,
                  args_list: Sequence[dict] | None = None, **defaults) -> list[ProgramState]:
     """Run several programs at once (the engine batches their requests); the states come
-    back in order, a failed one with `state.error` set."""
+    back in order, a failed one with `state.error` set. Ctrl-C aborts them all."""
     n = len(programs)
     if n == 0:
         return []
     workers = _threads(num_threads, n)
     backend = PrefixGate(resolve_backend(backend)) if n > 1 else resolve_backend(backend)
+    _check_defaults(defaults)
     out: list[ProgramState | None] = [None] * n
+    started: list[ProgramState] = []
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(workers, thread_name_prefix="lmnb-batch") as pool, \
             tqdm(total=n, disable=not progress_bar, desc="programs") as bar:
         futs = {pool.submit(start, _as_body(p), backend, False, defaults, (),
-                            args_list[i] if args_list else None): i for i, p in enumerate(programs)}
+                            args_list[i] if args_list else None, started.append): i
+                for i, p in enumerate(programs)}
         try:
             for f in as_completed(futs):
                 out[futs[f]] = f.result()
@@ -242,6 +247,8 @@ def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_
         except BaseException:
             for f in futs:
                 f.cancel()
+            for st in started.copy():  # pool threads may still append
+                st.abort()
             raise
     return out  # type: ignore[return-value]
 

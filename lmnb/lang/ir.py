@@ -120,6 +120,11 @@ class Gen(Expr):
     def describe(self) -> str:
         return f"gen({self.name!r})"
 
+    def __repr__(self) -> str:
+        set_ = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]
+                if getattr(self, f.name) is not None and f.name != "parse"]
+        return f"gen({', '.join([repr(self.name), *set_])})"
+
     def sampling(self) -> dict:
         """The sampling fields this node sets, by runtime name (`max_new_tokens`...)."""
         out = {}

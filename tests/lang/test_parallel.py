@@ -89,9 +89,6 @@ def test_fork_branches_decode_together_and_join_in_order(rt):
     together = sum(rids <= s for s in steps)
     print(f"fork(4): {together}/{len(steps)} decode steps held all 4 branches")
     assert together >= 12 and together >= 0.75 * len(steps)
-    # branch order: each branch saw its own index in the prompt
-    for i, m in enumerate(metas):
-        assert m["prompt_tokens"] > 0
     texts = [f"Idea {i + 1}:" + ideas[i] for i in range(4)]
     for t in texts:
         assert t not in st.text()  # gathered into variables, not appended to the parent
@@ -104,6 +101,9 @@ def test_fork_node_from_ir_gathers_lists(rt):
     st = lm.run_program(prog, temperature=0)
     assert isinstance(st["c"], list) and len(st["c"]) == 3 and len(set(st["c"])) == 1
     assert st.text() == "A list of colors.\nDone"
+    numbered = ir.Fork(tuple(lm.gen("k", regex=f"{i}{i}") for i in range(4)))
+    st = lm.run_program(["Numbers: ", numbered], temperature=0)
+    assert st["k"] == ["00", "11", "22", "33"]  # branch order
     st = lm.run_program(["Words: ", lm.fork("a", "b", join="concate_and_append")])
     assert st.text() == "Words: ab"
 

@@ -195,3 +195,12 @@ def test_engine_failure_surfaces_without_hanging(rt):
     with pytest.raises(EngineError, match=r"fork branch 0: select\('c'\)"):
         forked.run(backend=backend)
     assert time.monotonic() - t0 < 10
+
+
+def test_wrong_program_arguments_are_clear(rt):
+    with pytest.raises(LmnbError, match=r"qa\(\): missing a required argument: 'question'"):
+        qa.run(questoin="x")
+    with pytest.raises(LmnbError, match="list of dicts"):
+        qa.run_batch({"question": "x"})
+    with pytest.raises(LmnbError, match="unknown run option 'max_tokens'"):
+        qa.run_batch([{"question": "x"}], max_tokens=3)
