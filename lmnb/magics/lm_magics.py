@@ -1,0 +1,157 @@
+"""`%%lm` and `%lm`: thin IPython glue over `cell.run_cell` and `KernelSession`."""
+from __future__ import annotations
+
+import sys
+
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Bool, Float, Int, Unicode, observe
+
+from lmnb.magics.cell import CellOptions, one_line, run_cell
+from lmnb.magics.session import KernelSession, kernel_session
+
+HELP = """\
+%%lm cell language
+  @system / @user / @assistant   switch role (the model's chat template); none: raw text
+  {{ expr }}                     Python in the notebook namespace; gen(...), select(...),
+                                 ... become holes, other values are inserted as str(value)
+  @fork [N] ... @join            branches (N copies) run in parallel from the shared prefix;
+                                 a name captured in several branches becomes a list
+%%lm options: -m MODEL  -o NAME  --temperature T  --max-tokens N  --seed S  --batch VAR
+              --no-stream  --dry-run
+%lm model SPEC | status | cache | cache clear | stats | help
+defaults: %config LmMagics.temperature = 0.0 (also model, max_tokens, seed, stream)"""
+
+_PLACEHOLDER = {"text/plain": ""}
+
+
+@magics_class
+class LmMagics(Magics):
+    """`%%lm` runs a cell of the lmnb prompt language; `%lm` manages the kernel's model."""
+
+    model = Unicode("smollm2", help="model the first %%lm cell loads").tag(config=True)
+    temperature = Float(0.0, help="sampling temperature of cells (0: greedy)").tag(config=True)
+    max_tokens = Int(128, help="default max_tokens of each gen").tag(config=True)
+    seed = Int(None, allow_none=True, help="sampling seed of cells").tag(config=True)
+    stream = Bool(True, help="show tokens as they arrive").tag(config=True)
+    show_traceback = Bool(False, help="raise errors with a traceback (for debugging)").tag(config=True)
+
+    def __init__(self, shell=None, session: KernelSession | None = None, **kwargs) -> None:
+        super().__init__(shell, **kwargs)
+        self.session = session or kernel_session()
+        if not self.session.spec:
+            self.session.default_spec = self.model
+
+    @observe("model")
+    def _model_changed(self, change) -> None:
+        self.session.default_spec = change["new"]
+
+    @magic_arguments()
+    @argument("-m", "--model", default=None, help="model spec, or the name of a Runtime/backend variable")
+    @argument("-o", "--out", default=None, help="store the ProgramState (list with --batch) in this variable")
+    @argument("--temperature", type=float, default=None, help="sampling temperature (default: 0, greedy)")
+    @argument("--max-tokens", type=int, default=None, help="default max_tokens of each gen")
+    @argument("--seed", type=int, default=None, help="sampling seed")
+    @argument("--batch", default=None, metavar="VAR", help="run once per item of VAR (dict keys become names)")
+    @argument("--no-stream", action="store_true", help="show the result only when done")
+    @argument("--dry-run", action="store_true", help="show the compiled prompt and holes; run nothing")
+    @argument("command", nargs="*", help="%%lm: model SPEC | status | cache [clear] | stats | help")
+    @line_cell_magic
+    def lm(self, line: str = "", cell: str | None = None):
+        """Run a cell of the lmnb prompt language, or manage the kernel's model.
+
+        %%lm [-o NAME] ...   the cell is a prompt with {{ gen(...) }} holes, @roles, @fork
+        %lm model SPEC       load SPEC once for the kernel (frees the previous model)
+        %lm status | cache | cache clear | stats | help
+        """
+        try:
+            args = parse_argstring(self.lm, line)
+        except Exception as e:  # noqa: BLE001 - argparse's usage error, as one line
+            return self._fail(f"%lm: {one_line(e)}")
+        if cell is None:
+            return self._line(args)
+        if args.command:
+            return self._fail(f"%%lm takes options only, got {' '.join(args.command)!r} (see %lm help)")
+        return self._cell(args, cell)
+
+    # -- %%lm -------------------------------------------------------------------
+    def _cell(self, args, cell: str):
+        ns = self.shell.user_ns
+        try:
+            backend = self._backend(args.model, ns)
+        except Exception as e:  # noqa: BLE001
+            return self._fail(one_line(e))
+        opts = CellOptions(
+            temperature=args.temperature if args.temperature is not None else self.temperature,
+            max_tokens=args.max_tokens if args.max_tokens is not None else self.max_tokens,
+            seed=args.seed if args.seed is not None else self.seed, batch=args.batch,
+            stream=self.stream and not args.no_stream, dry_run=args.dry_run, backend=backend)
+        live = display(_PLACEHOLDER, raw=True, display_id=True) if opts.stream and not opts.dry_run \
+            and opts.batch is None else None
+        res = run_cell(cell, ns, opts, on_update=(live.update if live else None),
+                       chat_template=getattr(backend, "chat_template", None))
+        if live is not None:   # the live display ends as it began, so saved outputs compare equal
+            live.update(_PLACEHOLDER, raw=True)
+        if res.view is not None:
+            display(res.view)
+        if args.out and res.value is not None:
+            ns[args.out] = res.value
+        self.session.refresh_views()
+        if res.interrupted:
+            print("lmnb: interrupted; the partial text is kept and its KV slots are free", file=sys.stderr)
+        if res.error:
+            return self._fail(res.error)
+        return None
+
+    def _backend(self, model: str | None, ns):
+        if model is None:
+            return self.session.backend()
+        value = ns.get(model) if model.isidentifier() else None
+        if value is not None and (hasattr(value, "submit") or hasattr(value, "chat_template")):
+            from lmnb.lang.backend import as_backend
+
+            return as_backend(value)
+        return self.session.load(model)
+
+    # -- %lm --------------------------------------------------------------------
+    def _line(self, args):
+        cmd = args.command or ["help"]
+        try:
+            return self._command(cmd[0], cmd[1:])
+        except Exception as e:
+            if self.show_traceback:
+                raise
+            return self._fail(one_line(e))
+
+    def _command(self, name: str, rest: list[str]):
+        from lmnb.widgets import CacheTreeView, ThroughputMeter
+
+        s = self.session
+        if name == "model" and len(rest) == 1:
+            s.load(rest[0])
+            print(s.status().splitlines()[0])
+        elif name == "status" and not rest:
+            print(s.status())
+        elif name == "cache" and not rest:
+            view = CacheTreeView(s.require_runtime("%lm cache"))
+            s.views.add(view)
+            display(view)
+        elif name == "cache" and rest == ["clear"]:
+            print(s.clear_cache())
+            s.refresh_views()
+        elif name == "stats" and not rest:
+            view = ThroughputMeter(s.require_runtime("%lm stats"))
+            s.views.add(view)
+            display(view)
+        elif name == "help" and not rest:
+            print(HELP)
+        else:
+            return self._fail(f"unknown command '%lm {' '.join([name, *rest])}'; "
+                              "use model SPEC, status, cache, cache clear, stats or help")
+        return None
+
+    def _fail(self, message: str):
+        if self.show_traceback:
+            raise RuntimeError(message)
+        print(f"lmnb: {message}", file=sys.stderr)

@@ -1,0 +1,129 @@
+"""The kernel's runtime: one model loaded once and shared by every `%%lm` cell.
+
+`KernelSession` is plain Python (tests use it without IPython): `load(spec)` loads a
+model unless it is already the current one, and frees the previous one first
+(`shutdown`); `backend()` loads the default model on first use. The loaded runtime
+also becomes `lm`'s default backend, so Python cells use the same model.
+"""
+from __future__ import annotations
+
+import weakref
+
+from lmnb.errors import LmnbError
+
+
+class KernelSession:
+    def __init__(self, default_spec: str = "smollm2", **runtime_options) -> None:
+        self.default_spec, self.runtime_options = default_spec, runtime_options
+        self.runtime = None          # an lm.Runtime, or None for remote backends
+        self.spec: str | None = None
+        self._backend = None
+        self.views: weakref.WeakSet = weakref.WeakSet()   # live views refreshed after cells
+
+    # -- loading ------------------------------------------------------------------
+    def load(self, spec: str, **options):
+        """Make `spec` the kernel's model (loading it only when it is not already)."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise LmnbError("give a model spec, e.g. %lm model smollm2")
+        spec = spec.strip()
+        if spec == self.spec and self._usable():
+            return self._backend
+        import lmnb as lm
+
+        if spec.startswith("openai:"):
+            backend = self._openai(spec[len("openai:"):], **options)
+            self.close()
+            self.runtime, self.spec, self._backend = None, spec, lm.set_default_backend(backend)
+            return self._backend
+        self.close()   # free the old model before loading the new one
+        rt = lm.Runtime(spec, **{**self.runtime_options, **options})
+        return self.attach(rt)
+
+    def attach(self, runtime):
+        """Use an already loaded `lm.Runtime` (or backend) as the kernel's model."""
+        import lmnb as lm
+
+        self.runtime = runtime if hasattr(runtime, "cache_stats") else None
+        self.spec = getattr(runtime, "spec", None) or repr(runtime)
+        self._backend = lm.set_default_backend(runtime)
+        return self._backend
+
+    @staticmethod
+    def _openai(model: str, **options):
+        import lmnb as lm
+
+        try:
+            openai_backend = lm.OpenAI
+        except AttributeError:
+            raise LmnbError("the OpenAI backend is not available in this version of lmnb") from None
+        return openai_backend(model, **options)
+
+    def backend(self):
+        """The current backend, loading the default model on first use."""
+        if not self._usable():
+            self.load(self.spec if self.spec and self.runtime is not None else self.default_spec)
+        return self._backend
+
+    def _usable(self) -> bool:
+        if self._backend is None:
+            return False
+        return self.runtime is None or self.runtime.engine is not None and self.runtime.engine.alive()
+
+    def close(self) -> None:
+        """Shut the current runtime down (idempotent)."""
+        if self.runtime is not None:
+            self.runtime.shutdown()
+        self.runtime = self._backend = self.spec = None
+
+    def require_runtime(self, what: str):
+        if self.runtime is None:
+            self.backend()
+        if self.runtime is None:
+            raise LmnbError(f"{what} needs a local model; the current one is {self.spec}")
+        return self.runtime
+
+    # -- inspection ---------------------------------------------------------------
+    def status(self) -> str:
+        if self._backend is None:
+            return f"no model loaded; the first %%lm cell loads {self.default_spec!r} (or: %lm model SPEC)"
+        if self.runtime is None:
+            return f"model: {self.spec} (remote backend)"
+        rt = self.runtime
+        if not self._usable():
+            return f"model: {self.spec} — stopped; the next cell loads it again"
+        st = rt.cache_stats()
+        c = rt.stats()
+        dtype = str(rt.dtype).removeprefix("torch.")
+        lines = [
+            (f"model: {rt.spec} on {rt.device.type} ({dtype}), attention {rt.attention_backend}, "
+             f"context {rt.context_len} tokens"),
+            (f"KV pool: {st['pool_size']} slots, {st['free_slots']} free, {st['cached_tokens']} cached, "
+             f"{st['in_use_tokens']} in use"),
+            (f"radix cache: {st['nodes']} nodes, hit rate {100 * st['hit_rate']:.0f}% "
+             f"({st['hit_tokens']} of {st['prompt_tokens']} prompt tokens)"),
+            (f"requests: {c['finished_requests']} finished, {c['aborted_requests']} aborted, "
+             f"{st['running']} running, {st['waiting']} waiting")]
+        return "\n".join(lines)
+
+    def clear_cache(self) -> str:
+        rt = self.require_runtime("%lm cache clear")
+        freed = rt.flush_cache()
+        return f"cache cleared: {freed} cached tokens freed"
+
+    def refresh_views(self) -> None:
+        for v in list(self.views):
+            try:
+                v.refresh()
+            except Exception:  # noqa: BLE001 - a stale view must not break a cell
+                self.views.discard(v)
+
+
+_SESSION: KernelSession | None = None
+
+
+def kernel_session() -> KernelSession:
+    """The process-wide session (one kernel, one runtime)."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = KernelSession()
+    return _SESSION

@@ -1,0 +1,79 @@
+"""`View`: what every lmnb widget shares.
+
+A view renders itself twice, from the same data: `text()` is a deterministic
+`text/plain` (no addresses, no timings, so nbval can compare it) and `html()` is
+self-contained HTML (inline styles and SVG, no scripts). `_repr_mimebundle_` offers
+both, and with `live=True` an `ipywidgets.HTML` as well, whose value `refresh()`
+updates in place (JupyterLab and VS Code show the widget; headless runs and saved
+notebooks fall back to the HTML or to the stored widget state).
+"""
+from __future__ import annotations
+
+import html as _html
+
+STYLE = ("font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; "
+         "line-height: 1.45; border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 8px; "
+         "background: #fbfbfc; color: #1f2328; white-space: normal")
+
+
+def esc(s: str) -> str:
+    return _html.escape(s, quote=True)
+
+
+def pre(s: str) -> str:
+    """Escaped text that keeps its line breaks and spaces."""
+    return f'<span style="white-space: pre-wrap">{esc(s)}</span>'
+
+
+def box(title: str, body: str) -> str:
+    return (f'<div class="lmnb-view" style="{STYLE}"><div style="font-weight: 600; color: #57606a; '
+            f'margin-bottom: 4px">{esc(title)}</div>{body}</div>')
+
+
+class View:
+    """Base of the lmnb views; subclasses implement `text()` and `html()`."""
+
+    live = False
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def html(self) -> str:
+        raise NotImplementedError
+
+    def update(self) -> None:
+        """Re-read the data the view shows (views of live objects override it)."""
+
+    def widget(self):
+        """The `ipywidgets.HTML` showing this view (made on first use)."""
+        w = getattr(self, "_widget", None)
+        if w is None:
+            import ipywidgets
+
+            w = self._widget = ipywidgets.HTML(value=self.html())
+        return w
+
+    def refresh(self) -> None:
+        """Re-read the data and update the widget in place, if one was made."""
+        self.update()
+        w = getattr(self, "_widget", None)
+        if w is not None:
+            w.value = self.html()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        bundle = {"text/plain": self.text(), "text/html": self.html()}
+        if self.live:
+            try:
+                wb = self.widget()._repr_mimebundle_()
+            except Exception:  # noqa: BLE001 - no widget support: the HTML is enough
+                wb = None
+            if wb and "application/vnd.jupyter.widget-view+json" in wb:
+                bundle["application/vnd.jupyter.widget-view+json"] = \
+                    wb["application/vnd.jupyter.widget-view+json"]
+        return bundle
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def __repr__(self) -> str:
+        return self.text()
