@@ -40,6 +40,9 @@ _EXPORTS = {
     "RuntimeBackend": "lmnb.lang",
     "run_program": "lmnb.lang",
     "run_programs": "lmnb.lang",
+    "run_template": "lmnb.lang.template",
+    "compile_template": "lmnb.lang.template",
+    "TemplateError": "lmnb.lang.template",
 }
 
 

@@ -37,6 +37,7 @@ class ProgramState:
         self._handle = None          # the backend request in flight, for abort()
         self._open = False           # a program body may still add nodes (run sets it)
         self._fork_base: dict | None = None
+        self._branches: list[ProgramState] = []   # fork branches, aborted with this state
 
     # -- adding nodes -----------------------------------------------------------
     def __iadd__(self, other) -> Self:
@@ -105,6 +106,8 @@ class ProgramState:
         h = self._handle
         if h is not None:
             h.abort()
+        for b in list(self._branches):
+            b.abort()
 
     # -- reading --------------------------------------------------------------------
     def __getitem__(self, name: str):
@@ -201,6 +204,7 @@ class ProgramState:
         b._messages = copy.deepcopy(self._messages)
         b._vars, b._meta = dict(self._vars), dict(self._meta)
         b._fork_base = dict(self._vars)
+        self._branches.append(b)
         return b
 
     def __repr__(self) -> str:
