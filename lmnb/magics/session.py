@@ -35,7 +35,10 @@ class KernelSession:
             self.close()
             self.runtime, self.spec, self._backend = None, spec, lm.set_default_backend(backend)
             return self._backend
-        self.close()   # free the old model before loading the new one
+        from lmnb.runtime import loader
+
+        loader.load(spec)  # a bad spec fails here, while the current model is still loaded
+        self.close()       # free the old model before loading the new one
         rt = lm.Runtime(spec, **{**self.runtime_options, **options})
         return self.attach(rt)
 
