@@ -43,6 +43,7 @@ _EXPORTS = {
     "run_template": "lmnb.lang.template",
     "compile_template": "lmnb.lang.template",
     "TemplateError": "lmnb.lang.template",
+    "OpenAI": "lmnb.lang.openai_backend",
 }
 
 

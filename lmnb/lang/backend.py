@@ -49,6 +49,12 @@ class Backend(ABC):
     def cache_prefix(self, prompt: str) -> None:
         """Make `prompt` a cached prefix (blocking); backends without a cache skip it."""
 
+    def for_program(self, state, **options) -> Backend:
+        """The backend one program runs on, called once when it starts with the program
+        options (`num_api_spec_tokens`). Remote backends return a per-program view that
+        counts API usage into `state.api_usage` and speculates; the local runtime is shared."""
+        return self
+
 
 class RuntimeBackend(Backend):
     """The in-process `lmnb.Runtime`: requests go straight to its engine."""
@@ -115,6 +121,11 @@ class PrefixGate(Backend):
 
     def cache_prefix(self, prompt: str) -> None:
         self.inner.cache_prefix(prompt)
+
+    def for_program(self, state, **options) -> Backend:
+        # a per-program view (remote backends) has no shared prefix to gate on
+        inner = self.inner.for_program(state, **options)
+        return self if inner is self.inner else inner
 
 
 class StreamHandle:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from lmnb.errors import LmnbError
 from lmnb.lang import ir
-from lmnb.lang.interpreter import run_programs, start
+from lmnb.lang.interpreter import PROGRAM_KEYS, run_programs, start
 from lmnb.lang.state import ProgramState
 
 
@@ -21,6 +21,9 @@ class Function:
         if not params:
             raise LmnbError(f"@lm.function {func.__name__}() needs a first argument for the state, e.g. def "
                             f"{func.__name__}(s, ...)")
+        unknown = sorted(set(options) - set(PROGRAM_KEYS))
+        if unknown:
+            raise LmnbError(f"@lm.function: unknown option {unknown[0]!r}; valid: {', '.join(PROGRAM_KEYS)}")
         self.func, self.options = func, options
         self.arg_names = params[1:]
         functools.update_wrapper(self, func)
@@ -29,13 +32,17 @@ class Function:
             stop=None, stop_token_ids=None, temperature: float | None = None, top_p: float | None = None,
             top_k: int | None = None, min_p: float | None = None, seed: int | None = None,
             ignore_eos: bool | None = None, return_logprob: bool | None = None,
-            top_logprobs_num: int | None = None, **kwargs) -> ProgramState:
+            top_logprobs_num: int | None = None, num_api_spec_tokens: int | None = None,
+            **kwargs) -> ProgramState:
         """Run once and return the finished state (stream=True: at once, then
-        `state.text_iter()`). Keyword sampling options are defaults for every `gen`."""
+        `state.text_iter()`). Keyword sampling options are defaults for every `gen`;
+        `num_api_spec_tokens` overrides the decorator's (remote backends speculate)."""
         defaults = {"max_new_tokens": max_new_tokens, "stop": stop, "stop_token_ids": stop_token_ids,
                     "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                     "seed": seed, "ignore_eos": ignore_eos, "return_logprob": return_logprob,
-                    "top_logprobs_num": top_logprobs_num}
+                    "top_logprobs_num": top_logprobs_num,
+                    "num_api_spec_tokens": self.options.get("num_api_spec_tokens") if num_api_spec_tokens is None
+                    else num_api_spec_tokens}
         self._check_args(args, kwargs)
         state = start(self.func, backend, stream, defaults, args, kwargs)
         if not stream and state.error is not None:
@@ -52,6 +59,8 @@ class Function:
             raise LmnbError("run_batch takes a list of dicts of arguments, e.g. [{'x': 1}, {'x': 2}]")
         for kw in batch_kwargs:
             self._check_args((), kw)
+        if defaults.get("num_api_spec_tokens") is None:
+            defaults["num_api_spec_tokens"] = self.options.get("num_api_spec_tokens")
         return run_programs([self.func] * len(batch_kwargs), backend, num_threads, progress_bar,
                             args_list=list(batch_kwargs), **defaults)
 

@@ -18,6 +18,8 @@ from lmnb.lang.state import ProgramState
 # run()/run_batch() keywords that set program-wide sampling defaults (runtime names)
 DEFAULT_KEYS = ("max_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p",
                 "seed", "ignore_eos", "return_logprob", "top_logprobs_num")
+# run options for the program as a whole (given to `Backend.for_program`), not sampling
+PROGRAM_KEYS = ("num_api_spec_tokens",)
 
 
 def execute(state: ProgramState, node: ir.Expr) -> None:
@@ -183,7 +185,10 @@ def start(body: Callable, backend=None, stream: bool = False, defaults: dict | N
           args: tuple = (), kwargs: dict | None = None, on_state: Callable | None = None) -> ProgramState:
     """Run `body(state, *args, **kwargs)`. Blocks until done unless stream=True, when the
     body runs on a thread and the state is returned at once. Errors land in state.error."""
-    state = ProgramState(resolve_backend(backend), _check_defaults(defaults or {}), stream)
+    defaults = _check_defaults(defaults or {})
+    options = {k: defaults.pop(k) for k in PROGRAM_KEYS if k in defaults}
+    state = ProgramState(resolve_backend(backend), defaults, stream)
+    state.backend = state.backend.for_program(state, **options)
     state._open = True
     if on_state is not None:
         on_state(state)
@@ -262,10 +267,14 @@ def _threads(num_threads, n: int) -> int:
 
 
 def _check_defaults(defaults: dict) -> dict:
-    unknown = sorted(set(defaults) - set(DEFAULT_KEYS))
+    unknown = sorted(set(defaults) - set(DEFAULT_KEYS) - set(PROGRAM_KEYS))
     if unknown:
-        raise LmnbError(f"unknown run option {unknown[0]!r}; valid: {', '.join(DEFAULT_KEYS)}")
+        raise LmnbError(f"unknown run option {unknown[0]!r}; valid: {', '.join(DEFAULT_KEYS + PROGRAM_KEYS)}")
     d = {k: v for k, v in defaults.items() if v is not None}
+    n = d.get("num_api_spec_tokens")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise LmnbError(f"num_api_spec_tokens must be an int >= 0 (tokens per speculative API call; "
+                        f"0: off), got {n!r}")
     if isinstance(d.get("stop"), str):
         d["stop"] = (d["stop"],)
     return d

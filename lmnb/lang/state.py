@@ -37,6 +37,7 @@ class ProgramState:
         self._handle = None          # the backend request in flight, for abort()
         self._open = False           # a program body may still add nodes (run sets it)
         self._fork_base: dict | None = None
+        self.api_usage: dict | None = None   # remote backends: calls and tokens of this program
         self._branches: list[ProgramState] = []   # fork branches, aborted with this state
 
     # -- adding nodes -----------------------------------------------------------
@@ -204,6 +205,7 @@ class ProgramState:
         b._messages = copy.deepcopy(self._messages)
         b._vars, b._meta = dict(self._vars), dict(self._meta)
         b._fork_base = dict(self._vars)
+        b.api_usage = self.api_usage
         self._branches.append(b)
         return b
 
