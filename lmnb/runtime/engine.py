@@ -121,9 +121,12 @@ class Engine:
         finished = self.outputs.process(batch, out)
         for r, reason in finished:
             self._finish(r, reason)
-        for r in batch.reqs:
-            if not r.finished() and r.kv_len < r.fill_len - 1 and r.status is Status.RUNNING:
-                self.sched.cache_progress(r)  # a prompt chunk: share it through the cache now
+        if not batch.is_decode:
+            # share freshly computed prompts (and chunks) through the cache right away, so
+            # requests arriving now reuse them instead of computing them again
+            for r in batch.reqs:
+                if r.status is Status.RUNNING and r.kv_len > r.cache_len:
+                    self.sched.cache_progress(r)
         dt = time.perf_counter() - t0
         self.history.append((time.time(), "decode" if batch.is_decode else "extend", ntok, dt,
                              tuple(r.rid for r in batch.reqs)))

@@ -93,10 +93,17 @@ class OutputProcessor:
         r.text += delta
         reason = self._check_stop_strings(r, before)
         if r.stream:
-            new = r.text[before:]
-            if new:
-                r.events.put(("delta", new))
+            self._emit(r, final=reason is not None)
         return reason
+
+    def _emit(self, r: Req, final: bool) -> None:
+        """Stream new text, holding back a tail that could still become a stop string."""
+        end = len(r.text)
+        if not final and r.params.stop:
+            end -= max(len(s) for s in r.params.stop) - 1
+        if end > r.streamed_len:
+            r.events.put(("delta", r.text[r.streamed_len : end]))
+            r.streamed_len = end
 
     def _check_stop_strings(self, r: Req, before: int) -> dict | None:
         for s in r.params.stop:
@@ -125,11 +132,11 @@ class OutputProcessor:
         r.text = r.detok.text
         r.forced_spans.append((start, len(r.text)))
         r.jump_tokens += len(new) - common
-        if r.stream and len(r.text) > start:
-            r.events.put(("delta", r.text[start:]))
         reason = self._check_stop_strings(r, start)
         if reason is None and r.guide.is_terminated():
             reason = {"type": "stop", "matched": None}
+        if r.stream:
+            self._emit(r, final=reason is not None)
         return reason
 
     # -- result ------------------------------------------------------------------

@@ -52,6 +52,7 @@ class Req:
     guide: object = None             # constrained.GuideCursor or None
     detok: object = None             # IncrementalDetokenizer
     text: str = ""
+    streamed_len: int = 0            # chars of text already sent as deltas
     stop_scan_from: int = 0
     forced_spans: list = field(default_factory=list)   # (start, end) char spans of jumped text
     input_logprobs: list = field(default_factory=list)   # (token_id, logprob) for prompt tokens

@@ -67,6 +67,10 @@ class RequestHandle:
                 self._consume(kind, val)
                 if kind == "delta":
                     yield val
+            rest = self._result["text"][len(self.partial_text):]
+            if rest and self._result["text"].startswith(self.partial_text):
+                self.partial_text += rest   # text held back while it could have been a stop string
+                yield rest
         except (KeyboardInterrupt, GeneratorExit):
             self.abort(wait=True)
             raise
@@ -171,6 +175,10 @@ class Runtime:
 
     def abort(self, rid: str) -> None:
         self.engine.abort(rid)
+
+    def alive(self) -> bool:
+        """True while the engine thread runs and has not failed."""
+        return self.engine is not None and self.engine.alive()
 
     def _prompt_ids(self, prompt) -> list[int]:
         if isinstance(prompt, str):

@@ -19,7 +19,7 @@ def available_backends(device_type: str) -> list[str]:
     if device_type != "cuda":
         return ["torch"]
     names = []
-    for name, mod in (("flashinfer", "flashinfer"), ("triton", "triton")):
+    for name, mod in (("triton", "triton"), ("flashinfer", "flashinfer")):
         if importlib.util.find_spec(mod) is not None and _module_exists(name):
             names.append(name)
     return names + ["torch"]

@@ -37,8 +37,8 @@ class TorchBackend(AttentionBackend):
             o = self._sdpa(q[:, :, None, :], kk, vv, mask)
             return o[:, :, 0, :]
         out = torch.empty_like(q)
+        start = 0
         for i, idx in enumerate(batch.attn_state):
-            start = int(batch.extend_starts[i]) if q.is_cuda else sum(batch.extend_lens_cpu[:i])
             ext, pre = batch.extend_lens_cpu[i], batch.prefix_lens_cpu[i]
             qi = q[start : start + ext].transpose(0, 1)[None]          # [1, H, ext, D]
             ki = kbuf[idx].transpose(0, 1)[None].to(q.dtype)           # [1, KVH, S, D]
@@ -50,6 +50,7 @@ class TorchBackend(AttentionBackend):
                 cols = torch.arange(pre + ext, device=q.device)[None, :]
                 oi = self._sdpa(qi, ki, vi, (cols <= rows)[None, None])
             out[start : start + ext] = oi[0].transpose(0, 1)
+            start += ext
         return out
 
     def _sdpa(self, q, k, v, mask, causal: bool = False) -> torch.Tensor:
