@@ -1,0 +1,106 @@
+"""Views: deterministic text/plain, HTML with distinct styles, live refresh."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import lmnb as lm
+from lmnb.widgets import BatchView, CacheTreeView, OutputView, ThroughputMeter, cache_counts
+
+_ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
+
+
+@pytest.fixture(scope="module")
+def rt(smollm2):
+    lm.set_default_backend(smollm2)
+    yield smollm2
+    smollm2.check_integrity()
+
+
+def test_output_view_marks_generated_forced_and_constrained_text(rt):
+    cell = ('Give a person as JSON.\n{{ gen("p", json_schema={"type": "object", "properties": '
+            '{"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer"}}, '
+            '"required": ["name", "age"]}, max_tokens=40) }}\nNote: {{ gen("note", max_tokens=4) }}')
+    st = lm.run_template(cell, {}, temperature=0)
+    assert set(st["p"]) == {"name", "age"}
+    assert st.get_meta_info("p")["forced_spans"]             # '{"name": "' is jumped
+    from lmnb.lang.template import compile_template, holes
+
+    view = OutputView(st, holes(compile_template(cell, {})))
+    text, html = view.text(), view.html()
+    assert text == OutputView(st, holes(compile_template(cell, {}))).text()   # deterministic
+    assert text.startswith("── lm · 2 holes · ") and "«{" in text and "p = {" in text
+    assert not _ADDRESS.search(text + html)
+    assert 'title="jump-forward"' in html and 'title="p (json)"' in html and 'title="note (gen)"' in html
+    assert "dotted" in html                                 # the constrained hole is marked
+    bundle = view._repr_mimebundle_()
+    assert bundle["text/plain"] == text and bundle["text/html"] == html
+    assert repr(view) == text and view._repr_html_() == html
+
+
+def test_cache_counts_and_rerun_header(rt):
+    cell = "The three primary colours are red, yellow and {{ gen('c', max_tokens=3) }}"
+    lm.run_template(cell, {}, temperature=0)
+    st = lm.run_template(cell, {}, temperature=0)
+    prompt, cached = cache_counts(st._meta)
+    assert prompt == st.get_meta_info("c")["prompt_tokens"] and cached >= prompt - 1
+    assert f"{cached} of {prompt} prompt tokens from cache" in OutputView(st).header()
+
+
+def test_fork_branches_and_batch_view(rt):
+    st = lm.run_template("List: apples, pears,\n@fork 2\n{{ gen('more', max_tokens=3) }}\n@join", {},
+                         temperature=0)
+    text = OutputView(st).text()
+    assert "── branch 0 ──" in text and "── branch 1 ──" in text and "more = [" in text
+    sts = lm.run_template("{{ n }} + {{ n }} = {{ gen('s', max_tokens=2) }}", {}, batch=[{"n": i} for i in range(3)],
+                          temperature=0, progress_bar=False)
+    view = BatchView(sts)
+    assert view.text().startswith("── lm batch · 3 programs · 0 failed") and "[2] s=" in view.text()
+    assert "<table>" in view.html()
+
+
+def test_cache_tree_matches_the_radix_cache_and_refreshes(rt):
+    rt.flush_cache()
+    lm.run_template("Once upon a time there was a {{ gen('x', max_tokens=3) }}", {}, temperature=0)
+    view = CacheTreeView(rt)
+    st = rt.cache_stats()
+    lines = view.text().splitlines()
+    assert lines[0].startswith(f"── radix cache · {st['nodes']} nodes · {st['cached_tokens']} tokens cached")
+    tokens = sum(int(m.group(1)) for m in re.finditer(r"└ (\d+) tok", view.text()))
+    assert tokens == st["cached_tokens"] and "Once upon a time" in view.text()
+    assert "evictable" in view.text() and view.text() == CacheTreeView(rt).text()
+    bundle = view._repr_mimebundle_()
+    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    w = view.widget()
+    before = w.value
+    lm.run_template("A completely different prompt about {{ gen('y', max_tokens=2) }}", {}, temperature=0)
+    view.refresh()
+    assert w.value != before and "completely different" in w.value
+    rt.flush_cache()
+    view.refresh()
+    assert "(empty)" in view.text()
+
+
+def test_cache_tree_shows_locked_nodes(rt):
+    prompt = "A request that is still running when the tree is drawn"
+    rt.generate(prompt, max_new_tokens=1)           # its prompt is now cached
+    h = rt.submit(prompt, max_new_tokens=200, ignore_eos=True, stream=True)
+    deltas = iter(h)
+    next(deltas)       # running: the cached prefix it reads is locked
+    try:
+        text = CacheTreeView(rt).text()
+    finally:
+        h.abort(wait=True)
+    assert re.search(r"locked×1 · 'A request that is still running", text), text
+    assert "locked×" not in CacheTreeView(rt).text()
+
+
+def test_throughput_meter(rt):
+    lm.run_template("Count: one, two, {{ gen('n', max_tokens=4) }}", {}, temperature=0)
+    view = ThroughputMeter(rt)
+    text, html = view.text(), view.html()
+    assert text.startswith("── throughput ──") and "prefill:" in text and "decode:" in text
+    assert "tok/s" not in text and "cache hit rate" in text        # no timings in text/plain
+    assert "tok/s" in html and "<svg" in html and "<rect" in html
+    assert "application/vnd.jupyter.widget-view+json" in view._repr_mimebundle_()
