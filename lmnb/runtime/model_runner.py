@@ -1,5 +1,7 @@
 """Turns a ScheduledBatch into a ForwardBatch, runs the model, and says which logits row
-belongs to which request position."""
+belongs to which request position. Decode batches on CUDA replay CUDA graphs
+(`cuda_graph.DecodeGraphRunner`) when the attention backend supports them; everything
+else runs eagerly."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from lmnb.runtime.attention.base import AttentionBackend
+from lmnb.runtime.cuda_graph import DecodeGraphRunner, cuda_graph_enabled
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.scheduler import ScheduledBatch
@@ -20,8 +23,16 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, model, backend: AttentionBackend, pool: KVPool, req_pool: ReqToTokenPool) -> None:
+    """`cuda_graph`: None follows `LMNB_CUDA_GRAPH` (default on); graphs are captured at
+    the first decode step, for batch sizes up to the req_to_token table's request count."""
+
+    def __init__(self, model, backend: AttentionBackend, pool: KVPool, req_pool: ReqToTokenPool,
+                 cuda_graph: bool | None = None) -> None:
         self.model, self.backend, self.pool, self.req_pool = model, backend, pool, req_pool
+        wanted = cuda_graph_enabled() if cuda_graph is None else cuda_graph
+        self.cuda_graph = (wanted and req_pool.table.is_cuda
+                           and hasattr(backend, "init_forward_graph"))
+        self.graphs: DecodeGraphRunner | None = None
 
     def run(self, sb: ScheduledBatch) -> StepOutput:
         input_ids: list[int] = []
@@ -41,8 +52,21 @@ class ModelRunner:
                 sample_rows[i] = len(rows)
                 rows.append(tok_off + n - 1)
             tok_off += n
+        if sb.is_decode and self._graph_ready(len(sb.reqs)) and rows == list(range(len(sb.reqs))):
+            logits = self.graphs.replay(input_ids, sb.prefix_lens, sb.out_cache_loc,
+                                        [r.req_pool_idx for r in sb.reqs])
+            return StepOutput(logits, sample_rows, logprob_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
         logits = self.model(fb, self.backend, self.pool)
         return StepOutput(logits, sample_rows, logprob_rows)
+
+    def _graph_ready(self, bs: int) -> bool:
+        if not self.cuda_graph:
+            return False
+        if self.graphs is None:
+            self.graphs = DecodeGraphRunner(self.model, self.backend, self.pool,
+                                            self.req_pool.table, max(1, self.req_pool.max_reqs - 1),
+                                            self.req_pool.max_context)
+        return self.graphs.can_run(bs)

@@ -1,5 +1,7 @@
-"""Building blocks of the Llama family in plain torch (the CPU path and the reference
-for fused GPU kernels). Numerics follow HF transformers so greedy outputs match it."""
+"""Building blocks of the Llama family. Norms, rotary and the MLP activation go through
+`lmnb.runtime.kernels`: fused Triton kernels on CUDA tensors, the plain-torch references
+(the CPU path, numerically the unfused HF code) elsewhere. Numerics follow HF
+transformers so greedy outputs match it."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from lmnb.errors import LmnbError
+from lmnb.runtime.kernels import add_rms_norm, rms_norm, rotary
 
 
 class RMSNorm(nn.Module):
@@ -17,10 +20,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): the residual add fused into the norm."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
@@ -62,14 +66,7 @@ class Rotary(nn.Module):
         self.register_buffer("sin", emb.sin().to(dtype).to(device), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
-        cos = self.cos[positions][:, None, :]
-        sin = self.sin[positions][:, None, :]
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return rotary(q, k, positions, self.cos, self.sin)
 
 
 def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device) -> nn.Linear:

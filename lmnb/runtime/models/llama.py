@@ -11,6 +11,7 @@ from torch import nn
 from lmnb.errors import LmnbError
 from lmnb.runtime.attention.base import AttentionBackend
 from lmnb.runtime.forward_batch import ForwardBatch
+from lmnb.runtime.kernels import silu_and_mul
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
 from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear
@@ -48,8 +49,7 @@ class MLP(nn.Module):
         self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -60,9 +60,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
 
-    def forward(self, x, positions, rotary, backend, batch, pool) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, backend, batch, pool)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rotary, backend, batch, pool):
+        """Pre-norm block carrying the residual stream separately, so each residual add is
+        fused into the next norm: returns (mlp output, residual) with x + residual being
+        the block's output. `residual=None` in the first layer."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add(x, residual)
+        h = self.self_attn(h, positions, rotary, backend, batch, pool)
+        h, residual = self.post_attention_layernorm.add(h, residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -82,11 +90,20 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, pool: KVPool) -> torch.Tensor:
         """Runs the step and returns fp32 logits of the rows in `batch.logits_rows`."""
-        x = self.embed_tokens(batch.input_ids)
         backend.init_forward(batch)
+        return self.forward_planned(batch, backend, pool)
+
+    @torch.inference_mode()
+    def forward_planned(self, batch: ForwardBatch, backend: AttentionBackend,
+                        pool: KVPool) -> torch.Tensor:
+        """The step after the backend has planned it (what a CUDA graph captures);
+        `logits_rows=None` means every row."""
+        x, residual = self.embed_tokens(batch.input_ids), None
         for layer in self.layers:
-            x = layer(x, batch.positions, self.rotary, backend, batch, pool)
-        x = self.norm(x[batch.logits_rows])
+            x, residual = layer(x, residual, batch.positions, self.rotary, backend, batch, pool)
+        if batch.logits_rows is not None:
+            x, residual = x[batch.logits_rows], residual[batch.logits_rows]
+        x, _ = self.norm.add(x, residual)
         return self.logits(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
