@@ -85,9 +85,10 @@ class OutputView(View):
     """The view of one program's state; `holes` (from `template.holes`) tells which
     names are constrained. `status` is shown in the header ("running", "interrupted")."""
 
-    def __init__(self, state, holes=(), status: str | None = None, title: str = "lm") -> None:
+    def __init__(self, state, holes: list | tuple = (), status: str | None = None, title: str = "lm") -> None:
         self.state, self.status, self.title = state, status, title
         self.kinds = {h.name: h.kind for h in holes if h.name}
+        self.nholes = len(holes)
         self.update()
 
     def update(self) -> None:
@@ -99,7 +100,7 @@ class OutputView(View):
         parts = [self.title]
         if self.status:
             parts.append(self.status)
-        n = len(self.kinds) or len(s.variables)
+        n = self.nholes or len(s.variables)
         parts.append(f"{n} hole{'s' if n != 1 else ''}")
         if prompt:
             parts.append(f"{cached} of {prompt} prompt tokens from cache ({100 * cached / prompt:.0f}%)")

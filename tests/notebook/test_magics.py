@@ -42,7 +42,7 @@ def test_cell_with_roles_gen_select_regex_and_fork(shell, run):
     assert isinstance(st["alt"], list) and len(st["alt"]) == 3
     assert [m["role"] for m in st.messages()] == ["system", "user", "assistant"]
     assert st.messages()[1]["content"] == "Review Alien in one sentence, then rate it."
-    assert "── lm · 4 holes" in out and "alt = [" in out   # the final output view
+    assert "── lm · 6 holes" in out and "alt = [" in out   # the final output view
     assert re.search(r"branch 2 ──\nAlso: «", out)
 
 

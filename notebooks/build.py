@@ -1,0 +1,258 @@
+"""Write the tutorial notebooks and execute them (outputs and widget state stored).
+
+    python notebooks/build.py            # all of them
+    python notebooks/build.py 02         # the ones whose name contains "02"
+
+Cells marked `check` compare their outputs under `pytest --nbval-lax notebooks/`:
+a `# NBVAL_CHECK_OUTPUT` line for Python cells, the `nbval-check-output` tag for
+`%%lm` cells (a cell magic must stay on the first line).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).parent
+CHECK = "# NBVAL_CHECK_OUTPUT\n"
+
+
+def md(src: str):
+    return nbformat.v4.new_markdown_cell(src.strip())
+
+
+def code(src: str, check: bool = False):
+    src = src.strip()
+    cell = nbformat.v4.new_code_cell(src)
+    if check and src.startswith("%%"):
+        cell.metadata["tags"] = ["nbval-check-output"]
+    elif check:
+        cell.source = CHECK + src
+    return cell
+
+
+QUICKSTART = [
+    md("""
+# lmnb quickstart
+
+lmnb keeps a language model inside the Jupyter kernel. A `%%lm` cell is a prompt with
+*holes*: `{{ gen(...) }}` generates text, `{{ select(...) }}` picks an option. The
+runtime keeps a radix-tree KV cache alive between cells, so cells that share a prefix
+do not pay for it twice. Everything here runs on the CPU with the embedded SmolLM2-135M
+model and greedy decoding, so the outputs are reproducible.
+"""),
+    code("%load_ext lmnb"),
+    md("`%lm model` loads a model once for the whole kernel (the first `%%lm` cell would load `smollm2` by itself)."),
+    code("%lm model smollm2", check=True),
+    md("""
+A cell: `@system` / `@user` / `@assistant` lines switch roles, `{{ expr }}` is Python
+evaluated in the notebook. `-o st` keeps the result (a `ProgramState`). While it runs
+the text streams into the output; then the view shows the prompt (grey), the generated
+text (green) and the captured variables.
+"""),
+    code('city = "Paris"'),
+    code('''%%lm -o st
+@system
+You are a helpful assistant. Answer in one short sentence.
+@user
+What is {{ city }} famous for?
+@assistant
+{{ gen("answer", max_tokens=24) }}''', check=True),
+    code('st["answer"]', check=True),
+    md("`select` scores each option by its likelihood and appends the best one:"),
+    code('''%%lm -o mood
+@user
+Is this review positive or negative? "The food was cold and the waiter was rude."
+@assistant
+{{ select("label", ["positive", "negative"]) }}''', check=True),
+    md("The same program in Python (the cell language compiles to exactly this):"),
+    code('''import lmnb as lm
+
+@lm.function
+def famous(s, city):
+    s += lm.system("You are a helpful assistant. Answer in one short sentence.")
+    s += lm.user(f"What is {city} famous for?")
+    s += lm.assistant(lm.gen("answer", max_tokens=24))
+
+famous.run(city="Paris", temperature=0)["answer"] == st["answer"]''', check=True),
+    code("%lm status"),
+]
+
+CONSTRAINED = [
+    md("""
+# Constrained output
+
+A hole can be constrained by a regular expression, a JSON schema (a dict or a pydantic
+model) or a Python type. The runtime turns the constraint into a finite-state machine
+and masks the model's tokens; text the machine forces (like `{"name": "`) is inserted
+in one step (*jump-forward*, shown in amber in the view) instead of token by token.
+"""),
+    code("%load_ext lmnb"),
+    code('''from pydantic import BaseModel
+
+class City(BaseModel):
+    name: str
+    country: str
+    population_millions: int'''),
+    code('''%%lm -o city
+@user
+Describe Tokyo as JSON with the name, the country and the population in millions.
+@assistant
+{{ gen("info", json_schema=City, max_tokens=48) }}''', check=True),
+    md("""The captured value is parsed with the schema: here a `City` instance. (A 135M-parameter
+model is no encyclopedia: the constraint guarantees the shape of the answer, not its truth.)"""),
+    code('city["info"]', check=True),
+    code('''%%lm -o facts
+@user
+When was the Eiffel Tower finished, and how tall is it in metres?
+@assistant
+Year: {{ gen("year", regex=r"1[0-9]{3}") }}
+Height: {{ gen("height", regex=r"[1-9][0-9]{1,2}") }} metres
+Material: {{ select("material", ["iron", "stone", "wood"]) }}''', check=True),
+    code('facts["year"], facts["height"], facts["material"]', check=True),
+    md("A mistake in a cell is reported as one line with its position (the `%%lm` line is line 1):"),
+    code('''%%lm
+@user
+Pick a number: {{ gen("n", regex="[0-9") }}''', check=True),
+]
+
+FORK_BATCH = [
+    md("""
+# Fork and batch
+
+`@fork` starts a branch; consecutive branches run **in parallel** from the shared
+prefix, whose KV cache they share. `@fork N` runs the same block N times. A name
+captured in several branches becomes a list. `@join` continues the main text.
+"""),
+    code("%load_ext lmnb"),
+    code('''%%lm -o tips
+@system
+You are a concise travel guide.
+@user
+Give one tip for visiting Rome.
+@assistant
+@fork
+For food: {{ gen("tip", max_tokens=16, stop="\\n") }}
+@fork
+For museums: {{ gen("tip", max_tokens=16, stop="\\n") }}
+@fork
+For transport: {{ gen("tip", max_tokens=16, stop="\\n") }}
+@join''', check=True),
+    code('tips["tip"]', check=True),
+    md("""
+`--batch VAR` runs the cell once per item (a dict's keys become names) through
+continuous batching, with a progress bar; the result is a list of states.
+"""),
+    code('''questions = [{"q": "What is 2 + 2?"}, {"q": "What colour is the sky?"},
+             {"q": "How many legs does a spider have?"}, {"q": "What is the capital of Japan?"}]'''),
+    code('''%%lm --batch questions -o answers
+@user
+{{ q }} Answer in a few words.
+@assistant
+{{ gen("a", max_tokens=10) }}'''),
+    code('''for s in answers:
+    print(s.messages()[0]["content"], "->", s["a"])''', check=True),
+]
+
+CACHE = [
+    md("""
+# The cache across cells
+
+The KV cache lives as long as the kernel. When a cell starts with text that an earlier
+cell already computed (a shared system prompt, or the same cell run again), those
+tokens are read from the radix tree instead of being recomputed: the view's header
+says how many prompt tokens came from the cache.
+"""),
+    code("%load_ext lmnb"),
+    code('''%%lm -o a
+@system
+You are a careful assistant for a cooking website. You answer questions about recipes,
+ingredients and kitchen techniques in one or two short sentences, without preamble.
+@user
+How long should I boil an egg for a soft yolk?
+@assistant
+{{ gen("answer", max_tokens=20) }}''', check=True),
+    md("Same system prompt, new question: the shared prefix comes from the cache."),
+    code('''%%lm -o b
+@system
+You are a careful assistant for a cooking website. You answer questions about recipes,
+ingredients and kitchen techniques in one or two short sentences, without preamble.
+@user
+What can I use instead of butter in a cake?
+@assistant
+{{ gen("answer", max_tokens=20) }}''', check=True),
+    md("The live radix tree: each node holds a run of tokens; the shared system prompt is one node with two children."),
+    code("%lm cache", check=True),
+    md("Running the first cell again reads almost its whole prompt from the cache:"),
+    code('''%%lm -o a2
+@system
+You are a careful assistant for a cooking website. You answer questions about recipes,
+ingredients and kitchen techniques in one or two short sentences, without preamble.
+@user
+How long should I boil an egg for a soft yolk?
+@assistant
+{{ gen("answer", max_tokens=20) }}''', check=True),
+    code('a2["answer"] == a["answer"]', check=True),
+    md("Throughput of the engine so far (prefill and decode tokens/s, hit rate, KV pool use):"),
+    code("%lm stats"),
+    code("%lm cache clear", check=True),
+]
+
+REMOTE = [
+    md("""
+# Remote models
+
+The kernel's runtime can also be served over an OpenAI-compatible HTTP API
+(`lmnb serve` on the command line). Here the server runs in this process, on a free
+port, and the standard `openai` client talks to it.
+
+> An lmnb backend for OpenAI-compatible servers (`lm.OpenAI(model, base_url=..., api_key=...)`,
+> usable as `%%lm -m NAME` with the backend in a variable) is being added; until it is part of
+> the release, this notebook uses the `openai` client directly.
+"""),
+    code('''import lmnb as lm
+import lmnb.server
+import openai
+
+rt = lm.Runtime("smollm2")
+server = lmnb.server.start_server(rt, port=0)
+client = openai.OpenAI(base_url=server.url, api_key="-")
+[m.id for m in client.models.list().data]''', check=True),
+    code('''reply = client.chat.completions.create(
+    model="default", temperature=0, max_tokens=16,
+    messages=[{"role": "user", "content": "Name three primary colours."}])
+reply.choices[0].message.content''', check=True),
+    md("Streaming works as with any OpenAI-compatible server:"),
+    code('''stream = client.completions.create(model="default", prompt="The alphabet starts with A, B,",
+                                   max_tokens=8, temperature=0, stream=True)
+print("".join(chunk.choices[0].text for chunk in stream))''', check=True),
+    code("server.stop()\nrt.shutdown()"),
+]
+
+NOTEBOOKS = {
+    "01-quickstart": QUICKSTART,
+    "02-constrained-output": CONSTRAINED,
+    "03-fork-and-batch": FORK_BATCH,
+    "04-cache-across-cells": CACHE,
+    "05-remote-models": REMOTE,
+}
+
+
+def build(name: str, cells: list) -> Path:
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}},
+                   store_widget_state=True).execute()
+    path = HERE / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+if __name__ == "__main__":
+    wanted = sys.argv[1:]
+    for name, cells in NOTEBOOKS.items():
+        if not wanted or any(w in name for w in wanted):
+            print(build(name, cells))
