@@ -6,6 +6,11 @@ set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+# the constrained decoder needs interegular; a wheel in .whl/ is installed when missing
+if ls .whl/interegular-*.whl >/dev/null 2>&1 && ! python3 -c "import interegular" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/interegular-*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 MODELS=${*:-qwen3-0.6b llama3-8b}
