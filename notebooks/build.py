@@ -139,7 +139,8 @@ For food: {{ gen("tip", max_tokens=16, stop="\\n") }}
 For museums: {{ gen("tip", max_tokens=16, stop="\\n") }}
 @fork
 For transport: {{ gen("tip", max_tokens=16, stop="\\n") }}
-@join''', check=True),
+@join'''),
+    md("(The branches run concurrently, so how many tokens each one finds in the cache varies from run to run.)"),
     code('tips["tip"]', check=True),
     md("""
 `--batch VAR` runs the cell once per item (a dict's keys become names) through
