@@ -135,14 +135,14 @@ class LmMagics(Magics):
             print(s.status())
         elif name == "cache" and not rest:
             view = CacheTreeView(s.require_runtime("%lm cache"))
-            s.views.add(view)
+            s.views.append(view)
             display(view)
         elif name == "cache" and rest == ["clear"]:
             print(s.clear_cache())
             s.refresh_views()
         elif name == "stats" and not rest:
             view = ThroughputMeter(s.require_runtime("%lm stats"))
-            s.views.add(view)
+            s.views.append(view)
             display(view)
         elif name == "help" and not rest:
             print(HELP)

@@ -7,7 +7,7 @@ also becomes `lm`'s default backend, so Python cells use the same model.
 """
 from __future__ import annotations
 
-import weakref
+from collections import deque
 
 from lmnb.errors import LmnbError
 
@@ -18,7 +18,7 @@ class KernelSession:
         self.runtime = None          # an lm.Runtime, or None for remote backends
         self.spec: str | None = None
         self._backend = None
-        self.views: weakref.WeakSet = weakref.WeakSet()   # live views refreshed after cells
+        self.views: deque = deque(maxlen=8)   # the latest live views, refreshed after each cell
 
     # -- loading ------------------------------------------------------------------
     def load(self, spec: str, **options):
@@ -118,7 +118,7 @@ class KernelSession:
             try:
                 v.refresh()
             except Exception:  # noqa: BLE001 - a stale view must not break a cell
-                self.views.discard(v)
+                self.views.remove(v)
 
 
 _SESSION: KernelSession | None = None

@@ -2,6 +2,7 @@
 across cells, one-line errors, and Ctrl-C during streaming."""
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -194,3 +195,39 @@ def test_state_displays_as_output_view(shell, run, capsys):
     run("1, 2, 3, {{ gen('n', max_tokens=2) }}", "-o st")
     shell.run_cell("st")
     assert "── lm · 1 hole" in capsys.readouterr().out
+
+
+def test_streaming_updates_one_display_in_place(shell, run, monkeypatch):
+    from IPython.display import DisplayHandle
+
+    updates = []
+    original = DisplayHandle.update
+
+    def update(self, obj, **kw):
+        updates.append((self.display_id, obj.snap.chunks[:] if isinstance(obj, OutputView) else obj))
+        return original(self, obj, **kw)
+
+    monkeypatch.setattr(DisplayHandle, "update", update)
+    shell.lm_magics.stream = True
+    run("Once upon a time, {{ gen('story', max_tokens=24, ignore_eos=True) }}", "-o st")
+    monkeypatch.undo()
+    assert len({d for d, _ in updates}) == 1                        # one display
+    live = [chunks for _, chunks in updates[:-1]]
+    assert len(live) >= 2 and all(isinstance(c, list) for c in live)
+    texts = ["".join(t for _, t in c) for c in live]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))   # text only grows
+    assert updates[-1][1] == {"text/plain": ""}                     # ends as it began
+
+
+def test_model_option_takes_a_runtime_variable(shell, run, smollm2):
+    shell.user_ns["local_rt"] = smollm2
+    _, _, err = run("Two plus two is {{ gen('x', max_tokens=2) }}", "-m local_rt -o st")
+    assert not err and shell.user_ns["st"]["x"]
+
+
+def test_cache_view_refreshes_after_cells(shell, run, capsys):
+    shell.run_line_magic("lm", "cache")
+    view = shell.lm_magics.session.views[-1]
+    before = view.text()
+    run("A brand new prompt about penguins: {{ gen('p', max_tokens=2) }}")
+    assert view.text() != before and "penguins" in view.text()
