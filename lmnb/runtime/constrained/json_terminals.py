@@ -14,8 +14,9 @@ from lmnb.errors import LmnbError
 STRING_CHAR = (r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]'
                r'|\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))')
 STRING = f'"{STRING_CHAR}*"'
-INTEGER = r"(?:0|-?[1-9][0-9]*)"
-NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+# digit counts are bounded (int64 / double precision) so a number always ends
+INTEGER = r"(?:0|-?[1-9][0-9]{0,18})"
+NUMBER = r"-?(?:0|[1-9][0-9]{0,18})(?:\.[0-9]{1,17})?(?:[eE][+-]?[0-9]{1,3})?"
 BOOLEAN = r"(?:true|false)"
 NULL = r"null"
 
