@@ -94,19 +94,23 @@ class _Service:
         req = parse(ChatCompletionRequest, await read_json(request, self.cfg.max_body_bytes))
         req.check(self.cfg)
         sampling = req.sampling(self.cfg, self.rt.context_len)
-        prompt = self._chat_prompt([m.for_template() for m in req.messages])
+        prompt = self._chat_prompt([m.for_template() for m in req.messages],
+                                   req.add_generation_prompt, req.continue_final_message)
         fmt = ChatFormat(self.rt.tokenizer, self._name(req.model), req)
         return await self._answer(request, req, fmt, [prompt], sampling)
 
     def _name(self, model: str | None) -> str:
         return self.cfg.model_name if model in (None, "default") else model
 
-    def _chat_prompt(self, messages: list[dict]) -> list[int]:
+    def _chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                     continue_final_message: bool = False) -> list[int]:
         tok = self.rt.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, "this model has no chat template; use /v1/completions")
         try:
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                           continue_final_message=continue_final_message,
+                                           tokenize=False)
         except Exception as e:  # noqa: BLE001 - template errors (jinja) are about the input
             raise ApiError(400, f"the chat template rejected the messages: {e}", param="messages") from None
         # the template writes the special tokens itself (BOS included)

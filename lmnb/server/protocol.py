@@ -134,11 +134,17 @@ class ChatCompletionRequest(_Request):
     response_format: dict | None = None
     tools: list | None = None
     tool_choice: str | dict | None = None
+    # as in vLLM / SGLang: continue the last (assistant) message instead of opening a new turn
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
     def check(self, cfg: ServerConfig) -> None:
         super().check(cfg)
         if not self.messages:
             raise ApiError(400, "messages is empty; give at least one message", param="messages")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ApiError(400, "continue_final_message needs add_generation_prompt=false",
+                           param="continue_final_message")
         if self.tools or self.tool_choice not in (None, "none"):
             raise ApiError(400, "tools are not supported by lmnb serve", param="tools")
         if self.top_logprobs is not None:

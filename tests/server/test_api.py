@@ -148,3 +148,20 @@ def test_api_key(keyed_server):
     assert httpx.get(keyed_server.url.removesuffix("/v1") + "/health").status_code == 200
     good = openai.OpenAI(base_url=keyed_server.url, api_key=API_KEY, max_retries=0)
     assert good.completions.create(model="smollm2", prompt="Hi", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_chat_continue_final_message(client, smollm2):
+    msgs = [{"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is"}]
+    out = client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=4, temperature=0,
+                                         extra_body={"continue_final_message": True,
+                                                     "add_generation_prompt": False})
+    text = smollm2.tokenizer.apply_chat_template(msgs, add_generation_prompt=False,
+                                                 continue_final_message=True, tokenize=False)
+    assert text.endswith("The capital of France is")
+    ref = smollm2.generate([smollm2.tokenizer.encode(text, add_special_tokens=False)],
+                           max_new_tokens=4, temperature=0)[0]["text"]
+    assert out.choices[0].message.content == ref
+    with pytest.raises(openai.BadRequestError, match="add_generation_prompt"):
+        client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=2,
+                                       extra_body={"continue_final_message": True})
