@@ -23,11 +23,13 @@ class CellOptions:
     stream: bool = True
     dry_run: bool = False
     backend: object = None
+    api_spec_tokens: int | None = None
     line_offset: int = 1          # the %%lm line is line 1 of the cell
     update_every: float = 0.1     # seconds between live view updates
 
     def defaults(self) -> dict:
-        d = {"temperature": self.temperature, "max_new_tokens": self.max_tokens, "seed": self.seed}
+        d = {"temperature": self.temperature, "max_new_tokens": self.max_tokens, "seed": self.seed,
+             "num_api_spec_tokens": self.api_spec_tokens}
         return {k: v for k, v in d.items() if v is not None}
 
 

@@ -19,8 +19,9 @@ HELP = """\
   @fork [N] ... @join            branches (N copies) run in parallel from the shared prefix;
                                  a name captured in several branches becomes a list
 %%lm options: -m MODEL  -o NAME  --temperature T  --max-tokens N  --seed S  --batch VAR
-              --no-stream  --dry-run
+              --no-stream  --dry-run  --api-spec-tokens N (remote models)
 %lm model SPEC | status | cache | cache clear | stats | help
+%lm model openai:NAME [--base-url URL] [--api-key KEY] [--completion]
 defaults: %config LmMagics.temperature = 0.0 (also model, max_tokens, seed, stream)"""
 
 _PLACEHOLDER = {"text/plain": ""}
@@ -56,6 +57,11 @@ class LmMagics(Magics):
     @argument("--batch", default=None, metavar="VAR", help="run once per item of VAR (dict keys become names)")
     @argument("--no-stream", action="store_true", help="show the result only when done")
     @argument("--dry-run", action="store_true", help="show the compiled prompt and holes; run nothing")
+    @argument("--api-spec-tokens", type=int, default=None, metavar="N",
+              help="remote models: fill several gens of an assistant turn with one N-token call")
+    @argument("--base-url", default=None, help="%%lm model openai:NAME: an OpenAI-compatible server URL")
+    @argument("--api-key", default=None, help="%%lm model openai:NAME: API key (default: $OPENAI_API_KEY)")
+    @argument("--completion", action="store_true", help="%%lm model openai:NAME: use /v1/completions")
     @argument("command", nargs="*", help="%%lm: model SPEC | status | cache [clear] | stats | help")
     @line_cell_magic
     def lm(self, line: str = "", cell: str | None = None):
@@ -86,7 +92,8 @@ class LmMagics(Magics):
             temperature=args.temperature if args.temperature is not None else self.temperature,
             max_tokens=args.max_tokens if args.max_tokens is not None else self.max_tokens,
             seed=args.seed if args.seed is not None else self.seed, batch=args.batch,
-            stream=self.stream and not args.no_stream, dry_run=args.dry_run, backend=backend)
+            stream=self.stream and not args.no_stream, dry_run=args.dry_run, backend=backend,
+            api_spec_tokens=args.api_spec_tokens)
         live = display(_PLACEHOLDER, raw=True, display_id=True) if opts.stream and not opts.dry_run \
             and opts.batch is None else None
         res = run_cell(cell, ns, opts, on_update=(live.update if live else None),
@@ -118,18 +125,20 @@ class LmMagics(Magics):
     def _line(self, args):
         cmd = args.command or ["help"]
         try:
-            return self._command(cmd[0], cmd[1:])
+            return self._command(cmd[0], cmd[1:], _remote_options(args))
         except Exception as e:
             if self.show_traceback:
                 raise
             return self._fail(one_line(e))
 
-    def _command(self, name: str, rest: list[str]):
+    def _command(self, name: str, rest: list[str], remote: dict | None = None):
         from lmnb.widgets import CacheTreeView, ThroughputMeter
 
         s = self.session
+        if remote and not (name == "model" and rest and rest[0].startswith("openai:")):
+            return self._fail("--base-url / --api-key / --completion go with %lm model openai:NAME")
         if name == "model" and len(rest) == 1:
-            s.load(rest[0])
+            s.load(rest[0], **(remote or {}))
             print(s.status().splitlines()[0])
         elif name == "status" and not rest:
             print(s.status())
@@ -155,3 +164,12 @@ class LmMagics(Magics):
         if self.show_traceback:
             raise RuntimeError(message)
         print(f"lmnb: {message}", file=sys.stderr)
+
+
+def _remote_options(args) -> dict:
+    """The `%lm model openai:NAME` options that were given."""
+    opts = {"base_url": args.base_url, "api_key": args.api_key}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    if args.completion:
+        opts["is_chat_model"] = False
+    return opts
