@@ -205,28 +205,41 @@ REMOTE = [
     md("""
 # Remote models
 
-The kernel's runtime can also be served over an OpenAI-compatible HTTP API
-(`lmnb serve` on the command line). Here the server runs in this process, on a free
-port, and the standard `openai` client talks to it.
-
-> An lmnb backend for OpenAI-compatible servers (`lm.OpenAI(model, base_url=..., api_key=...)`,
-> usable as `%%lm -m NAME` with the backend in a variable) is being added; until it is part of
-> the release, this notebook uses the `openai` client directly.
+lmnb programs also run on remote models: OpenAI, or any OpenAI-compatible server
+(vLLM, SGLang, llama.cpp, `lmnb serve`). Here the kernel's own runtime is served over
+HTTP on a free port of this machine, and `lm.OpenAI` talks to it through the official
+`openai` client, exactly as it would talk to a model bigger than this machine.
 """),
     code('''import lmnb as lm
 import lmnb.server
-import openai
 
 rt = lm.Runtime("smollm2")
-server = lmnb.server.start_server(rt, port=0)
+server = lmnb.server.start_server(rt, port=0)      # what `lmnb serve` runs
+remote = lm.OpenAI("smollm2", base_url=server.url, is_chat_model=False)
+remote'''),
+    md("""
+## API speculative execution
+
+A program with several `gen` fields would cost one API call per field. With
+`num_api_spec_tokens`, one call generates the text of all fields at once; lmnb matches it
+against the program's constant text and fills the fields (falling back to per-field calls
+if the model strays from the format, never leaving a field empty).
+"""),
+    code('''@lm.function
+def extract(s, name):
+    s += "Name: Alan Turing\\nBirthdate: June 23, 1912\\nJob: mathematician\\n\\n"
+    s += "Name: " + name + "\\nBirthdate: " + lm.gen("birth", max_tokens=12, stop="\\n")
+    s += "\\nJob: " + lm.gen("job", max_tokens=12, stop="\\n")
+
+plain = extract.run(name="Ada Lovelace", backend=remote, temperature=0)
+spec = extract.run(name="Ada Lovelace", backend=remote, temperature=0, num_api_spec_tokens=32)
+print("birthdate:", spec["birth"], "| job:", spec["job"])
+print("API calls without speculation:", plain.api_usage["calls"], "with:", spec.api_usage["calls"])''', check=True),
+    md("The raw `openai` client works against the same server, streaming included:"),
+    code('''import openai
+
 client = openai.OpenAI(base_url=server.url, api_key="-")
-[m.id for m in client.models.list().data]''', check=True),
-    code('''reply = client.chat.completions.create(
-    model="default", temperature=0, max_tokens=16,
-    messages=[{"role": "user", "content": "Name three primary colours."}])
-reply.choices[0].message.content''', check=True),
-    md("Streaming works as with any OpenAI-compatible server:"),
-    code('''stream = client.completions.create(model="default", prompt="The alphabet starts with A, B,",
+stream = client.completions.create(model="default", prompt="The alphabet starts with A, B,",
                                    max_tokens=8, temperature=0, stream=True)
 print("".join(chunk.choices[0].text for chunk in stream))''', check=True),
     code("server.stop()\nrt.shutdown()"),
