@@ -1,7 +1,7 @@
 """Turns a ScheduledBatch into a ForwardBatch, runs the model, and says which logits row
-belongs to which request position. Decode batches on CUDA replay CUDA graphs
-(`cuda_graph.DecodeGraphRunner`) when the attention backend supports them; everything
-else runs eagerly."""
+belongs to which request position. Decode batches and small extends on CUDA replay CUDA
+graphs (`cuda_graph.DecodeGraphRunner`) when the attention backend supports them;
+everything else runs eagerly."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +13,10 @@ from lmnb.runtime.cuda_graph import DecodeGraphRunner, cuda_graph_enabled
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.scheduler import ScheduledBatch
+
+# extends of at most this many tokens (a re-run whose last line changed, a short
+# jump-forward) replay the decode graphs, one row per token: no eager launches
+GRAPH_EXTEND_TOKENS = 32
 
 
 @dataclass
@@ -52,15 +56,28 @@ class ModelRunner:
                 sample_rows[i] = len(rows)
                 rows.append(tok_off + n - 1)
             tok_off += n
-        if sb.is_decode and self._graph_ready(len(sb.reqs)) and rows == list(range(len(sb.reqs))):
-            logits = self.graphs.replay(input_ids, sb.prefix_lens, sb.out_cache_loc,
-                                        [r.req_pool_idx for r in sb.reqs])
-            return StepOutput(logits, sample_rows, logprob_rows)
+        if (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
+                self._graph_ready(len(input_ids)):
+            return StepOutput(self._replay(sb, input_ids, rows), sample_rows, logprob_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
         logits = self.model(fb, self.backend, self.pool)
         return StepOutput(logits, sample_rows, logprob_rows)
+
+    def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int]) -> torch.Tensor:
+        """Every new token as one decode row: its request's table row, length = its
+        position + 1 (its causal window). The step's KV is stored before attention
+        reads it, so a few-token extend is exactly a decode of that many rows."""
+        if sb.is_decode:
+            positions, req_rows = sb.prefix_lens, [r.req_pool_idx for r in sb.reqs]
+        else:
+            positions = [p for pre, n in zip(sb.prefix_lens, sb.lens) for p in range(pre, pre + n)]
+            req_rows = [r.req_pool_idx for r, n in zip(sb.reqs, sb.lens) for _ in range(n)]
+        logits = self.graphs.replay(input_ids, positions, sb.out_cache_loc, req_rows)
+        if len(rows) == len(input_ids) and rows == list(range(len(rows))):
+            return logits
+        return logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
 
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:

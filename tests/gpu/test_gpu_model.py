@@ -18,8 +18,9 @@ pytest.importorskip("transformers")
 pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import lmnb as lm  # noqa: E402
-from common import hf_model_for  # noqa: E402
+from common import hf_model_for
+
+import lmnb as lm
 
 SPEC = "dummy:smollm2-135m"
 NEW = 24
