@@ -4,6 +4,7 @@ graphs (`cuda_graph.DecodeGraphRunner`) when the attention backend supports them
 everything else runs eagerly."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +15,11 @@ from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.scheduler import ScheduledBatch
 
-# extends of at most this many tokens (a re-run whose last line changed, a short
-# jump-forward) replay the decode graphs, one row per token: no eager launches
-GRAPH_EXTEND_TOKENS = 32
+# extends of at most this many tokens (a re-run whose last line changed, the forced
+# tokens of jump-forward) replay the decode graphs, one row per token, when a graph that
+# large exists: no eager launches. Measured on an H100 with 16 jump-forward requests over
+# 3k-token documents (~160 rows): jump-forward speedup 1.20x at 32, 1.39x at 256.
+GRAPH_EXTEND_TOKENS = int(os.environ.get("LMNB_GRAPH_EXTEND_TOKENS", "256"))
 
 
 @dataclass
