@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
+
+import torch
 import time
 import traceback
 from collections import deque
@@ -31,6 +33,8 @@ class Engine:
                              finished_requests=0, aborted_requests=0)
         self.history: deque = deque(maxlen=2048)   # (t_end, mode, tokens, seconds, rids)
         self._stop = False
+        self._cpu = runner.pool.device.type == "cpu"
+        self._cpu_threads = torch.get_num_threads()
         self.thread = threading.Thread(target=self._loop, name="lmnb-engine", daemon=True)
         self.thread.start()
 
@@ -115,6 +119,10 @@ class Engine:
 
     def _step(self, batch: ScheduledBatch) -> None:
         t0 = time.perf_counter()
+        if self._cpu:
+            # small decode steps are memory-bound GEMVs: a second thread only adds syncs
+            small = batch.is_decode and len(batch.reqs) <= 4
+            torch.set_num_threads(1 if small else self._cpu_threads)
         out = self.runner.run(batch)
         ntok = sum(batch.lens)
         self._count(batch, ntok)

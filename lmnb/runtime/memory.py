@@ -85,6 +85,13 @@ class ReqToTokenPool:
     def free(self, idx: int) -> None:
         self._free.append(idx)
 
+    def write_many(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """table[rows[i], cols[i]] = slots[i] for a whole batch in one copy."""
+        if slots.numel():
+            dev = self.table.device
+            self.table[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = \
+                slots.to(dev, torch.int32, non_blocking=True)
+
     def write(self, idx: int, start: int, slots: torch.Tensor) -> None:
         if slots.numel():
             self.table[idx, start : start + slots.numel()] = slots.to(self.table.device, torch.int32)

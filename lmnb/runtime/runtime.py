@@ -94,8 +94,8 @@ class Runtime:
 
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
-    context_length, chunked_prefill_size, enable_radix_cache, jump_forward, attention,
-    dtype, schedule_policy, seed).
+    context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
+    attention, dtype, schedule_policy, seed).
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -125,8 +125,8 @@ class Runtime:
                                        self.context_len, rc.jump_forward)
         self._grammars = None
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
-        self.engine = Engine(self.scheduler, ModelRunner(self.model, backend, self.pool, self.req_pool),
-                             self.outputs)
+        runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
+        self.engine = Engine(self.scheduler, runner, self.outputs)
         atexit.register(_shutdown_ref, weakref.ref(self))
 
     # -- text <-> tokens ---------------------------------------------------------

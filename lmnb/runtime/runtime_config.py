@@ -31,6 +31,7 @@ class RuntimeConfig:
     chunked_prefill_size: int | None = None
     enable_radix_cache: bool = True
     jump_forward: bool = True
+    cuda_graph: bool | None = None   # None: on unless LMNB_CUDA_GRAPH=0
     schedule_policy: str = "lpm"
     seed: int = 0
 

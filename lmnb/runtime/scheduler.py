@@ -160,12 +160,13 @@ class Scheduler:
         locs = self.alloc.alloc(total)
         if locs is None:  # _ensure_free guaranteed room
             raise RuntimeError("KV allocator short after reservation")
-        prefix_lens, off = [], 0
+        prefix_lens, rows, cols = [], [], []
         for r, n in picked:
-            self.req_pool.write(r.req_pool_idx, r.kv_len, locs[off : off + n])
+            rows.append(torch.full((n,), r.req_pool_idx, dtype=torch.int64))
+            cols.append(torch.arange(r.kv_len, r.kv_len + n))
             prefix_lens.append(r.kv_len)
             r.kv_len += n  # the step writes their KV; the request owns the slots from now
-            off += n
+        self.req_pool.write_many(torch.cat(rows), torch.cat(cols), locs)  # one copy per step
         return ScheduledBatch([r for r, _ in picked], [n for _, n in picked], prefix_lens, locs)
 
     # -- release --------------------------------------------------------------

@@ -32,6 +32,9 @@ class ByteTokenizer:
     def convert_ids_to_tokens(self, ids):
         return [self.decode([i]) for i in ids]
 
+    def convert_tokens_to_string(self, tokens) -> str:
+        return "".join(tokens)
+
     def apply_chat_template(self, *a, **kw):
         raise LmnbError("this model has no chat template; use raw text (no roles)")
 
