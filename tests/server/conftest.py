@@ -2,15 +2,11 @@
 one `lmnb serve` subprocess."""
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
+
+from tests.serve_process import serve_process
 
 API_KEY = "sk-lmnb-test"
 
@@ -36,37 +32,8 @@ def keyed_server(smollm2):
 @pytest.fixture(scope="session")
 def cli_server():
     """`lmnb serve --port 0` as a real subprocess; yields its base URL read from stdout."""
-    exe = shutil.which("lmnb")
-    cmd = [exe] if exe else [sys.executable, "-m", "lmnb"]
-    cmd += ["serve", "--model", "smollm2", "--port", "0", "--api-key", API_KEY,
-            "--device", "cpu", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "LMNB_API_KEY": ""})
-    url = _read_url(proc, timeout=180)
-    yield url
-    proc.terminate()   # graceful shutdown; uvicorn then re-raises SIGTERM
-    try:
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM), proc.stderr.read()
-    finally:
-        proc.kill()
-
-
-def _read_url(proc: subprocess.Popen, timeout: float) -> str:
-    found: list[str] = []
-
-    def reader():
-        for line in proc.stdout:
-            if "listening on" in line:
-                found.append(line.split("listening on", 1)[1].strip())
-                return
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout)
-    if not found:
-        proc.kill()
-        raise AssertionError(f"lmnb serve printed no URL: {proc.stderr.read()[-2000:]}")
-    return found[0]
+    with serve_process("--api-key", API_KEY, env={"LMNB_API_KEY": ""}) as url:
+        yield url
 
 
 def wait_idle(rt, timeout: float = 20.0) -> dict:
