@@ -70,7 +70,7 @@ class KernelSession:
     def _usable(self) -> bool:
         if self._backend is None:
             return False
-        return self.runtime is None or self.runtime.engine is not None and self.runtime.engine.alive()
+        return self.runtime is None or self.runtime.alive()
 
     def close(self) -> None:
         """Shut the current runtime down (idempotent)."""

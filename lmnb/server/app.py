@@ -62,7 +62,7 @@ class _Service:
 
     # -- models ----------------------------------------------------------------
     async def health(self) -> dict:
-        return {"status": "ok" if self.rt.engine.alive() else "engine stopped"}
+        return {"status": "ok" if self.rt.alive() else "engine stopped"}
 
     def _model_card(self, name: str) -> dict:
         card = {"id": name, "object": "model", "created": self.created, "owned_by": "lmnb",
