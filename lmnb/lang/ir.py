@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lmnb.errors import LmnbError
+from lmnb.runtime.sampling_params import as_tuple
 
 ROLES = ("system", "user", "assistant")
 SELECT_METHODS = ("token_length_normalized", "greedy_token", "unconditional_likelihood_normalized")
@@ -314,14 +315,7 @@ def _check_name(name, where: str) -> None:
 
 
 def _tuple(v, where: str, what: str):
-    if v is None:
-        return None
-    if isinstance(v, (str, int)):
-        return (v,)
-    try:
-        return tuple(v)
-    except TypeError:
-        raise LmnbError(f"{where}: {what} must be a value or a list, got {type(v).__name__}") from None
+    return as_tuple(v, f"{where}: {what}")
 
 
 def _wrap(where: str, fn, *args):

@@ -74,17 +74,18 @@ class SamplingParams:
                 f"unknown sampling parameter {unknown[0]!r}; valid: {', '.join(sorted(names - {'extra'}))}"
             )
         if "stop" in kw:
-            kw["stop"] = _as_tuple(kw["stop"], "stop")
+            kw["stop"] = as_tuple(kw["stop"], "stop") or ()
         if "stop_token_ids" in kw:
-            kw["stop_token_ids"] = _as_tuple(kw["stop_token_ids"], "stop_token_ids")
+            kw["stop_token_ids"] = as_tuple(kw["stop_token_ids"], "stop_token_ids") or ()
         if kw.get("top_k") is None:
             kw.pop("top_k", None)
         return cls(**kw)
 
 
-def _as_tuple(v, name: str) -> tuple:
+def as_tuple(v, name: str) -> tuple | None:
+    """A value or a list of values as a tuple (None stays None)."""
     if v is None:
-        return ()
+        return None
     if isinstance(v, (str, int)):
         return (v,)
     try:
