@@ -2,7 +2,8 @@
 
     python bench/gpu_suite.py --model dummy:llama3-8b [--only latency,throughput,...]
 
-Workloads: latency, decode_steps, throughput, cell_rerun, mmlu, json_decode. Each prints
+Workloads: latency, decode_steps, throughput, cell_rerun, mmlu, hellaswag,
+tree_of_thought, multi_turn_chat (bench/gpu_programs.py), json_decode. Each prints
 one line per case (`name key=value ...`); all rows go to bench/results/gpu_<model>.json
 (or --out) with the GPU, versions and date. The HF peer shares the runtime's weight
 tensors. Ablations (no radix cache, no jump-forward) run on the same runtime with the
@@ -35,6 +36,8 @@ from gpu_helpers import (
     without_jump_forward,
     without_radix_cache,
 )
+
+from gpu_programs import hellaswag, multi_turn_chat, tree_of_thought
 
 import lmnb as lm
 
@@ -332,8 +335,9 @@ def _valid_json(text: str) -> bool:
 
 
 WORKLOADS = {"latency": latency, "decode_steps": decode_steps, "throughput": throughput,
-             "cell_rerun": cell_rerun, "mmlu": mmlu, "json_decode": json_decode,
-             "profile": profile}
+             "cell_rerun": cell_rerun, "mmlu": mmlu, "hellaswag": hellaswag,
+             "tree_of_thought": tree_of_thought, "multi_turn_chat": multi_turn_chat,
+             "json_decode": json_decode, "profile": profile}
 
 
 def main() -> None:

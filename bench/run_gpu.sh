@@ -19,6 +19,6 @@ for m in $MODELS; do
     llama3-8b) opts="--kv-gb 24 --hf-requests 64" ;;
     *)         opts="--kv-gb 16 --hf-requests 64" ;;
   esac
-  timeout 420 python3 bench/gpu_suite.py --model "dummy:$m" $opts --out "$OUT/gpu_$m.json" \
+  timeout ${SUITE_TIMEOUT:-420} python3 bench/gpu_suite.py --model "dummy:$m" $opts --out "$OUT/gpu_$m.json" \
     2>&1 | tee "$OUT/suite_$m.log" | grep -v '^#'
 done
