@@ -104,9 +104,10 @@ class DecodeGraphRunner:
 
     # ------------------------------------------------------------------ replay
     def replay(self, input_ids: list[int], positions: list[int], out_cache_loc: torch.Tensor,
-               req_pool_indices: list[int]) -> torch.Tensor:
+               req_pool_indices: list[int], fill: tuple | None = None) -> torch.Tensor:
         """One decode step; returns fp32 logits [bs, vocab] (valid until the next replay).
-        Each request's sequence length is its position + 1."""
+        Each request's sequence length is its position + 1. `fill` = (rows, token ids on
+        the device) overwrites those rows' input ids (tokens still being sampled)."""
         bs = len(input_ids)
         if not self._graphs:
             self.capture()
@@ -121,6 +122,8 @@ class DecodeGraphRunner:
         h[4, :bs] = h[1, :bs] + 1
         self._dev[: _FIELDS * n].copy_(self._host[: _FIELDS * n], non_blocking=True)
         self._copied.record()
+        if fill is not None:
+            self._dev[fill[0]] = fill[1]   # row 0 of the [5, n] view: the input ids
         self._graphs[n].replay()
         return self._out[n][:bs]
 

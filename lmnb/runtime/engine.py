@@ -3,6 +3,12 @@
 Other threads talk to it only through its inbox (submit, abort, call); results flow back
 through each request's event queue. Everything that touches KV bookkeeping runs on the
 engine thread, so the radix cache and allocator need no locks.
+
+Overlap (on CUDA): a step is launched, then the step before it is settled (its sampled
+tokens read back and applied) while the GPU runs the new one. Requests that will surely go
+on hold a placeholder for their token in flight, so the scheduler can put them in the next
+step at once; the model reads the real token from the device. A request that turns out to
+have stopped wastes that one step, whose KV slot its release frees.
 """
 from __future__ import annotations
 
@@ -17,14 +23,17 @@ import torch
 
 from lmnb.errors import EngineError
 from lmnb.runtime.model_runner import ModelRunner
-from lmnb.runtime.output import OutputProcessor
+from lmnb.runtime.output import OutputProcessor, SampledStep
 from lmnb.runtime.request import Req, Status
 from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor) -> None:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor,
+                 overlap: bool = False) -> None:
         self.sched, self.runner, self.outputs = scheduler, runner, outputs
+        self.overlap = overlap
+        self._inflight: SampledStep | None = None   # launched, not yet settled
         self.inbox: queue.Queue = queue.Queue()
         self.reqs: dict[str, Req] = {}
         self.error: BaseException | None = None
@@ -33,6 +42,7 @@ class Engine:
                              finished_requests=0, aborted_requests=0)
         self.history: deque = deque(maxlen=2048)   # (t_end, mode, tokens, seconds, rids)
         self._stop = False
+        self._last_settle = 0.0
         self._cpu = runner.pool.device.type == "cpu"
         self._cpu_threads = torch.get_num_threads()
         self.thread = threading.Thread(target=self._loop, name="lmnb-engine", daemon=True)
@@ -75,15 +85,16 @@ class Engine:
     def _loop(self) -> None:
         try:
             while not self._stop:
-                self._drain(block=not self.sched.has_work())
+                self._drain(block=not self.sched.has_work() and self._inflight is None)
                 if self._stop:
                     break
                 batch = self.sched.next_batch()
-                if batch is None:
-                    if self.sched.has_work():
-                        time.sleep(0.001)
-                    continue
-                self._step(batch)
+                if batch is not None:
+                    self._step(batch)
+                elif self._inflight is not None:
+                    self._settle()
+                elif self.sched.has_work():
+                    time.sleep(0.001)
         except BaseException as e:  # noqa: BLE001 - every waiting request must hear of it
             self.error = e
             self._fail_all(e)
@@ -118,16 +129,28 @@ class Engine:
                 fut.set_exception(e)
 
     def _step(self, batch: ScheduledBatch) -> None:
-        t0 = time.perf_counter()
+        """Launch `batch`, then settle the step launched before it (or this one at once)."""
         if self._cpu:
             # small decode steps are memory-bound GEMVs: a second thread only adds syncs
             small = batch.is_decode and len(batch.reqs) <= 4
             torch.set_num_threads(1 if small else self._cpu_threads)
-        out = self.runner.run(batch)
-        ntok = sum(batch.lens)
-        self._count(batch, ntok)
-        finished = self.outputs.process(batch, out)
-        for r, reason in finished:
+        before, t0 = self._inflight, time.perf_counter()
+        out = self.runner.run(batch, before.tokens if before is not None else None)
+        step = self.outputs.sample_step(batch, out)
+        step.launched = t0
+        self._count(batch, sum(batch.lens))
+        if before is not None:
+            self._settle()
+        self._inflight = step
+        if self.overlap:
+            self.outputs.run_ahead(step)
+        else:
+            self._settle()
+
+    def _settle(self) -> None:
+        step, self._inflight = self._inflight, None
+        batch = step.batch
+        for r, reason in self.outputs.settle(step):
             self._finish(r, reason)
         if not batch.is_decode:
             # share freshly computed prompts (and chunks) through the cache right away, so
@@ -135,9 +158,12 @@ class Engine:
             for r in batch.reqs:
                 if r.status is Status.RUNNING and r.kv_len > r.cache_len:
                     self.sched.cache_progress(r)
-        dt = time.perf_counter() - t0
-        self.history.append((time.time(), "decode" if batch.is_decode else "extend", ntok, dt,
-                             tuple(r.rid for r in batch.reqs)))
+        now = time.perf_counter()
+        # with overlap a step's time is the time since the one before it was settled
+        dt = now - max(step.launched, self._last_settle)
+        self._last_settle = now
+        self.history.append((time.time(), "decode" if batch.is_decode else "extend",
+                             sum(batch.lens), dt, tuple(r.rid for r in batch.reqs)))
 
     def _count(self, batch: ScheduledBatch, ntok: int) -> None:
         c = self.counters
@@ -156,6 +182,9 @@ class Engine:
                 r.decode_steps += 1
 
     def _finish(self, r: Req, reason: dict) -> None:
+        if r.ahead:  # its token in flight will not be used
+            r.output_ids.pop()
+            r.ahead = False
         if r.status is Status.WAITING:
             self.sched.drop_waiting(r)
         else:

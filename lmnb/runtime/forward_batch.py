@@ -62,8 +62,9 @@ class ForwardBatch:
             return torch.tensor(x, dtype=torch.int64).to(dev, non_blocking=True)
 
         return cls(
-            mode=mode, input_ids=t(input_ids), positions=positions.to(dev),
-            out_cache_loc=out_cache_loc.to(dev, torch.int64), req_pool_indices=t(req_pool_indices),
+            mode=mode, input_ids=t(input_ids), positions=positions.to(dev, non_blocking=True),
+            out_cache_loc=out_cache_loc.to(torch.int64).to(dev, non_blocking=True),
+            req_pool_indices=t(req_pool_indices),
             seq_lens=t(seq_lens), prefix_lens=t(prefix_lens), extend_lens=t(extend_lens),
             extend_starts=t(starts), req_to_token=req_to_token, seq_lens_cpu=seq_lens,
             prefix_lens_cpu=list(prefix_lens), extend_lens_cpu=list(extend_lens),

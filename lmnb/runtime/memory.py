@@ -69,11 +69,18 @@ class KVPool:
 
 
 class ReqToTokenPool:
-    """Row per running request: the KV slot of each of its token positions."""
+    """Row per running request: the KV slot of each of its token positions.
+
+    The device table is what kernels read; `host` mirrors it on the CPU so that the
+    scheduler's bookkeeping (what a request owns, what to free or cache) never waits for
+    the GPU: with overlapped steps, a device read would stall until the step in flight
+    has finished. Writes go to both; copies to the device never block the host."""
 
     def __init__(self, max_reqs: int, max_context: int, device: torch.device) -> None:
         self.max_reqs, self.max_context = max_reqs, max_context
         self.table = torch.zeros((max_reqs, max_context), dtype=torch.int32, device=device)
+        self.host = self.table if self.table.device.type == "cpu" else \
+            torch.zeros((max_reqs, max_context), dtype=torch.int32)
         self._free = list(range(max_reqs - 1, -1, -1))
 
     def available(self) -> int:
@@ -85,13 +92,24 @@ class ReqToTokenPool:
     def free(self, idx: int) -> None:
         self._free.append(idx)
 
+    def read(self, idx: int, start: int, end: int) -> torch.Tensor:
+        """Slots of positions start..end-1 of row idx (int64, CPU)."""
+        return self.host[idx, start:end].to(torch.int64)
+
     def write_many(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
         """table[rows[i], cols[i]] = slots[i] for a whole batch in one copy."""
         if slots.numel():
+            vals = slots.to(torch.int32)
+            if self.host is not self.table:
+                self.host[rows, cols] = vals
             dev = self.table.device
             self.table[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = \
-                slots.to(dev, torch.int32, non_blocking=True)
+                vals.to(dev, non_blocking=True)
 
     def write(self, idx: int, start: int, slots: torch.Tensor) -> None:
         if slots.numel():
-            self.table[idx, start : start + slots.numel()] = slots.to(self.table.device, torch.int32)
+            vals = slots.to(torch.int32)
+            end = start + slots.numel()
+            if self.host is not self.table:
+                self.host[idx, start:end] = vals
+            self.table[idx, start:end] = vals.to(self.table.device, non_blocking=True)

@@ -13,6 +13,7 @@ from lmnb.runtime.attention.base import AttentionBackend
 from lmnb.runtime.cuda_graph import DecodeGraphRunner, cuda_graph_enabled
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
+from lmnb.runtime.sampler import to_device
 from lmnb.runtime.scheduler import ScheduledBatch
 
 # extends of at most this many tokens (a re-run whose last line changed, the forced
@@ -41,14 +42,22 @@ class ModelRunner:
                            and hasattr(backend, "init_forward_graph"))
         self.graphs: DecodeGraphRunner | None = None
 
-    def run(self, sb: ScheduledBatch) -> StepOutput:
+    def run(self, sb: ScheduledBatch, ahead_tokens: torch.Tensor | None = None) -> StepOutput:
+        """Launch the step. Requests that run ahead (their last token is a placeholder)
+        read it from `ahead_tokens`, the device tokens of the step before, at `ahead_row`."""
         input_ids: list[int] = []
         rows: list[int] = []
+        ahead_at: list[int] = []      # input positions filled from ahead_tokens
+        ahead_src: list[int] = []
         sample_rows: dict[int, int] = {}
         logprob_rows: dict[int, tuple[int, int, int]] = {}
         tok_off = 0
         for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
-            input_ids += r.fill_ids[pre : pre + n]
+            input_ids += r.fill_slice(pre, pre + n)
+            if r.ahead and pre + n == r.fill_len:
+                input_ids[-1] = 0
+                ahead_at.append(tok_off + n - 1)
+                ahead_src.append(r.ahead_row)
             lp_from = r.logprob_from
             if lp_from >= 0:  # prompt positions whose next-token logprob is wanted
                 lo, hi = max(lp_from, pre), min(len(r.input_ids) - 1, pre + n)
@@ -59,16 +68,25 @@ class ModelRunner:
                 sample_rows[i] = len(rows)
                 rows.append(tok_off + n - 1)
             tok_off += n
+        fill = None
+        if ahead_at:
+            if ahead_tokens is None:
+                raise RuntimeError("a request runs ahead but the step before sampled nothing")
+            dev = self.req_pool.table.device
+            fill = (to_device(ahead_at, dev), ahead_tokens[to_device(ahead_src, dev)])
         if (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
                 self._graph_ready(len(input_ids)):
-            return StepOutput(self._replay(sb, input_ids, rows), sample_rows, logprob_rows)
+            return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
+        if fill is not None:
+            fb.input_ids[fill[0]] = fill[1]
         logits = self.model(fb, self.backend, self.pool)
         return StepOutput(logits, sample_rows, logprob_rows)
 
-    def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int]) -> torch.Tensor:
+    def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int],
+                fill: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """Every new token as one decode row: its request's table row, length = its
         position + 1 (its causal window). The step's KV is stored before attention
         reads it, so a few-token extend is exactly a decode of that many rows."""
@@ -77,10 +95,10 @@ class ModelRunner:
         else:
             positions = [p for pre, n in zip(sb.prefix_lens, sb.lens) for p in range(pre, pre + n)]
             req_rows = [r.req_pool_idx for r, n in zip(sb.reqs, sb.lens) for _ in range(n)]
-        logits = self.graphs.replay(input_ids, positions, sb.out_cache_loc, req_rows)
+        logits = self.graphs.replay(input_ids, positions, sb.out_cache_loc, req_rows, fill)
         if len(rows) == len(input_ids) and rows == list(range(len(rows))):
             return logits
-        return logits[torch.tensor(rows, dtype=torch.long, device=logits.device)]
+        return logits[to_device(rows, logits.device)]
 
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:

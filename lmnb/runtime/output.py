@@ -3,14 +3,30 @@ jump-forward with re-tokenization, streaming deltas, and the final result dict."
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 from lmnb.runtime.model_runner import StepOutput
-from lmnb.runtime.request import Req
-from lmnb.runtime.sampler import apply_masks, sample, token_logprobs, top_logprobs
+from lmnb.runtime.request import PLACEHOLDER, Req, Status
+from lmnb.runtime.sampler import apply_masks, sample_tensor, to_device, token_logprobs, top_logprobs
 from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
 from lmnb.runtime.tokenizer import IncrementalDetokenizer
+
+
+@dataclass
+class SampledStep:
+    """A launched step's sampling, queued on the device: `OutputProcessor.settle` waits for
+    it and applies the tokens. Between the two the engine may launch the next step."""
+
+    batch: ScheduledBatch
+    reqs: list[Req]                      # the requests that sampled, in row order
+    tokens: torch.Tensor | None          # [len(reqs)] on the device
+    done: list[tuple[Req, dict]]         # finished before sampling (max_new_tokens reached)
+    host: object = None                  # (tokens, logprobs, top ids, top values) on the host
+    ready: object = None                 # CUDA event: the host copies have landed
+    logprob_rows: list[int] = field(default_factory=list)
+    launched: float = 0.0
 
 
 class OutputProcessor:
@@ -20,24 +36,84 @@ class OutputProcessor:
         self.context_len, self.jump_forward = context_len, jump_forward
 
     def process(self, batch: ScheduledBatch, out: StepOutput) -> list[tuple[Req, dict]]:
+        """Sample and apply at once (the step is not overlapped with the next)."""
+        return self.settle(self.sample_step(batch, out))
+
+    def sample_step(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
+        """Prompt logprobs, constraint masks and sampling, queued on the device; the
+        tokens (and output logprobs) start copying to the host without waiting."""
         for i, (row, pos, count) in out.logprob_rows.items():
             self._prompt_logprobs(batch.reqs[i], out.logits[row : row + count], pos)
-        finished: list[tuple[Req, dict]] = []
-        idx = [i for i in out.sample_rows if not self._done_before_sampling(batch.reqs[i], finished)]
+        done: list[tuple[Req, dict]] = []
+        idx = [i for i in out.sample_rows if not self._done_before_sampling(batch.reqs[i], done)]
+        step = SampledStep(batch, [batch.reqs[i] for i in idx], None, done)
         if not idx:
-            return finished
-        reqs = [batch.reqs[i] for i in idx]
-        logits = out.logits[[out.sample_rows[i] for i in idx]]
-        raw = logits.clone() if any(r.params.return_logprob for r in reqs) else logits
+            return step
+        rows = [out.sample_rows[i] for i in idx]
+        reqs = step.reqs
+        logits = out.logits
+        # a copy when rows are picked, or when masks write into it (the model's logits are
+        # an inference tensor, or a CUDA graph's output buffer)
+        if rows != list(range(logits.shape[0])) or any(r.guide is not None for r in reqs):
+            logits = logits[to_device(rows, logits.device)]
+        step.logprob_rows = [j for j, r in enumerate(reqs) if r.params.return_logprob]
+        raw = logits.clone() if step.logprob_rows else logits
         apply_masks(logits, reqs)
-        tokens = sample(logits, reqs)
-        for j, (r, t) in enumerate(zip(reqs, tokens)):
-            if r.params.return_logprob:
-                self._output_logprob(r, raw[j : j + 1], t)
+        step.tokens = sample_tensor(logits, reqs)
+        on_device = [step.tokens]
+        if step.logprob_rows:
+            lp_rows = to_device(step.logprob_rows, raw.device)
+            lp_raw = raw[lp_rows]
+            on_device.append(token_logprobs(lp_raw, step.tokens[lp_rows]))
+            k = max(r.params.top_logprobs_num for r in reqs)
+            if k:
+                vals, ids = top_logprobs(lp_raw, k)
+                on_device += [ids, vals]
+        step.host = [t.to("cpu", non_blocking=True) for t in on_device]
+        if step.tokens.is_cuda:
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        return step
+
+    def settle(self, step: SampledStep) -> list[tuple[Req, dict]]:
+        """Wait for the step's tokens and apply them: stops, text, streaming, jump-forward.
+        A request that holds a placeholder for this token (run ahead) gets the real one."""
+        finished = list(step.done)
+        if step.tokens is None:
+            return finished
+        if step.ready is not None:
+            step.ready.synchronize()
+        host = [t.tolist() for t in step.host]
+        lps = dict(zip(step.logprob_rows, host[1])) if len(host) > 1 else {}
+        tops = dict(zip(step.logprob_rows, zip(host[2], host[3]))) if len(host) > 3 else {}
+        for j, (r, t) in enumerate(zip(step.reqs, host[0])):
+            if r.ahead:
+                r.output_ids.pop()
+                r.ahead = False
+            if r.finished():
+                continue  # aborted while the step ran
+            if j in lps:
+                r.output_logprobs.append((t, lps[j]))
+                if r.params.top_logprobs_num:
+                    ids, vals = tops[j]
+                    k = r.params.top_logprobs_num
+                    r.output_top_logprobs.append(list(zip(ids[:k], vals[:k])))
             reason = self._append(r, t)
             if reason is not None:
                 finished.append((r, reason))
         return finished
+
+    def run_ahead(self, step: SampledStep) -> None:
+        """Give each request of a launched step that will surely go on a placeholder for
+        the token being sampled, so the scheduler can put it in the next step before the
+        token is known (the model reads the token from the device). Requests whose next
+        token depends on host state (grammars) or may be their last do not run ahead."""
+        for j, r in enumerate(step.reqs):
+            if (r.guide is None and r.status is Status.RUNNING
+                    and len(r.output_ids) + 1 < r.params.max_new_tokens
+                    and r.fill_len + 1 < self.context_len):
+                r.output_ids.append(PLACEHOLDER)
+                r.ahead, r.ahead_row = True, j
 
     def _done_before_sampling(self, r: Req, finished: list) -> bool:
         if len(r.output_ids) >= r.params.max_new_tokens:
@@ -52,14 +128,6 @@ class OutputProcessor:
         r.pending_prompt_lps += list(zip(targets.tolist(), lps))
         if pos + logits.shape[0] >= len(r.input_ids) - 1:
             r.input_logprobs, r.pending_prompt_lps = r.pending_prompt_lps, []
-
-    def _output_logprob(self, r: Req, logits: torch.Tensor, t: int) -> None:
-        lp = token_logprobs(logits, torch.tensor([t], device=logits.device))[0].item()
-        r.output_logprobs.append((t, lp))
-        k = r.params.top_logprobs_num
-        if k:
-            vals, ids = top_logprobs(logits, k)
-            r.output_top_logprobs.append(list(zip(ids[0].tolist(), vals[0].tolist())))
 
     # -- one new token ----------------------------------------------------------
     def _append(self, r: Req, t: int) -> dict | None:

@@ -20,6 +20,10 @@ from lmnb.runtime.sampling_params import SamplingParams
 _rid_counter = itertools.count()
 
 
+# an output token still being sampled on the device (see OutputProcessor.run_ahead)
+PLACEHOLDER = -1
+
+
 def new_rid() -> str:
     return f"r{next(_rid_counter)}"
 
@@ -66,10 +70,23 @@ class Req:
     first_token_time: float | None = None
     events: "queue.Queue" = field(default_factory=queue.Queue)
     abort_requested: bool = False
+    # run ahead: output_ids[-1] is PLACEHOLDER, the token in row `ahead_row` of the step
+    # in flight; the next step reads it from the device
+    ahead: bool = False
+    ahead_row: int = 0
 
     @property
     def fill_ids(self) -> list[int]:
         return self.input_ids + self.output_ids
+
+    def fill_slice(self, start: int, end: int) -> list[int]:
+        """fill_ids[start:end] without building the whole list."""
+        n_in = len(self.input_ids)
+        if start >= n_in:
+            return self.output_ids[start - n_in : end - n_in]
+        if end <= n_in:
+            return self.input_ids[start:end]
+        return self.input_ids[start:] + self.output_ids[: end - n_in]
 
     @property
     def fill_len(self) -> int:

@@ -95,7 +95,7 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    attention, dtype, schedule_policy, seed).
+    overlap, attention, dtype, schedule_policy, seed).
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -126,7 +126,7 @@ class Runtime:
         self._grammars = None
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
-        self.engine = Engine(self.scheduler, runner, self.outputs)
+        self.engine = Engine(self.scheduler, runner, self.outputs, overlap=rc.overlap)
         atexit.register(_shutdown_ref, weakref.ref(self))
 
     # -- text <-> tokens ---------------------------------------------------------

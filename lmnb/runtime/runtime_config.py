@@ -32,6 +32,7 @@ class RuntimeConfig:
     enable_radix_cache: bool = True
     jump_forward: bool = True
     cuda_graph: bool | None = None   # None: on unless LMNB_CUDA_GRAPH=0
+    overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"
     seed: int = 0
 
@@ -63,6 +64,8 @@ class RuntimeConfig:
         is_cuda = self.device.startswith("cuda")
         object.__setattr__(self, "max_running_requests", self.max_running_requests or (256 if is_cuda else 64))
         object.__setattr__(self, "chunked_prefill_size", self.chunked_prefill_size or (8192 if is_cuda else 2048))
+        if self.overlap is None:  # on the CPU every op runs in the calling thread: nothing to overlap
+            object.__setattr__(self, "overlap", is_cuda)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -19,21 +19,32 @@ def apply_masks(logits: torch.Tensor, reqs: list[Req]) -> None:
             row[v:] = float("-inf")
 
 
+def to_device(values: list, device: torch.device, dtype=None) -> torch.Tensor:
+    """A small host list as a device tensor, without waiting for the GPU's queue (a plain
+    `torch.tensor(..., device=cuda)` blocks until the step in flight is done)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def sample(logits: torch.Tensor, reqs: list[Req]) -> list[int]:
     """logits [B, V] fp32 (already masked) -> one token id per request."""
+    return sample_tensor(logits, reqs).tolist()
+
+
+def sample_tensor(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
+    """As `sample`, left on the logits' device: queued GPU work, no host sync."""
     out = logits.argmax(dim=-1)
     rows = [i for i, r in enumerate(reqs) if not r.params.greedy]
     if rows:
-        idx = torch.tensor(rows, device=logits.device)
+        idx = to_device(rows, logits.device)
         probs = _filtered_probs(logits[idx], [reqs[i] for i in rows])
         for j, i in enumerate(rows):
             out[i] = torch.multinomial(probs[j], 1, generator=reqs[i].generator)[0]
-    return out.tolist()
+    return out
 
 
 def _filtered_probs(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
     dev = logits.device
-    temp = torch.tensor([r.params.temperature for r in reqs], device=dev)[:, None]
+    temp = to_device([r.params.temperature for r in reqs], dev)[:, None]
     probs = torch.softmax(logits / temp, dim=-1)
     top_k = [r.params.top_k for r in reqs]
     top_p = [r.params.top_p for r in reqs]
@@ -41,7 +52,7 @@ def _filtered_probs(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
     if any(k > 0 for k in top_k) or any(p < 1 for p in top_p):
         probs = _top_k_top_p(probs, top_k, top_p)
     if any(m > 0 for m in min_p):
-        mp = torch.tensor(min_p, device=dev)[:, None]
+        mp = to_device(min_p, dev)[:, None]
         probs = probs.masked_fill(probs < probs.max(dim=-1, keepdim=True).values * mp, 0.0)
     return probs / probs.sum(dim=-1, keepdim=True)
 
@@ -49,10 +60,10 @@ def _filtered_probs(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
 def _top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     dev, vocab = probs.device, probs.shape[1]
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    k = torch.tensor([kk if kk > 0 else vocab for kk in top_k], device=dev)[:, None]
+    k = to_device([kk if kk > 0 else vocab for kk in top_k], dev)[:, None]
     ranks = torch.arange(vocab, device=dev)[None, :]
     cum = sorted_p.cumsum(dim=-1)
-    p = torch.tensor(top_p, device=dev)[:, None]
+    p = to_device(top_p, dev)[:, None]
     drop = (ranks >= k) | ((cum - sorted_p) > p)   # keep the smallest set whose mass reaches p
     drop[:, 0] = False
     sorted_p = sorted_p.masked_fill(drop, 0.0)

@@ -160,18 +160,19 @@ class Scheduler:
         locs = self.alloc.alloc(total)
         if locs is None:  # _ensure_free guaranteed room
             raise RuntimeError("KV allocator short after reservation")
-        prefix_lens, rows, cols = [], [], []
+        lens = [n for _, n in picked]
+        prefix_lens = [r.kv_len for r, _ in picked]
+        rows = np.repeat([r.req_pool_idx for r, _ in picked], lens)
+        # column of each new token: its request's kv_len plus its offset in the step
+        cols = np.arange(total) - np.repeat(np.cumsum(lens) - lens - prefix_lens, lens)
         for r, n in picked:
-            rows.append(torch.full((n,), r.req_pool_idx, dtype=torch.int64))
-            cols.append(torch.arange(r.kv_len, r.kv_len + n))
-            prefix_lens.append(r.kv_len)
             r.kv_len += n  # the step writes their KV; the request owns the slots from now
-        self.req_pool.write_many(torch.cat(rows), torch.cat(cols), locs)  # one copy per step
-        return ScheduledBatch([r for r, _ in picked], [n for _, n in picked], prefix_lens, locs)
+        self.req_pool.write_many(torch.from_numpy(rows), torch.from_numpy(cols), locs)  # one copy
+        return ScheduledBatch([r for r, _ in picked], lens, prefix_lens, locs)
 
     # -- release --------------------------------------------------------------
     def slots_of(self, r: Req) -> torch.Tensor:
-        return self.req_pool.table[r.req_pool_idx, : r.kv_len].to("cpu", torch.int64)
+        return self.req_pool.read(r.req_pool_idx, 0, r.kv_len)
 
     def cache_progress(self, r: Req) -> None:
         """Insert the request's computed tokens into the cache and hold them from there."""
@@ -219,7 +220,7 @@ class Scheduler:
         (re-tokenization at a jump-forward boundary)."""
         if keep >= r.kv_len:
             return
-        own = self.req_pool.table[r.req_pool_idx, r.cache_len : r.kv_len].to("cpu", torch.int64)
+        own = self.req_pool.read(r.req_pool_idx, r.cache_len, r.kv_len)
         if keep >= r.cache_len:
             self.alloc.free(own[keep - r.cache_len :])
             r.kv_len = keep
@@ -233,7 +234,7 @@ class Scheduler:
 
     # -- accounting -----------------------------------------------------------
     def in_use_slots(self) -> torch.Tensor:
-        held = [self.req_pool.table[r.req_pool_idx, r.cache_len : r.kv_len].to("cpu", torch.int64)
+        held = [self.req_pool.read(r.req_pool_idx, r.cache_len, r.kv_len)
                 for r in self.running if r.req_pool_idx is not None]
         return torch.cat(held) if held else torch.empty(0, dtype=torch.int64)
 
