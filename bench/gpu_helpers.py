@@ -140,6 +140,16 @@ def without_jump_forward(rt):
         rt.engine.call(lambda: setattr(rt.outputs, "jump_forward", True))
 
 
+@contextlib.contextmanager
+def without_overlap(rt):
+    """As `Runtime(..., overlap=False)`: every step settled before the next is launched."""
+    rt.engine.call(lambda: setattr(rt.engine, "overlap", False))
+    try:
+        yield rt
+    finally:
+        rt.engine.call(lambda: setattr(rt.engine, "overlap", True))
+
+
 def submit_all(rt, prompts: list[list[int]], params: list[dict]) -> list[dict]:
     """Submit every request at once (continuous batching) and wait for all."""
     handles = [rt.submit(p, **kw) for p, kw in zip(prompts, params)]

@@ -34,6 +34,7 @@ from gpu_helpers import (
     timed,
     weight_bytes_per_step,
     without_jump_forward,
+    without_overlap,
     without_radix_cache,
 )
 
@@ -106,6 +107,30 @@ def latency(s: Suite) -> None:
            floor_ms=floor * 1e3, of_roofline=floor / decode_s, hf_tok_s=1 / hf_step,
            hf_ms_tok=hf_step * 1e3, speedup=hf_step / decode_s, hf_t_lo=t_lo, hf_t_hi=t_hi,
            hf_note=f"{hf_new}_new_tokens")
+
+
+def overlap(s: Suite) -> None:
+    """Overlapped steps on and off, side by side: batch-1 decode and 64 throughput requests."""
+    rt = s.rt
+    prompt = random_tokens(random.Random(0), 128, s.vocab)
+    prompts, outs = _throughput_workload(vocab=s.vocab, n=64)
+    params = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for o in outs]
+
+    def measure() -> tuple[float, float]:
+        metas = [rt.generate([prompt], max_new_tokens=256, temperature=0, ignore_eos=True)[0]["meta"]
+                 for _ in range(s.args.repeats)]
+        ms = statistics.median((m["e2e_latency"] - m["ttft"]) / (m["completion_tokens"] - 1)
+                               for m in metas) * 1e3
+        rt.flush_cache()
+        return ms, sum(outs) / timed(lambda: submit_all(rt, prompts, params))
+
+    if not rt.engine.overlap:
+        return
+    on = measure()
+    with without_overlap(rt):
+        off = measure()
+    s.emit("overlap", ms_tok_on=on[0], ms_tok_off=off[0], tok_s_64req_on=on[1],
+           tok_s_64req_off=off[1], latency_gain=off[0] / on[0], throughput_gain=on[1] / off[1])
 
 
 def decode_steps(s: Suite) -> None:
@@ -314,6 +339,7 @@ def json_decode(s: Suite) -> None:
         run()
         t_nojf = statistics.median(run() for _ in range(s.args.repeats))
         nojf_out = res[0]
+    mask_ms, step_ms = _mask_overhead(rt, docs, kw)
     valid = sum(_valid_json(o["text"]) for o in jf_out)
     steps_jf = statistics.mean(o["meta"]["decode_steps"] for o in jf_out)
     steps_nojf = statistics.mean(o["meta"]["decode_steps"] for o in nojf_out)
@@ -322,8 +348,30 @@ def json_decode(s: Suite) -> None:
     n = len(docs)
     s.emit("json_decode", programs=n, lmnb_prog_s=n / t_jf, nojf_prog_s=n / t_nojf,
            jf_speedup=t_nojf / t_jf, decode_steps_jf=steps_jf, decode_steps_nojf=steps_nojf,
-           valid_json=valid, hf_unconstrained_prog_s=n / t_hf, speedup_vs_hf=t_hf / t_jf,
+           valid_json=valid, mask_ms=mask_ms, decode_step_ms=step_ms,
+           mask_of_step=mask_ms / step_ms, hf_unconstrained_prog_s=n / t_hf, speedup_vs_hf=t_hf / t_jf,
            hf_note=f"unconstrained_{new}_tokens_padded_batch")
+
+
+def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
+    """(ms per step spent building and applying grammar masks, median decode step ms), from
+    one extra run with apply_masks timed (synchronised around it)."""
+    import lmnb.runtime.output as output
+
+    spent: list[float] = []
+    orig = output.apply_masks
+
+    def timed_masks(logits, reqs):
+        spent.append(timed(lambda: orig(logits, reqs)))
+
+    n0 = len(rt.engine.history)
+    output.apply_masks = timed_masks
+    try:
+        rt.generate(docs, **kw)
+    finally:
+        output.apply_masks = orig
+    steps = [h[3] for h in list(rt.engine.history)[n0:] if h[1] == "decode"]
+    return statistics.mean(spent) * 1e3, statistics.median(steps) * 1e3
 
 
 def _valid_json(text: str) -> bool:
@@ -334,7 +382,7 @@ def _valid_json(text: str) -> bool:
         return False
 
 
-WORKLOADS = {"latency": latency, "decode_steps": decode_steps, "throughput": throughput,
+WORKLOADS = {"latency": latency, "overlap": overlap, "decode_steps": decode_steps, "throughput": throughput,
              "cell_rerun": cell_rerun, "mmlu": mmlu, "hellaswag": hellaswag,
              "tree_of_thought": tree_of_thought, "multi_turn_chat": multi_turn_chat,
              "json_decode": json_decode, "profile": profile}
