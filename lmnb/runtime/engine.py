@@ -139,6 +139,13 @@ class Engine:
         step = self.outputs.sample_step(batch, out)
         step.launched = t0
         self._count(batch, sum(batch.lens))
+        if not batch.is_decode:
+            # share freshly computed prompts (and chunks) through the cache right away, so
+            # requests admitted next step reuse them instead of computing them again (the
+            # KV is still being written: later steps read it after this one on the stream)
+            for r in batch.reqs:
+                if r.status is Status.RUNNING and r.kv_len > r.cache_len:
+                    self.sched.cache_progress(r)
         if before is not None:
             self._settle()
         self._inflight = step
@@ -152,12 +159,6 @@ class Engine:
         batch = step.batch
         for r, reason in self.outputs.settle(step):
             self._finish(r, reason)
-        if not batch.is_decode:
-            # share freshly computed prompts (and chunks) through the cache right away, so
-            # requests arriving now reuse them instead of computing them again
-            for r in batch.reqs:
-                if r.status is Status.RUNNING and r.kv_len > r.cache_len:
-                    self.sched.cache_progress(r)
         now = time.perf_counter()
         # with overlap a step's time is the time since the one before it was settled
         dt = now - max(step.launched, self._last_settle)

@@ -2,21 +2,54 @@
 top-k / top-p / min-p, per-request seeded generators, and logprobs."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from lmnb.runtime.request import Req
 
 
+class _DeviceMasks:
+    """Device copies of the grammar's per-state masks, as 'disallowed' rows as wide as the
+    logits. The grammar caches one CPU mask per FSM state and hands out that same tensor,
+    so its identity keys this cache (the entry holds it, so the id is never reused)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, mask: torch.Tensor, width: int, device: torch.device) -> torch.Tensor:
+        key = (id(mask), width, device)
+        hit = self._rows.get(key)
+        if hit is not None:
+            self._rows.move_to_end(key)
+            return hit[1]
+        v = min(mask.numel(), width)
+        row = torch.ones(width, dtype=torch.bool)
+        row[:v] = ~mask[:v]
+        dev_row = row.to(device, non_blocking=True)
+        self._rows[key] = (mask, dev_row)
+        if len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+        return dev_row
+
+
+_masks = _DeviceMasks()
+
+
 def apply_masks(logits: torch.Tensor, reqs: list[Req]) -> None:
-    """Set disallowed tokens to -inf for requests with a grammar (in place)."""
-    for i, r in enumerate(reqs):
-        if r.guide is not None:
-            mask = r.guide.allowed_mask()
-            v = min(mask.numel(), logits.shape[1])
-            row = logits[i]
-            allowed = mask[:v].to(row.device, non_blocking=True)
-            row[:v].masked_fill_(~allowed, float("-inf"))
-            row[v:] = float("-inf")
+    """Set disallowed tokens to -inf for requests with a grammar (in place): one stacked
+    fill over device-resident masks, no per-request copies."""
+    rows = [i for i, r in enumerate(reqs) if r.guide is not None]
+    if not rows:
+        return
+    width, dev = logits.shape[1], logits.device
+    banned = torch.stack([_masks.get(reqs[i].guide.allowed_mask(), width, dev) for i in rows])
+    if len(rows) == logits.shape[0]:
+        logits.masked_fill_(banned, float("-inf"))
+    else:
+        idx = to_device(rows, dev)
+        logits[idx] = logits[idx].masked_fill(banned, float("-inf"))
 
 
 def to_device(values: list, device: torch.device, dtype=None) -> torch.Tensor:

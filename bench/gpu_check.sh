@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One device call: the GPU tests (engine vs HF, graphs vs eager, overlap on vs off), then
+# a subset of the suite on one model. Logs to $OUT.
+#   bash bench/gpu_check.sh [model] [workloads]
+set -u
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+if ls .whl/interegular-*.whl >/dev/null 2>&1 && ! python3 -c "import interegular" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/interegular-*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/gpu tests/runtime/test_overlap.py -q -m gpu -n 6 \
+  -p no:cacheprovider --ignore=tests/gpu/test_gpu_flashinfer.py -rs 2>&1 | tee "$OUT/pytest.log" | tail -15
+m=${1:-llama3-8b}
+timeout ${SUITE_TIMEOUT:-300} python3 bench/gpu_suite.py --model "dummy:$m" --kv-gb 24 \
+  --only "${2:-latency,overlap,throughput}" --out "$OUT/gpu_$m.json" 2>&1 | tee "$OUT/suite_$m.log" | grep -v '^#'
