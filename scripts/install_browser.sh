@@ -16,8 +16,9 @@ install_chromium() {
     if ! command -v apt-get >/dev/null; then warn "no apt-get to install chromium"; return 0; fi
     local sudo=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo -n"
-    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-           $sudo apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1; then
+    # no recommends (printing, udev, ...) but one font family, so screenshots show text
+    if ! { timeout 300 $sudo apt-get update -qq && timeout 900 $sudo env DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; } >/dev/null 2>&1; then
         warn "apt-get install chromium failed"
     fi
 }
@@ -30,7 +31,7 @@ install_js() {
         spec="${entry%:*}" dir="$JS_DIR/${entry##*:}"
         [ -f "$dir/.installed-$(basename "$spec")" ] && continue
         tmp="$(mktemp -d)"
-        if (cd "$tmp" && npm pack --silent "$spec" >/dev/null 2>&1 && tar xzf ./*.tgz); then
+        if (cd "$tmp" && timeout 300 npm pack --silent "$spec" >/dev/null 2>&1 && tar xzf ./*.tgz); then
             rm -rf "$dir" && mkdir -p "$JS_DIR" && mv "$tmp/package" "$dir" \
                 && touch "$dir/.installed-$(basename "$spec")"
         else

