@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import html as _html
 
+# overflow-wrap: an unbroken word (a path, JSON, base64) wraps inside the view instead of
+# widening it past the output area (as a widget, the view would grow the page sideways)
 STYLE = ("font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; "
          "line-height: 1.45; border: 1px solid #d0d7de; border-radius: 6px; padding: 6px 8px; "
-         "background: #fbfbfc; color: #1f2328; white-space: normal")
+         "background: #fbfbfc; color: #1f2328; white-space: normal; overflow-wrap: anywhere")
+# JupyterLab's and nbconvert's CSS for rendered HTML right-align, pad and fix the layout of
+# tables; views' tables say what they want instead
+_TABLE = "border-collapse: collapse; table-layout: auto; margin: 6px 0 0 0"
+_CELL = "text-align: left; vertical-align: top; padding: 1px 10px 1px 0"
 
 
 def esc(s: str) -> str:
@@ -23,6 +29,15 @@ def esc(s: str) -> str:
 def pre(s: str) -> str:
     """Escaped text that keeps its line breaks and spaces."""
     return f'<span style="white-space: pre-wrap">{esc(s)}</span>'
+
+
+def td(content: str, style: str = "") -> str:
+    """A table cell (already escaped content) that reads left to right in any notebook."""
+    return f'<td style="{_CELL}{"; " + style if style else ""}">{content}</td>'
+
+
+def table(rows: str, style: str = "") -> str:
+    return f'<table style="{_TABLE}{"; " + style if style else ""}">{rows}</table>'
 
 
 def box(title: str, body: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from lmnb.widgets.base import View, box, esc
 
 _SNIPPET = 48
+_CODE = "background: #eef1f4; white-space: pre-wrap"   # a snippet's leading space is part of its tokens
 
 
 def tree_snapshot(rt, max_nodes: int = 200) -> dict:
@@ -84,7 +85,7 @@ class CacheTreeView(View):
             sub = f'<ul style="margin: 0; padding-left: 18px">{kids}</ul>' if kids else ""
             return (f'<li><b>{len(n["key"])}</b> tok · {n["hits"]} hits · '
                     f'<span style="color: {color}">{self._state(n)}</span> · '
-                    f'<code style="background: #eef1f4">{esc(_snippet(self.rt, n["key"]))}</code>{sub}</li>')
+                    f'<code style="{_CODE}">{esc(_snippet(self.rt, n["key"]))}</code>{sub}</li>')
         root = self.snap["root"]
         body = "".join(item(c) for c in root["children"]) or "<li>(empty)</li>"
         more = (f"<div>… {self.snap['total'] - self.snap['shown']} more nodes</div>"

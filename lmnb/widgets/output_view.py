@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from lmnb.widgets.base import View, box, esc
+from lmnb.widgets.base import View, box, esc, table, td
 
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
 _PROMPT, _GEN, _FORCED = "color: #57606a", "background: #dafbe1; color: #116329", \
@@ -132,10 +132,10 @@ class OutputView(View):
             body.append(f'<div style="margin-top: 4px; color: #8250df">⑂ branch {i}</div>')
             body.append(self._html_text(b, {}))
         if s.variables:
-            rows = "".join(f'<tr><td style="padding-right: 8px; color: #0550ae">{esc(k)}</td>'
-                           f'<td>{esc(_clip(v))}</td><td style="color: #8c959f">'
-                           f'{esc(self.kinds.get(k, ""))}</td></tr>' for k, v in s.variables.items())
-            body.append(f'<table style="margin-top: 6px; border-top: 1px solid #d0d7de">{rows}</table>')
+            rows = "".join(f'<tr>{td(esc(k), "color: #0550ae")}{td(esc(_clip(v)))}'
+                           f'{td(esc(self.kinds.get(k, "")), "color: #8c959f")}</tr>'
+                           for k, v in s.variables.items())
+            body.append(table(rows, "border-top: 1px solid #d0d7de"))
         if s.error:
             body.append(f'<div style="color: #cf222e">error: {esc(s.error)}</div>')
         return box(self.header(), "".join(body))
@@ -220,13 +220,12 @@ class BatchView(View):
         return "\n".join(lines)
 
     def html(self) -> str:
-        rows = "".join(f'<tr><td style="color: #8c959f; padding-right: 8px">{i}</td>' + "".join(
-            f'<td style="padding-right: 10px"><span style="color: #0550ae">{esc(k)}</span> '
-            f'{esc(_clip(v) if k else str(v))}</td>' for k, v in vals.items()) + "</tr>"
-            for i, vals in self._rows())
+        rows = "".join(f'<tr>{td(str(i), "color: #8c959f")}' + "".join(
+            td(f'<span style="color: #0550ae">{esc(k)}</span> {esc(_clip(v) if k else str(v))}')
+            for k, v in vals.items()) + "</tr>" for i, vals in self._rows())
         more = (f"<div>… {len(self.snaps) - self.max_rows} more</div>"
                 if len(self.snaps) > self.max_rows else "")
-        return box(self.header(), f"<table>{rows}</table>{more}")
+        return box(self.header(), f"{table(rows)}{more}")
 
 
 class DryRunView(View):
@@ -250,10 +249,9 @@ class DryRunView(View):
     def html(self) -> str:
         body = "".join(_prompt_html(t) if kind == "text" else
                        f'<span style="{_GEN}; {_CONSTRAINED}">{esc(t)}</span>' for kind, t in self.pieces)
-        rows = "".join(f"<tr><td style='color: #0550ae; padding-right: 8px'>{esc(name)}"
-                       f"</td><td>{esc(kind)}{' ×' + str(n) if n > 1 else ''}</td><td>{esc(detail)}</td></tr>"
-                       for (name, kind, detail), n in self.rows)
-        return box(self.header(), f'<div style="white-space: pre-wrap">{body}</div><table>{rows}</table>')
+        rows = "".join(f"<tr>{td(esc(name), 'color: #0550ae')}{td(esc(kind) + (f' ×{n}' if n > 1 else ''))}"
+                       f"{td(esc(detail))}</tr>" for (name, kind, detail), n in self.rows)
+        return box(self.header(), f'<div style="white-space: pre-wrap">{body}</div>{table(rows)}')
 
 
 def _count_holes(holes) -> list[tuple[tuple[str, str, str], int]]:

@@ -57,7 +57,7 @@ def test_fork_branches_and_batch_view(rt):
                           temperature=0, progress_bar=False)
     view = BatchView(sts)
     assert view.text().startswith("── lm batch · 3 programs · 0 failed") and "[2] s=" in view.text()
-    assert "<table>" in view.html()
+    assert "<table " in view.html() and "text-align: left" in view.html()
 
 
 def test_cache_tree_matches_the_radix_cache_and_refreshes(rt):
