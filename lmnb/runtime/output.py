@@ -26,6 +26,7 @@ class SampledStep:
     host: object = None                  # (tokens, logprobs, top ids, top values) on the host
     ready: object = None                 # CUDA event: the host copies have landed
     logprob_rows: list[int] = field(default_factory=list)
+    prompt: tuple | None = None          # ([(req, pos, prompt ids)], their logprobs on device)
     launched: float = 0.0
 
 
@@ -42,12 +43,13 @@ class OutputProcessor:
     def sample_step(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
         """Prompt logprobs, constraint masks and sampling, queued on the device; the
         tokens (and output logprobs) start copying to the host without waiting."""
-        for i, (row, pos, count) in out.logprob_rows.items():
-            self._prompt_logprobs(batch.reqs[i], out.logits[row : row + count], pos)
         done: list[tuple[Req, dict]] = []
         idx = [i for i in out.sample_rows if not self._done_before_sampling(batch.reqs[i], done)]
         step = SampledStep(batch, [batch.reqs[i] for i in idx], None, done)
+        if out.logprob_rows:
+            self._prompt_logprobs(step, out)
         if not idx:
+            self._to_host(step, [])
             return step
         rows = [out.sample_rows[i] for i in idx]
         reqs = step.reqs
@@ -69,21 +71,30 @@ class OutputProcessor:
             if k:
                 vals, ids = top_logprobs(lp_raw, k)
                 on_device += [ids, vals]
+        self._to_host(step, on_device)
+        return step
+
+    @staticmethod
+    def _to_host(step: SampledStep, on_device: list[torch.Tensor]) -> None:
+        """Start the copies of what settle needs; an event marks when they have landed."""
+        if step.prompt is not None:
+            on_device = on_device + [step.prompt[1]]
         step.host = [t.to("cpu", non_blocking=True) for t in on_device]
-        if step.tokens.is_cuda:
+        if any(t.is_cuda for t in on_device):
             step.ready = torch.cuda.Event()
             step.ready.record()
-        return step
 
     def settle(self, step: SampledStep) -> list[tuple[Req, dict]]:
         """Wait for the step's tokens and apply them: stops, text, streaming, jump-forward.
         A request that holds a placeholder for this token (run ahead) gets the real one."""
         finished = list(step.done)
-        if step.tokens is None:
-            return finished
         if step.ready is not None:
             step.ready.synchronize()
         host = [t.tolist() for t in step.host]
+        if step.prompt is not None:
+            self._apply_prompt_logprobs(step.prompt[0], host.pop())
+        if step.tokens is None:
+            return finished
         lps = dict(zip(step.logprob_rows, host[1])) if len(host) > 1 else {}
         tops = dict(zip(step.logprob_rows, zip(host[2], host[3]))) if len(host) > 3 else {}
         for j, (r, t) in enumerate(zip(step.reqs, host[0])):
@@ -122,12 +133,28 @@ class OutputProcessor:
         return False
 
     # -- logprobs -------------------------------------------------------------
-    def _prompt_logprobs(self, r: Req, logits: torch.Tensor, pos: int) -> None:
-        targets = torch.tensor(r.input_ids[pos + 1 : pos + 1 + logits.shape[0]], device=logits.device)
-        lps = token_logprobs(logits, targets).tolist()
-        r.pending_prompt_lps += list(zip(targets.tolist(), lps))
-        if pos + logits.shape[0] >= len(r.input_ids) - 1:
-            r.input_logprobs, r.pending_prompt_lps = r.pending_prompt_lps, []
+    def _prompt_logprobs(self, step: SampledStep, out: StepOutput) -> None:
+        """Logprobs of prompt tokens for every request that asked, in one gather on the
+        device (read back with the step's tokens)."""
+        plan, rows, targets = [], [], []
+        for i, (row, pos, count) in out.logprob_rows.items():
+            r = step.batch.reqs[i]
+            ids = r.input_ids[pos + 1 : pos + 1 + count]
+            plan.append((r, pos, ids))
+            rows += range(row, row + count)
+            targets += ids
+        dev = out.logits.device
+        lps = token_logprobs(out.logits[to_device(rows, dev)], to_device(targets, dev))
+        step.prompt = (plan, lps)
+
+    @staticmethod
+    def _apply_prompt_logprobs(plan: list, values: list[float]) -> None:
+        at = 0
+        for r, pos, ids in plan:
+            r.pending_prompt_lps += list(zip(ids, values[at : at + len(ids)]))
+            at += len(ids)
+            if pos + len(ids) >= len(r.input_ids) - 1:   # the prompt's last chunk
+                r.input_logprobs, r.pending_prompt_lps = r.pending_prompt_lps, []
 
     # -- one new token ----------------------------------------------------------
     def _append(self, r: Req, t: int) -> dict | None:

@@ -110,3 +110,26 @@ def test_overlap_streams_the_same_text(pair):
     for ov, rt in pair.items():
         texts[ov] = "".join(rt.stream(prompt, max_new_tokens=20, temperature=0, stop=["zz"]))
     assert texts[True] == texts[False]
+
+
+def test_prompt_logprobs_over_chunks_match_one_pass():
+    """Prompt logprobs gathered over several prefill chunks, read back with the step's
+    tokens, equal those of one unchunked pass."""
+    prompts = _prompts(6, seed=11)
+    kw = dict(max_new_tokens=3, temperature=0, logprob_start_len=0, ignore_eos=True)
+    got = {}
+    for chunk, ov in ((4096, False), (16, False), (16, True)):
+        rt = lm.Runtime("dummy:tiny", device="cpu", dtype="float32", overlap=ov,
+                        chunked_prefill_size=chunk)
+        try:
+            outs = rt.generate(prompts, **kw)
+            rt.engine.call(rt.scheduler.check_integrity)
+        finally:
+            rt.shutdown()
+        got[chunk, ov] = [o["meta"]["input_token_logprobs"] for o in outs]
+    ref = got[4096, False]
+    for key in ((16, False), (16, True)):
+        for a, b, p in zip(got[key], ref, prompts):
+            assert len(a) == len(b) >= len(p) - 1
+            assert [t for t, _ in a] == [t for t, _ in b]
+            assert _flat([v for _, v in a]) == pytest.approx(_flat([v for _, v in b]), abs=1e-4)
