@@ -43,11 +43,21 @@ class TreeNode:
 
 
 def _common_len(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix. Slice comparisons run in C: the usual case (the whole
+    edge matches) is one of them, a mismatch is found by bisection over slices."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo]; the first difference is before hi
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while a[lo] == b[lo]:
+        lo += 1
+    return lo
 
 
 class RadixCache:

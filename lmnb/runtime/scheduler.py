@@ -11,6 +11,7 @@ computed tokens stay in the cache) and resumes later — requests wait, they nev
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -84,14 +85,15 @@ class Scheduler:
                 self._match(r)
             candidates.sort(key=lambda r: -r.cache_len)
         picked: list[tuple[Req, int]] = []
-        new_ids: list[np.ndarray] = []
+        new_ids: list[bytes] = []   # token ids (int64 bytes) of the prompts picked so far
         reserve = self._decode_reserve()
         for r in candidates:
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
             self._match(r)  # again: evictions for earlier picks may have cut its path
-            ids = np.asarray(r.fill_ids[: r.fill_len - 1])
-            if any(_shared_len(ids, o) > r.cache_len + 32 for o in new_ids):
+            ids = array("q", r.fill_slice(0, r.fill_len - 1)).tobytes()
+            head = ids[: 8 * (r.cache_len + 33)]
+            if len(head) == 8 * (r.cache_len + 33) and any(o.startswith(head) for o in new_ids):
                 continue  # its prefix is being computed right now: read it from cache next step
             n = min(r.fill_len - r.cache_len, budget)
             want = taken + n + reserve + int(min(r.params.max_new_tokens, 4096) * self.new_token_ratio)
@@ -251,10 +253,3 @@ class Scheduler:
         assert self.req_pool.available() + sum(r.req_pool_idx is not None for r in self.running) \
             == self.req_pool.max_reqs, "req_to_token rows leaked"
 
-
-def _shared_len(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if diff.size else n
