@@ -131,23 +131,23 @@ def without_radix_cache(rt):
 
 
 @contextlib.contextmanager
+def _switched_off(rt, owner, flag: str):
+    """A feature flag of the engine's objects off while idle, back on afterwards."""
+    rt.engine.call(lambda: setattr(owner, flag, False))
+    try:
+        yield rt
+    finally:
+        rt.engine.call(lambda: setattr(owner, flag, True))
+
+
 def without_jump_forward(rt):
     """As `Runtime(..., jump_forward=False)`: the output processor's switch, while idle."""
-    rt.engine.call(lambda: setattr(rt.outputs, "jump_forward", False))
-    try:
-        yield rt
-    finally:
-        rt.engine.call(lambda: setattr(rt.outputs, "jump_forward", True))
+    return _switched_off(rt, rt.outputs, "jump_forward")
 
 
-@contextlib.contextmanager
 def without_overlap(rt):
     """As `Runtime(..., overlap=False)`: every step settled before the next is launched."""
-    rt.engine.call(lambda: setattr(rt.engine, "overlap", False))
-    try:
-        yield rt
-    finally:
-        rt.engine.call(lambda: setattr(rt.engine, "overlap", True))
+    return _switched_off(rt, rt.engine, "overlap")
 
 
 def submit_all(rt, prompts: list[list[int]], params: list[dict]) -> list[dict]:
