@@ -56,7 +56,17 @@ class Scheduler:
         batch = self._extend_batch()
         if batch is None and self.running:
             batch = self._decode_batch()
+        if batch is None and self.running and all(r.pending > 1 for r in self.running):
+            self._unblock()
+            batch = self._extend_batch()
         return batch
+
+    def _unblock(self) -> None:
+        """Every running request needs several slots (prompt chunks, jump-forward tokens)
+        and the pool is held by the running requests themselves: nothing would ever run
+        again. Retract the newest; its KV becomes evictable cache and the others go on."""
+        self.retract(self.running[-1])
+        self.new_token_ratio = min(self.max_ratio, self.new_token_ratio + 0.1)
 
     def _extend_batch(self) -> ScheduledBatch | None:
         budget = self.max_prefill_tokens
