@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from lmnb.runtime.memory import ReqToTokenPool, TokenSlotAllocator
@@ -94,14 +93,14 @@ class Scheduler:
                 self._match(r)
             candidates.sort(key=lambda r: -r.cache_len)
         picked: list[tuple[Req, int]] = []
-        new_ids: list[np.ndarray] = []
+        new_ids = _PrefixSet()
         reserve = self._decode_reserve()
         for r in candidates:
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
             self._match(r)  # again: evictions for earlier picks may have cut its path
-            ids = np.asarray(r.fill_ids[: r.fill_len - 1])
-            if any(_shared_len(ids, o) > r.cache_len + 32 for o in new_ids):
+            ids = r.fill_ids[: r.fill_len - 1]
+            if len(ids) > r.cache_len + 32 and new_ids.longest(ids) > r.cache_len + 32:
                 continue  # its prefix is being computed right now: read it from cache next step
             n = min(r.fill_len - r.cache_len, budget)
             want = taken + n + reserve + int(min(r.params.max_new_tokens, 4096) * self.new_token_ratio)
@@ -115,7 +114,7 @@ class Scheduler:
                 break
             self._start(r, idx)
             picked.append((r, n))
-            new_ids.append(ids)
+            new_ids.add(ids)
             budget -= n
             taken += n
         return picked
@@ -261,9 +260,24 @@ class Scheduler:
             == self.req_pool.max_reqs, "req_to_token rows leaked"
 
 
-def _shared_len(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if diff.size else n
+class _PrefixSet:
+    """Token sequences admitted in this step, as a trie: the longest prefix a candidate
+    shares with any of them costs one walk, not one comparison per admitted request
+    (hundreds of waiting x hundreds of admitted requests made admission quadratic)."""
+
+    def __init__(self) -> None:
+        self.root: dict = {}
+
+    def add(self, ids: list[int]) -> None:
+        node = self.root
+        for t in ids:
+            node = node.setdefault(t, {})
+
+    def longest(self, ids: list[int]) -> int:
+        node, n = self.root, 0
+        for t in ids:
+            node = node.get(t)
+            if node is None:
+                break
+            n += 1
+        return n

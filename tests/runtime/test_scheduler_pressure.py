@@ -63,6 +63,23 @@ def test_lone_request_with_pending_tokens_always_runs():
     s.check_integrity()
 
 
+def test_request_sharing_an_uncached_prefix_waits_one_step_to_read_it():
+    """Admission looks up the prompts admitted in the same step: a request whose long
+    uncached prefix is being computed right now waits and then reads it from the cache."""
+    s = make_scheduler(pool=400)
+    shared = list(range(3, 53))
+    first, twin, other = (request("a", shared + [60, 61], 4), request("b", shared + [70, 71, 72], 4),
+                          request("c", list(range(100, 160)), 4))
+    for r in (first, twin, other):
+        s.add(r)
+    batch = s.next_batch()
+    assert set(batch.reqs) == {first, other} and twin.status is Status.WAITING
+    after_step(s, batch)
+    batch = s.next_batch()
+    assert twin in batch.reqs and twin.cache_len >= len(shared)
+    s.check_integrity()
+
+
 def test_regex_requests_jumping_forward_in_a_full_pool_all_finish():
     """Through the engine: eight regex programs whose forced span arrives while the pool
     is full of their own prompts. They all used to stall for good (the engine spun
