@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Self
 
 
 def rss_bytes() -> int:
@@ -36,7 +37,7 @@ class IntegrityMonitor:
         """RSS at the first sample taken once `finished` requests had finished."""
         return next((r for n, r in self.rss if n >= finished), None)
 
-    def __enter__(self) -> "IntegrityMonitor":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
