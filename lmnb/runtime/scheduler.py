@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lmnb.runtime.memory import ReqToTokenPool, TokenSlotAllocator
