@@ -64,6 +64,7 @@ class RadixCache:
     def __init__(self, free_slots: Callable[[torch.Tensor], None], disabled: bool = False) -> None:
         self._free_slots = free_slots
         self.disabled = disabled
+        self.evicted_tokens = 0   # over the cache's life, flushes included: proves pressure
         self.reset()
 
     def reset(self) -> None:
@@ -157,6 +158,7 @@ class RadixCache:
             self._free_slots(leaf.value)
             freed += len(leaf.key)
             self.evictable_size -= len(leaf.key)
+            self.evicted_tokens += len(leaf.key)
             parent = leaf.parent
             del parent.children[leaf.key[0]]
             if parent is not self.root and not parent.children and parent.lock_ref == 0:

@@ -216,6 +216,7 @@ class Runtime:
             "evictable_tokens": c.evictable_size, "protected_tokens": c.protected_size,
             "in_use_tokens": int(s.in_use_slots().numel()), "nodes": len(c.nodes()),
             "running": len(s.running), "waiting": len(s.waiting), "retractions": s.retractions,
+            "evicted_tokens": c.evicted_tokens,
             "hit_tokens": s.hit_tokens, "prompt_tokens": s.prompt_tokens,
             "hit_rate": s.hit_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
         }

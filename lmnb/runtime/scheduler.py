@@ -11,7 +11,6 @@ computed tokens stay in the cache) and resumes later — requests wait, they nev
 """
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -57,7 +56,17 @@ class Scheduler:
         batch = self._extend_batch()
         if batch is None and self.running:
             batch = self._decode_batch()
+        if batch is None and self.running and all(r.pending > 1 for r in self.running):
+            self._unblock()
+            batch = self._extend_batch()
         return batch
+
+    def _unblock(self) -> None:
+        """Every running request needs several slots (prompt chunks, jump-forward tokens)
+        and the pool is held by the running requests themselves: nothing would ever run
+        again. Retract the newest; its KV becomes evictable cache and the others go on."""
+        self.retract(self.running[-1])
+        self.new_token_ratio = min(self.max_ratio, self.new_token_ratio + 0.1)
 
     def _extend_batch(self) -> ScheduledBatch | None:
         budget = self.max_prefill_tokens
@@ -85,15 +94,14 @@ class Scheduler:
                 self._match(r)
             candidates.sort(key=lambda r: -r.cache_len)
         picked: list[tuple[Req, int]] = []
-        new_ids: list[bytes] = []   # token ids (int64 bytes) of the prompts picked so far
+        new_ids = _PrefixSet()
         reserve = self._decode_reserve()
         for r in candidates:
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
             self._match(r)  # again: evictions for earlier picks may have cut its path
-            ids = array("q", r.fill_slice(0, r.fill_len - 1)).tobytes()
-            head = ids[: 8 * (r.cache_len + 33)]
-            if len(head) == 8 * (r.cache_len + 33) and any(o.startswith(head) for o in new_ids):
+            ids = r.fill_ids[: r.fill_len - 1]
+            if len(ids) > r.cache_len + 32 and new_ids.longest(ids) > r.cache_len + 32:
                 continue  # its prefix is being computed right now: read it from cache next step
             n = min(r.fill_len - r.cache_len, budget)
             want = taken + n + reserve + int(min(r.params.max_new_tokens, 4096) * self.new_token_ratio)
@@ -107,7 +115,7 @@ class Scheduler:
                 break
             self._start(r, idx)
             picked.append((r, n))
-            new_ids.append(ids)
+            new_ids.add(ids)
             budget -= n
             taken += n
         return picked
@@ -253,3 +261,25 @@ class Scheduler:
         assert self.req_pool.available() + sum(r.req_pool_idx is not None for r in self.running) \
             == self.req_pool.max_reqs, "req_to_token rows leaked"
 
+
+class _PrefixSet:
+    """Token sequences admitted in this step, as a trie: the longest prefix a candidate
+    shares with any of them costs one walk, not one comparison per admitted request
+    (hundreds of waiting x hundreds of admitted requests made admission quadratic)."""
+
+    def __init__(self) -> None:
+        self.root: dict = {}
+
+    def add(self, ids: list[int]) -> None:
+        node = self.root
+        for t in ids:
+            node = node.setdefault(t, {})
+
+    def longest(self, ids: list[int]) -> int:
+        node, n = self.root, 0
+        for t in ids:
+            node = node.get(t)
+            if node is None:
+                break
+            n += 1
+        return n
