@@ -16,6 +16,8 @@ from typing import Any
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained import json_terminals as T
+from lmnb.runtime.constrained.json_schema_check import check_node
+from lmnb.runtime.constrained.regex_check import normalize_regex
 
 Whitespace = str  # "compact", "flexible" or a regex used between JSON tokens
 FLEXIBLE_WS = r"[ \t\n]{0,16}"
@@ -44,6 +46,8 @@ def schema_to_dict(schema: Any) -> dict:
             out = json.loads(schema)
         except json.JSONDecodeError as e:
             raise LmnbError(f"json_schema is not valid JSON ({e.msg} at {e.pos}); fix it") from None
+        except (ValueError, RecursionError):   # undecodable bytes, absurd nesting
+            raise LmnbError("json_schema is not valid UTF-8 JSON of sane depth; fix it") from None
         if not isinstance(out, (dict, bool)):
             raise LmnbError("json_schema must be a JSON object")
         return out if isinstance(out, dict) else {} if out else {"not": {}}
@@ -61,7 +65,10 @@ def build_regex_from_schema(schema: Any, whitespace: Whitespace = "compact") -> 
     """
     ws = {"compact": "", "flexible": FLEXIBLE_WS}.get(whitespace, whitespace)
     root = schema_to_dict(schema)
-    return _Converter(root, ws).convert(root, "#", ())
+    try:
+        return _Converter(root, ws).convert(root, "#", ())
+    except RecursionError:
+        raise LmnbError("json_schema is nested too deeply for constrained decoding; flatten it") from None
 
 
 class _Converter:
@@ -78,6 +85,7 @@ class _Converter:
         if unknown:
             raise LmnbError(f"JSON schema keyword {unknown[0]!r} at {path} is not supported in "
                             "constrained decoding; remove it or use a regex")
+        check_node(s, path)
         if "$ref" in s:
             return self._ref(s, path, refs)
         if "const" in s:
@@ -155,6 +163,10 @@ class _Converter:
                     raise LmnbError(f"string format {s['format']!r} at {path} is not supported; "
                                     f"use one of {sorted(T.FORMATS)} or a pattern")
                 return f'"{T.FORMATS[s["format"]]}"'
+            try:
+                normalize_regex(s["pattern"])
+            except LmnbError as e:
+                raise LmnbError(f"string pattern at {path}: {e}") from None
             return f'"(?:{_unanchor(s["pattern"])})"'
         if has_len:
             return T.string_of_length(int(s.get("minLength", 0)), _opt_int(s.get("maxLength")))
@@ -228,8 +240,10 @@ class _Converter:
         if prefix is not None:
             return self._tuple(prefix, s, path, refs, lo, hi)
         item = self.any_value(ANY_DEPTH - 1) if items in (None, True) else self.convert(
-            items, f"{path}/items", refs)
-        if hi == 0:
+            items, f"{path}/items", refs) if items is not False else None
+        if hi == 0 or item is None:   # items: false allows only the empty array
+            if lo > 0:
+                raise LmnbError(f"minItems {lo} with items false at {path} matches nothing; fix the schema")
             return rf"\[{ws}\]"
         more = f"{{{max(lo - 1, 0)},{'' if hi is None else hi - 1}}}"
         body = f"{item}(?:{sep}{item}){more}"
