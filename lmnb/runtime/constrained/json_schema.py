@@ -11,12 +11,11 @@ a constraint is never silently dropped.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained import json_terminals as T
-from lmnb.runtime.constrained.json_schema_check import check_node
+from lmnb.runtime.constrained.json_schema_check import bounds, check_node
 from lmnb.runtime.constrained.regex_check import normalize_regex
 
 Whitespace = str  # "compact", "flexible" or a regex used between JSON tokens
@@ -173,7 +172,7 @@ class _Converter:
         return T.STRING
 
     def _integer(self, s: dict, path: str, refs) -> str:
-        lo, hi = _bounds(s)
+        lo, hi = bounds(s)
         to_int = lambda v, up: None if v is None else int(-(-v // 1) if up else v // 1)
         return T.integer_range(to_int(lo, True), to_int(hi, False))
 
@@ -181,7 +180,7 @@ class _Converter:
         if "exclusiveMinimum" in s or "exclusiveMaximum" in s:
             raise LmnbError(f"exclusive bounds on a number at {path} are not supported; "
                             "use minimum/maximum")
-        return T.number_range(*_bounds(s))
+        return T.number_range(*bounds(s))
 
     def _boolean(self, s: dict, path: str, refs) -> str:
         return T.BOOLEAN
@@ -286,21 +285,3 @@ def _unanchor(pattern: str) -> str:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
-
-
-def _bounds(s: dict) -> tuple[float | None, float | None]:
-    """Inclusive (lo, hi); exclusive integer bounds become inclusive ones."""
-    lo, hi = s.get("minimum"), s.get("maximum")
-    ex_lo, ex_hi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
-    if isinstance(ex_lo, bool):  # draft 4: a flag on minimum
-        ex_lo = lo if ex_lo else None
-        lo = None if ex_lo is not None else lo
-    if isinstance(ex_hi, bool):
-        ex_hi = hi if ex_hi else None
-        hi = None if ex_hi is not None else hi
-    if ex_lo is not None:  # only reached for integers: the least integer above ex_lo
-        lo = max(math.floor(ex_lo) + 1, lo) if lo is not None else math.floor(ex_lo) + 1
-    if ex_hi is not None:
-        hi = min(math.ceil(ex_hi) - 1, hi) if hi is not None else math.ceil(ex_hi) - 1
-    return lo, hi
-

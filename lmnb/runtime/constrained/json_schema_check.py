@@ -4,7 +4,8 @@ A schema is user data (often hand-written in a notebook): `"maxLength": "5"`,
 `"enum": "abc"` or `"required": "name"` must raise an `LmnbError` naming the keyword
 and its path, not a TypeError deep inside the converter, and never be read in a way
 that silently changes the constraint (a str enum iterated as characters, a negative
-count turned into a literal `{-1,}` in the regex).
+count turned into a literal `{-1,}` in the regex). `bounds` reads the checked numeric
+bounds of a node as one inclusive range.
 """
 from __future__ import annotations
 
@@ -73,3 +74,20 @@ def _bad(key: str, path: str, want: str, got: Any) -> None:
     shown = repr(got)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     raise LmnbError(f"JSON schema keyword {key!r} at {path} must be {want}, got {shown}; fix the schema")
+
+
+def bounds(s: dict) -> tuple[float | None, float | None]:
+    """Inclusive (lo, hi); exclusive integer bounds become inclusive ones."""
+    lo, hi = s.get("minimum"), s.get("maximum")
+    ex_lo, ex_hi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
+    if isinstance(ex_lo, bool):  # draft 4: a flag on minimum
+        ex_lo = lo if ex_lo else None
+        lo = None if ex_lo is not None else lo
+    if isinstance(ex_hi, bool):
+        ex_hi = hi if ex_hi else None
+        hi = None if ex_hi is not None else hi
+    if ex_lo is not None:  # only reached for integers: the least integer above ex_lo
+        lo = max(math.floor(ex_lo) + 1, lo) if lo is not None else math.floor(ex_lo) + 1
+    if ex_hi is not None:
+        hi = min(math.ceil(ex_hi) - 1, hi) if hi is not None else math.ceil(ex_hi) - 1
+    return lo, hi

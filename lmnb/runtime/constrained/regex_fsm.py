@@ -20,7 +20,7 @@ from interegular import patterns as ip
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained.regex_check import normalize_regex
-from lmnb.runtime.constrained.utf8 import char_ranges, utf8_sequences
+from lmnb.runtime.constrained.utf8 import class_template
 
 # Size limits: past them a pattern raises a clear LmnbError within seconds instead of
 # running for minutes (or exhausting memory: each state is a 1 KiB table row).
@@ -78,48 +78,6 @@ def compile_regex(pattern: str) -> ByteFSM:
     if fsm.initial == fsm.dead:
         raise LmnbError(f"regex {pattern!r} matches no string; fix the pattern")
     return fsm
-
-
-@dataclass(frozen=True)
-class _ClassTemplate:
-    """The positions of one character class, ready to be copied into an automaton.
-
-    Sequences with the same tail share one first position (their lead bytes
-    OR-ed together) and equal suffixes share positions, so `[^"]` costs 15
-    positions, not 30 — and the determinized automaton is that much smaller.
-    """
-
-    masks: tuple[int, ...]
-    is_end: tuple[bool, ...]  # position completes a character
-    first: tuple[int, ...]
-    edges: tuple[tuple[int, int], ...]  # internal follow edges (from, to)
-
-
-@lru_cache(maxsize=4096)
-def _class_template(chars: frozenset[str], negated: bool) -> _ClassTemplate:
-    seqs = utf8_sequences(char_ranges(chars, negated))
-    heads: dict[tuple[int, ...], int] = {}
-    for seq in seqs:
-        masks = tuple((1 << (hi + 1)) - (1 << lo) for lo, hi in seq)
-        heads[masks[1:]] = heads.get(masks[1:], 0) | masks[0]
-    pos_masks: list[int] = []
-    edges: list[tuple[int, int]] = []
-    shared: dict[tuple[int, ...], int] = {}
-
-    def position(masks: tuple[int, ...]) -> int:
-        pos = len(pos_masks)
-        pos_masks.append(masks[0])
-        if len(masks) > 1:
-            tail = masks[1:]
-            if tail not in shared:
-                shared[tail] = position(tail)
-            edges.append((pos, shared[tail]))
-        return pos
-
-    first = tuple(position((head, *tail)) for tail, head in heads.items())
-    has_next = {a for a, _ in edges}
-    is_end = tuple(p not in has_next for p in range(len(pos_masks)))
-    return _ClassTemplate(tuple(pos_masks), is_end, first, tuple(edges))
 
 
 @lru_cache(maxsize=8192)
@@ -221,7 +179,7 @@ class _Glushkov:
         if flags & _I:
             chars = frozenset({*chars, *(c.lower() for c in chars), *(c.upper() for c in chars)})
             chars = frozenset(c for c in chars if len(c) == 1)
-        tpl = _class_template(chars, negated)
+        tpl = class_template(chars, negated)
         if not tpl.first:
             self.saw_empty_class = True
         base = len(self.masks)
