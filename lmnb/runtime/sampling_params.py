@@ -73,7 +73,7 @@ class SamplingParams:
         return self.temperature < GREEDY_BELOW or self.top_k == 1
 
     @classmethod
-    def make(cls, **kw) -> "SamplingParams":
+    def make(cls, **kw) -> SamplingParams:
         """Build from keyword arguments, normalising `stop` / `stop_token_ids` and
         rejecting unknown names with a message that lists the valid ones."""
         names = {f.name for f in fields(cls)} - {"extra"}

@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, example, given, settings
 from lmnb.lang import ir
 from lmnb.lang.template import TemplateError, compile_template
 
-from .guard import assert_clear, within
+from .guard import assert_clear, outcome, within
+from .sampling_strategies import sampling_kwargs
 from .template_strategies import NAMESPACE, cells, programs
 
 
@@ -83,5 +84,20 @@ def test_valid_cells_run_on_the_engine(tiny, case):
         state = run_template(cell, NAMESPACE, backend=tiny, max_tokens=4, progress_bar=False)
     for h in holes(compile_template(cell, NAMESPACE)):
         assert h.name in state.variables(), (h.name, cell)
+    assert tiny.alive()
+    tiny.check_integrity()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sampling_kwargs())
+@example({"temperature": 1e-300})
+@example({"seed": 2**64})
+def test_cell_options_work_or_raise_clear_error(tiny, options):
+    """`%%lm --temperature ...` and friends reach run_template as keyword defaults."""
+    from lmnb.lang.template import run_template
+
+    options.pop("max_new_tokens", None)
+    cell = "Q: {{ n }}{{ gen('a', max_tokens=3) }}"
+    outcome(run_template, cell, NAMESPACE, backend=tiny, max_tokens=3, seconds=60, **options)
     assert tiny.alive()
     tiny.check_integrity()
