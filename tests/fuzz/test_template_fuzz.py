@@ -97,7 +97,8 @@ def test_cell_options_work_or_raise_clear_error(tiny, options):
     from lmnb.lang.template import run_template
 
     options.pop("max_new_tokens", None)
+    options["max_tokens"] = 3
     cell = "Q: {{ n }}{{ gen('a', max_tokens=3) }}"
-    outcome(run_template, cell, NAMESPACE, backend=tiny, max_tokens=3, seconds=60, **options)
+    outcome(run_template, cell, NAMESPACE, backend=tiny, seconds=60, **options)
     assert tiny.alive()
     tiny.check_integrity()
