@@ -331,15 +331,28 @@ def _schema_json(schema, where: str) -> str:
     if isinstance(schema, str):
         try:
             json.loads(schema)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise LmnbError(f"{where}: json_schema is not valid JSON: {e}") from None
-        return schema
-    if isinstance(schema, dict):
-        return json.dumps(schema)
-    if hasattr(schema, "model_json_schema"):
-        return json.dumps(schema.model_json_schema())
-    raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
-                    f"got {type(schema).__name__}")
+        text = schema
+    elif isinstance(schema, dict):
+        text = _wrap(where, _dumps, schema)
+    elif hasattr(schema, "model_json_schema"):
+        text = json.dumps(schema.model_json_schema())
+    else:
+        raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
+                        f"got {type(schema).__name__}")
+    from lmnb.runtime.constrained import build_regex_from_schema
+
+    _wrap(where, build_regex_from_schema, text)   # an unsupported schema fails here, not mid-run
+    return text
+
+
+def _dumps(schema: dict) -> str:
+    try:
+        return json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise LmnbError(f"json_schema is not JSON data ({e}); use dicts, lists, str, numbers, "
+                        "bool and None") from None
 
 
 def _check_regex(regex, where: str) -> None:

@@ -3,6 +3,8 @@
 repetition, empty alternatives, ^/$ at the ends, literal braces."""
 from __future__ import annotations
 
+import re
+
 from hypothesis import strategies as st
 
 from tests.constrained.regex_strategies import CLASSES, LITERALS
@@ -31,7 +33,16 @@ def _anchor(r: str, start: bool, end: bool) -> str:
     return ("^" if start else "") + r + ("$" if end else "")
 
 
-regexes = st.builds(_anchor, st.recursive(atoms, _wrap, max_leaves=8), st.booleans(), st.booleans())
+def _python_compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:   # e.g. two groups drew the same name
+        return False
+    return True
+
+
+regexes = st.builds(_anchor, st.recursive(atoms, _wrap, max_leaves=8), st.booleans(),
+                    st.booleans()).filter(_python_compiles)
 
 # characters the patterns above talk about, plus case-folding oddities (Kelvin sign, long s)
 SAMPLE_CHARS = list('abz07 ".{}é中😀\n\t-xyÿ٣_AK\u212aſ]\x00\x01\x07[$^') + ["\\"]

@@ -7,6 +7,8 @@ boolean schemas, local and recursive `$ref`, huge enums.
 """
 from __future__ import annotations
 
+import json
+
 from hypothesis import strategies as st
 
 from .values import anything
@@ -76,7 +78,9 @@ def _array(draw, inner) -> tuple[dict, list]:
     lo = draw(st.integers(0, 2))
     hi = draw(st.none() | st.integers(lo, 4))
     n = draw(st.integers(lo, hi if hi is not None else lo + 3))
-    items = [draw(inner.filter(lambda p: p[0] == item_schema))[1] for _ in range(n)] if n else []
+    same = json.dumps(item_schema, sort_keys=True)   # not ==: {"const": 0} == {"const": False}
+    items = [draw(inner.filter(lambda p: json.dumps(p[0], sort_keys=True) == same))[1]
+             for _ in range(n)] if n else []
     s = {"type": "array", "items": item_schema, "minItems": lo} | ({} if hi is None else {"maxItems": hi})
     return s, items
 

@@ -55,13 +55,15 @@ def test_valid_parameters_never_kill_the_engine(tiny, kw):
 
 GEN_ARGS = {"max_tokens": "max_new_tokens", "stop": "stop", "temperature": "temperature", "top_p": "top_p",
             "top_k": "top_k", "min_p": "min_p", "seed": "seed", "ignore_eos": "ignore_eos",
-            "stop_token_ids": "stop_token_ids", "regex": "regex", "dtype": None, "choices": None}
+            "stop_token_ids": "stop_token_ids", "regex": "regex", "json_schema": "json_schema",
+            "dtype": None, "choices": None}
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=4) | anything, sampling_kwargs(), st.sampled_from(list(GEN_ARGS)), anything)
 @example("x", {}, "dtype", [])             # unhashable dtype: TypeError
 @example("x", {}, "max_tokens", True)      # select(choices=True): TypeError
+@example("x", {}, "json_schema", {"a": b""})   # json.dumps TypeError
 @example("x", {}, "dtype", "complex")
 @example("x", {}, "choices", ["a", ""])
 def test_gen_and_select_arguments_work_or_raise_clear_error(name, kw, extra_name, extra_value):
