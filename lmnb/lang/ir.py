@@ -341,10 +341,7 @@ def _schema_json(schema, where: str) -> str:
     else:
         raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
                         f"got {type(schema).__name__}")
-    from lmnb.runtime.constrained import build_regex_from_schema
-
-    _wrap(where, build_regex_from_schema, text)   # an unsupported schema fails here, not mid-run
-    return text
+    return text   # not converted here: a remote backend may take schemas lmnb cannot compile
 
 
 def _dumps(schema: dict) -> str:
