@@ -19,6 +19,7 @@ import numpy as np
 from interegular import patterns as ip
 
 from lmnb.errors import LmnbError
+from lmnb.runtime.constrained.casefold import case_variants
 from lmnb.runtime.constrained.regex_check import normalize_regex
 from lmnb.runtime.constrained.utf8 import class_template
 
@@ -177,8 +178,7 @@ class _Glushkov:
 
     def _chars(self, chars: frozenset[str], negated: bool, flags) -> Part:
         if flags & _I:
-            chars = frozenset({*chars, *(c.lower() for c in chars), *(c.upper() for c in chars)})
-            chars = frozenset(c for c in chars if len(c) == 1)
+            chars = case_variants(chars)
         tpl = class_template(chars, negated)
         if not tpl.first:
             self.saw_empty_class = True
