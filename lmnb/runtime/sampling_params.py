@@ -43,9 +43,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 0)
         _check_num("temperature", self.temperature)
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise LmnbError(f"temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), "
-                            f"got {_short(self.temperature)}")
+        if self.temperature < 0:
+            raise LmnbError(f"temperature must be >= 0 (0 = greedy), got {_short(self.temperature)}")
+        if self.temperature > MAX_TEMPERATURE:
+            raise LmnbError(f"temperature must be <= {MAX_TEMPERATURE:g}, got {_short(self.temperature)}")
         _check_num("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
             raise LmnbError(f"top_p must be in (0, 1], got {_short(self.top_p)}")
