@@ -49,7 +49,7 @@ def _filtered_probs(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
 def _top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     dev, vocab = probs.device, probs.shape[1]
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    k = torch.tensor([min(kk, vocab) if kk > 0 else vocab for kk in top_k], device=dev)[:, None]
+    k = torch.tensor([kk if kk > 0 else vocab for kk in top_k], device=dev)[:, None]
     ranks = torch.arange(vocab, device=dev)[None, :]
     cum = sorted_p.cumsum(dim=-1)
     p = torch.tensor(top_p, device=dev)[:, None]
