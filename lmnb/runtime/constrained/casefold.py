@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import _sre  # the `re` engine's own simple lowercase mapping (CPython)
 from functools import lru_cache
-from re import _casefix
+
+try:  # Python >= 3.11
+    from re._casefix import _EXTRA_CASES
+except ImportError:  # Python 3.10 keeps the same table in sre_compile
+    from sre_compile import _ignorecase_fixes as _EXTRA_CASES  # type: ignore[no-redef]
 
 
 @lru_cache(maxsize=1)
@@ -28,7 +32,7 @@ def case_variants(chars: frozenset[str]) -> frozenset[str]:
     uppers, out = _uppers_of(), set(chars)
     for c in chars:
         lo = _sre.unicode_tolower(ord(c))
-        for key in (lo, *_casefix._EXTRA_CASES.get(lo, ())):
+        for key in (lo, *_EXTRA_CASES.get(lo, ())):
             out.add(chr(key))
             out.update(map(chr, uppers.get(key, ())))
     return frozenset(out)
