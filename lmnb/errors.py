@@ -9,6 +9,15 @@ from __future__ import annotations
 class LmnbError(ValueError):
     """Bad input or an unusable configuration; the message says what to change."""
 
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks turned into spaces (error messages are one line, even
+    when they quote a library's multi-line message)."""
+    return " ".join(text.splitlines())
+
 
 class EngineError(RuntimeError):
     """The runtime's engine thread failed; every waiting request receives this."""

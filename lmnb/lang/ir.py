@@ -44,6 +44,7 @@ from lmnb.runtime.sampling_params import as_tuple
 ROLES = ("system", "user", "assistant")
 SELECT_METHODS = ("token_length_normalized", "greedy_token", "unconditional_likelihood_normalized")
 JOIN_MODES = ("gather_variable", "concate_and_append")
+MAX_BRANCHES = 10_000   # more branches than any batch could run; a typo like `@fork 10**8` fails fast
 
 
 class Expr:
@@ -246,7 +247,8 @@ def select(name: str | None = None, choices: Sequence[str] | None = None,
     scored in one batched pass); the chosen text is appended and captured under `name`."""
     where = f"select({name!r})"
     _check_name(name, where)
-    if isinstance(choices, str) or not choices or not all(isinstance(c, str) for c in choices):
+    if isinstance(choices, str) or not isinstance(choices, Sequence) or not choices \
+            or not all(isinstance(c, str) for c in choices):
         raise LmnbError(f"{where}: choices must be a non-empty list of str, got {choices!r}")
     if any(not c for c in choices):
         raise LmnbError(f"{where}: choices must not be empty strings")
@@ -300,8 +302,8 @@ def assistant_end() -> Expr:
 def fork(*branches, n: int | None = None, join: str = "gather_variable") -> Fork:
     """`fork(body, n=3)` runs body three times; `fork(a, b)` runs a and b side by side."""
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise LmnbError(f"fork: n must be an int >= 1, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BRANCHES:
+            raise LmnbError(f"fork: n must be an int in [1, {MAX_BRANCHES}], got {n!r}")
         if len(branches) != 1:
             raise LmnbError("fork: with n=, give exactly one branch body")
         branches = branches * n
@@ -329,15 +331,25 @@ def _schema_json(schema, where: str) -> str:
     if isinstance(schema, str):
         try:
             json.loads(schema)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise LmnbError(f"{where}: json_schema is not valid JSON: {e}") from None
-        return schema
-    if isinstance(schema, dict):
-        return json.dumps(schema)
-    if hasattr(schema, "model_json_schema"):
-        return json.dumps(schema.model_json_schema())
-    raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
-                    f"got {type(schema).__name__}")
+        text = schema
+    elif isinstance(schema, dict):
+        text = _wrap(where, _dumps, schema)
+    elif hasattr(schema, "model_json_schema"):
+        text = json.dumps(schema.model_json_schema())
+    else:
+        raise LmnbError(f"{where}: json_schema must be a dict, a JSON string or a pydantic model class, "
+                        f"got {type(schema).__name__}")
+    return text   # not converted here: a remote backend may take schemas lmnb cannot compile
+
+
+def _dumps(schema: dict) -> str:
+    try:
+        return json.dumps(schema, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise LmnbError(f"json_schema is not JSON data ({e}); use dicts, lists, str, numbers, "
+                        "bool and None") from None
 
 
 def _check_regex(regex, where: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from lmnb.errors import LmnbError
 from lmnb.lang import ir
 
+MAX_CLOSE_TRIES = 256  # `}}` candidates tried for one `{{` (keeps a line of many `}}` linear)
 _DIRECTIVE = re.compile(r"[ \t]*@(system|user|assistant|fork|join)\b[ \t]*(.*?)[ \t]*\r?$")
 
 
@@ -110,9 +111,10 @@ def _drop_blank_tail(pieces: list[Piece]) -> None:
 
 def _closing(text: str, start: int) -> int:
     """Index of the `}}` closing the `{{` at `start`: the first one after which the
-    enclosed text is a valid expression (so `{"a": {"b": 1}}` inside works)."""
+    enclosed text is a valid expression (so `{"a": {"b": 1}}` inside works). Only the
+    first MAX_CLOSE_TRIES candidates are tried, so a long line of `}}` stays linear."""
     k, first = start + 2, -1
-    while True:
+    for _ in range(MAX_CLOSE_TRIES):
         k = text.find("}}", k)
         if k < 0:
             break
@@ -130,7 +132,7 @@ def _closing(text: str, start: int) -> int:
 def _compiles(src: str) -> bool:
     try:
         compile("(" + src.strip() + "\n)", "<cell>", "eval")
-    except SyntaxError:
+    except (SyntaxError, MemoryError, RecursionError):   # the last two: nested too deeply
         return False
     return bool(src.strip())
 
@@ -208,8 +210,9 @@ class _Compiler:
         if not p.arg:
             return 1
         value = self._eval(p.arg, p.arg_offset)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.error(f"@fork takes a whole number of branches >= 1, got {value!r}", p.arg_offset)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ir.MAX_BRANCHES:
+            raise self.error(f"@fork takes a whole number of branches >= 1 (at most {ir.MAX_BRANCHES}), "
+                             f"got {_short(value)}", p.arg_offset)
         return value
 
     def evaluate(self, p: Piece) -> ir.Expr:
@@ -235,6 +238,8 @@ class _Compiler:
             code = compile("(" + expr + "\n)", "<cell>", "eval")
         except SyntaxError as e:
             raise self._syntax_error(e, expr, start) from None
+        except (MemoryError, RecursionError):
+            raise self.error(f"expression {_short(expr)} is nested too deeply; simplify it", start) from None
         try:
             return eval(code, self.names)  # the notebook's own code
         except NameError as e:
@@ -316,6 +321,11 @@ def run_template(text: str, namespace: Mapping | None = None, *, backend=None, b
         return run_program(prog, backend, stream=stream, **defaults)
     progs = [compile_template(text, namespace, batch_names(item), line_offset) for item in batch]
     return run_programs(progs, backend, progress_bar=progress_bar, **defaults)
+
+
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def batch_names(item) -> dict:

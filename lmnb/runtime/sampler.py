@@ -109,6 +109,7 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
 
 
 def top_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely tokens per row (all of them when k exceeds the vocabulary)."""
     lp = torch.log_softmax(logits, dim=-1)
-    vals, ids = lp.topk(k, dim=-1)
+    vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
     return vals, ids

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field, fields
 
 from lmnb.errors import LmnbError
 
+GREEDY_BELOW = 1e-5        # smaller temperatures sample as greedy: logits / t overflow fp32
+MAX_TEMPERATURE = 1e6      # larger ones overflow fp32 and turn masked logits into NaN
+MAX_SEED = 2**64 - 1       # torch generators take 64-bit seeds
+MAX_COUNT = 2**31 - 1      # token counts and indices beyond this are nonsense (and overflow torch)
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -39,40 +44,43 @@ class SamplingParams:
         _check_int("max_new_tokens", self.max_new_tokens, 0)
         _check_num("temperature", self.temperature)
         if self.temperature < 0:
-            raise LmnbError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise LmnbError(f"temperature must be >= 0 (0 = greedy), got {_short(self.temperature)}")
+        if self.temperature > MAX_TEMPERATURE:
+            raise LmnbError(f"temperature must be <= {MAX_TEMPERATURE:g}, got {_short(self.temperature)}")
         _check_num("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
-            raise LmnbError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise LmnbError(f"top_p must be in (0, 1], got {_short(self.top_p)}")
         _check_int("top_k", self.top_k, None)
         _check_num("min_p", self.min_p)
         if not 0 <= self.min_p <= 1:
-            raise LmnbError(f"min_p must be in [0, 1], got {self.min_p}")
+            raise LmnbError(f"min_p must be in [0, 1], got {_short(self.min_p)}")
         if self.seed is not None:
-            _check_int("seed", self.seed, 0)
+            _check_int("seed", self.seed, 0, MAX_SEED)
         _check_int("logprob_start_len", self.logprob_start_len, -1)
         _check_int("top_logprobs_num", self.top_logprobs_num, 0)
+        for name in ("ignore_eos", "return_logprob", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise LmnbError(f"{name} must be True or False, got {_short(getattr(self, name))}")
         if self.regex is not None and self.json_schema is not None:
             raise LmnbError("give either regex or json_schema, not both")
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise LmnbError(f"stop strings must be non-empty str, got {s!r}")
+                raise LmnbError(f"stop strings must be non-empty str, got {_short(s)}")
         for t in self.stop_token_ids:
             _check_int("stop_token_ids item", t, 0)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
     @classmethod
-    def make(cls, **kw) -> "SamplingParams":
+    def make(cls, **kw) -> SamplingParams:
         """Build from keyword arguments, normalising `stop` / `stop_token_ids` and
         rejecting unknown names with a message that lists the valid ones."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(kw) - names)
+        names = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(kw) - names, key=str)
         if unknown:
-            raise LmnbError(
-                f"unknown sampling parameter {unknown[0]!r}; valid: {', '.join(sorted(names - {'extra'}))}"
-            )
+            raise LmnbError(f"unknown sampling parameter {unknown[0]!r}; valid: {', '.join(sorted(names))}")
         if "stop" in kw:
             kw["stop"] = as_tuple(kw["stop"], "stop") or ()
         if "stop_token_ids" in kw:
@@ -86,6 +94,8 @@ def as_tuple(v, name: str) -> tuple | None:
     """A value or a list of values as a tuple (None stays None)."""
     if v is None:
         return None
+    if isinstance(v, (bytes, bytearray, dict)):   # iterating them gives ints / keys, not values
+        raise LmnbError(f"{name} must be a value or a list of values, got {type(v).__name__}")
     if isinstance(v, (str, int)):
         return (v,)
     try:
@@ -95,12 +105,20 @@ def as_tuple(v, name: str) -> tuple | None:
 
 
 def _check_num(name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
-        raise LmnbError(f"{name} must be a finite number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise LmnbError(f"{name} must be a finite number, got {_short(v)}")
 
 
-def _check_int(name: str, v, lo: int | None) -> None:
+def _check_int(name: str, v, lo: int | None, hi: int = MAX_COUNT) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise LmnbError(f"{name} must be an int, got {v!r}")
+        raise LmnbError(f"{name} must be an int, got {_short(v)}")
     if lo is not None and v < lo:
-        raise LmnbError(f"{name} must be >= {lo}, got {v}")
+        raise LmnbError(f"{name} must be >= {lo}, got {_short(v)}")
+    if v > hi:
+        raise LmnbError(f"{name} must be <= {hi}, got {_short(v)}")
+
+
+def _short(v) -> str:
+    """repr for messages, cut so a huge value never floods the one-line error."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."

@@ -23,9 +23,9 @@ _NAMES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _dtype(dtype: Any) -> type | None:
-    if isinstance(dtype, str) and dtype in _NAMES:
-        return _NAMES[dtype]
-    return dtype if dtype in _DTYPES else None
+    if isinstance(dtype, str):
+        return _NAMES.get(dtype)
+    return next((t for t in _DTYPES if dtype is t), None)   # `is`: a list is not hashable
 
 
 def regex_for_dtype(dtype: Any) -> str:

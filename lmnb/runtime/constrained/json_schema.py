@@ -11,11 +11,12 @@ a constraint is never silently dropped.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained import json_terminals as T
+from lmnb.runtime.constrained.json_schema_check import bounds, check_node
+from lmnb.runtime.constrained.regex_check import normalize_regex
 
 Whitespace = str  # "compact", "flexible" or a regex used between JSON tokens
 FLEXIBLE_WS = r"[ \t\n]{0,16}"
@@ -44,6 +45,8 @@ def schema_to_dict(schema: Any) -> dict:
             out = json.loads(schema)
         except json.JSONDecodeError as e:
             raise LmnbError(f"json_schema is not valid JSON ({e.msg} at {e.pos}); fix it") from None
+        except (ValueError, RecursionError):   # undecodable bytes, absurd nesting
+            raise LmnbError("json_schema is not valid UTF-8 JSON of sane depth; fix it") from None
         if not isinstance(out, (dict, bool)):
             raise LmnbError("json_schema must be a JSON object")
         return out if isinstance(out, dict) else {} if out else {"not": {}}
@@ -61,7 +64,10 @@ def build_regex_from_schema(schema: Any, whitespace: Whitespace = "compact") -> 
     """
     ws = {"compact": "", "flexible": FLEXIBLE_WS}.get(whitespace, whitespace)
     root = schema_to_dict(schema)
-    return _Converter(root, ws).convert(root, "#", ())
+    try:
+        return _Converter(root, ws).convert(root, "#", ())
+    except RecursionError:
+        raise LmnbError("json_schema is nested too deeply for constrained decoding; flatten it") from None
 
 
 class _Converter:
@@ -78,6 +84,7 @@ class _Converter:
         if unknown:
             raise LmnbError(f"JSON schema keyword {unknown[0]!r} at {path} is not supported in "
                             "constrained decoding; remove it or use a regex")
+        check_node(s, path)
         if "$ref" in s:
             return self._ref(s, path, refs)
         if "const" in s:
@@ -155,13 +162,17 @@ class _Converter:
                     raise LmnbError(f"string format {s['format']!r} at {path} is not supported; "
                                     f"use one of {sorted(T.FORMATS)} or a pattern")
                 return f'"{T.FORMATS[s["format"]]}"'
+            try:
+                normalize_regex(s["pattern"])
+            except LmnbError as e:
+                raise LmnbError(f"string pattern at {path}: {e}") from None
             return f'"(?:{_unanchor(s["pattern"])})"'
         if has_len:
             return T.string_of_length(int(s.get("minLength", 0)), _opt_int(s.get("maxLength")))
         return T.STRING
 
     def _integer(self, s: dict, path: str, refs) -> str:
-        lo, hi = _bounds(s)
+        lo, hi = bounds(s)
         to_int = lambda v, up: None if v is None else int(-(-v // 1) if up else v // 1)
         return T.integer_range(to_int(lo, True), to_int(hi, False))
 
@@ -169,7 +180,7 @@ class _Converter:
         if "exclusiveMinimum" in s or "exclusiveMaximum" in s:
             raise LmnbError(f"exclusive bounds on a number at {path} are not supported; "
                             "use minimum/maximum")
-        return T.number_range(*_bounds(s))
+        return T.number_range(*bounds(s))
 
     def _boolean(self, s: dict, path: str, refs) -> str:
         return T.BOOLEAN
@@ -228,8 +239,10 @@ class _Converter:
         if prefix is not None:
             return self._tuple(prefix, s, path, refs, lo, hi)
         item = self.any_value(ANY_DEPTH - 1) if items in (None, True) else self.convert(
-            items, f"{path}/items", refs)
-        if hi == 0:
+            items, f"{path}/items", refs) if items is not False else None
+        if hi == 0 or item is None:   # items: false allows only the empty array
+            if lo > 0:
+                raise LmnbError(f"minItems {lo} with items false at {path} matches nothing; fix the schema")
             return rf"\[{ws}\]"
         more = f"{{{max(lo - 1, 0)},{'' if hi is None else hi - 1}}}"
         body = f"{item}(?:{sep}{item}){more}"
@@ -272,21 +285,3 @@ def _unanchor(pattern: str) -> str:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
-
-
-def _bounds(s: dict) -> tuple[float | None, float | None]:
-    """Inclusive (lo, hi); exclusive integer bounds become inclusive ones."""
-    lo, hi = s.get("minimum"), s.get("maximum")
-    ex_lo, ex_hi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
-    if isinstance(ex_lo, bool):  # draft 4: a flag on minimum
-        ex_lo = lo if ex_lo else None
-        lo = None if ex_lo is not None else lo
-    if isinstance(ex_hi, bool):
-        ex_hi = hi if ex_hi else None
-        hi = None if ex_hi is not None else hi
-    if ex_lo is not None:  # only reached for integers: the least integer above ex_lo
-        lo = max(math.floor(ex_lo) + 1, lo) if lo is not None else math.floor(ex_lo) + 1
-    if ex_hi is not None:
-        hi = min(math.ceil(ex_hi) - 1, hi) if hi is not None else math.ceil(ex_hi) - 1
-    return lo, hi
-

@@ -36,7 +36,11 @@ FORMATS = {
 
 def literal(value) -> str:
     """Regex matching exactly the compact JSON text of `value`."""
-    return re.escape(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise LmnbError(f"enum/const value {str(value)[:40]!r} is not JSON ({e}); use JSON values") from None
+    return re.escape(text)
 
 
 def string_of_length(lo: int, hi: int | None) -> str:

@@ -35,9 +35,8 @@ _HEX = {"u": 4, "U": 8}
 
 
 def _unsupported(pattern: str, pos: int, feature: str) -> LmnbError:
-    shown = pattern if len(pattern) <= 60 else pattern[:57] + "..."
     return LmnbError(
-        f"regex feature {feature} at position {pos} of {shown!r} is not supported "
+        f"regex feature {feature} at position {pos} of {_shown(pattern)} is not supported "
         "in constrained decoding; rewrite the pattern without it"
     )
 
@@ -51,12 +50,20 @@ def _literal(ch: str) -> str:
 
 def normalize_regex(pattern: str) -> str:
     """Return `pattern` rewritten for interegular, or raise LmnbError on an unsupported feature."""
+    if not isinstance(pattern, str):
+        raise LmnbError(f"a regex is a str, got {type(pattern).__name__}")
     try:
         re.compile(pattern)
     except re.error as e:
         pos = f" at position {e.pos}" if e.pos is not None else ""
-        raise LmnbError(f"invalid regex {pattern!r}{pos}: {e.msg}; fix the pattern") from None
+        raise LmnbError(f"invalid regex {_shown(pattern)}{pos}: {e.msg}; fix the pattern") from None
+    except (RecursionError, OverflowError, MemoryError):
+        raise LmnbError(f"regex {_shown(pattern)} is nested too deeply or too large; simplify it") from None
     return _Scanner(pattern).run()
+
+
+def _shown(pattern: str) -> str:
+    return repr(pattern if len(pattern) <= 60 else pattern[:57] + "...")
 
 
 class _Scanner:
@@ -126,9 +133,11 @@ class _Scanner:
         if p.startswith("(?#", i):
             return p.index(")", i) + 1  # comment: drop it
         m = _FLAGS.match(p, i)
-        if m and m.group(1) and set(m.group(1)) - set("imsu"):
-            bad = min(set(m.group(1)) - set("imsu"))
-            raise _unsupported(p, i, f"inline flag (?{bad})")
+        flags = (m.group(1) or "") if m else ""
+        if set(flags) - set("ims"):
+            bad = min(set(flags) - set("ims"))
+            why = " (\\d, \\w and \\s are ASCII in constrained decoding)" if bad == "u" else ""
+            raise _unsupported(p, i, f"inline flag (?{bad}){why}")
         self.out.append("(?")
         return i + 2
 
@@ -143,6 +152,10 @@ class _Scanner:
             end = p.index("}", i)
             self.out.append(_literal(unicodedata.lookup(p[i + 3:end])))
             return end + 1
+        octal = _null_escape(p, i)
+        if octal:
+            self.out.append(_literal(chr(int(p[i + 1:octal], 8))))
+            return octal
         if not self.in_class:
             if nxt in _ESCAPES:
                 raise _unsupported(p, i, _ESCAPES[nxt])
@@ -155,3 +168,14 @@ class _Scanner:
 def _is_octal_escape(p: str, i: int) -> bool:
     """Python reads \\NNN (three octal digits) as a character, \\N or \\NN as a group reference."""
     return len(p) >= i + 4 and all(c in "01234567" for c in p[i + 1:i + 4])
+
+
+def _null_escape(p: str, i: int) -> int:
+    """End of a \\0, \\0N or \\0NN escape at `i` (a character to Python; interegular
+    rejects it), or 0."""
+    if p[i + 1] != "0":
+        return 0
+    end = i + 2
+    while end < min(len(p), i + 4) and p[end] in "01234567":
+        end += 1
+    return end

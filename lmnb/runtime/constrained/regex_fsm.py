@@ -19,11 +19,15 @@ import numpy as np
 from interegular import patterns as ip
 
 from lmnb.errors import LmnbError
+from lmnb.runtime.constrained.casefold import case_variants
 from lmnb.runtime.constrained.regex_check import normalize_regex
-from lmnb.runtime.constrained.utf8 import char_ranges, utf8_sequences
+from lmnb.runtime.constrained.utf8 import class_template
 
-MAX_POSITIONS = 400_000
-MAX_STATES = 200_000
+# Size limits: past them a pattern raises a clear LmnbError within seconds instead of
+# running for minutes (or exhausting memory: each state is a 1 KiB table row).
+MAX_POSITIONS = 200_000
+MAX_STATES = 100_000
+MAX_WORK = 30_000_000   # follow-set elements touched while building (Glushkov is quadratic)
 _I = ip.REFlags.CASE_INSENSITIVE
 _S = ip.REFlags.SINGLE_LINE
 
@@ -59,58 +63,22 @@ class ByteFSM:
 def compile_regex(pattern: str) -> ByteFSM:
     """Compile `pattern` (Python `re` syntax, full-match semantics) or raise LmnbError."""
     norm = normalize_regex(pattern)
+    shown = repr(pattern if len(pattern) <= 60 else pattern[:57] + "...")
     try:
         tree = interegular.parse_pattern(norm)
+        g = _Glushkov()
+        nullable, first, last = g.build(tree, ip.REFlags(0))
     except (ip.Unsupported, ip.InvalidSyntax, NotImplementedError) as e:
-        raise LmnbError(f"regex {pattern!r} is not supported in constrained decoding: {e}") from None
-    g = _Glushkov()
-    nullable, first, last = g.build(tree, ip.REFlags(0))
+        why = str(e) or f"{type(e).__name__} in the regex parser"
+        raise LmnbError(f"regex {shown} is not supported in constrained decoding ({why}); "
+                        "rewrite the pattern") from None
+    except RecursionError:
+        raise LmnbError(f"regex {shown} is nested too deeply for constrained decoding; "
+                        "flatten its groups") from None
     fsm = g.determinize(pattern, nullable, first, last)
     if fsm.initial == fsm.dead:
         raise LmnbError(f"regex {pattern!r} matches no string; fix the pattern")
     return fsm
-
-
-@dataclass(frozen=True)
-class _ClassTemplate:
-    """The positions of one character class, ready to be copied into an automaton.
-
-    Sequences with the same tail share one first position (their lead bytes
-    OR-ed together) and equal suffixes share positions, so `[^"]` costs 15
-    positions, not 30 — and the determinized automaton is that much smaller.
-    """
-
-    masks: tuple[int, ...]
-    is_end: tuple[bool, ...]  # position completes a character
-    first: tuple[int, ...]
-    edges: tuple[tuple[int, int], ...]  # internal follow edges (from, to)
-
-
-@lru_cache(maxsize=4096)
-def _class_template(chars: frozenset[str], negated: bool) -> _ClassTemplate:
-    seqs = utf8_sequences(char_ranges(chars, negated))
-    heads: dict[tuple[int, ...], int] = {}
-    for seq in seqs:
-        masks = tuple((1 << (hi + 1)) - (1 << lo) for lo, hi in seq)
-        heads[masks[1:]] = heads.get(masks[1:], 0) | masks[0]
-    pos_masks: list[int] = []
-    edges: list[tuple[int, int]] = []
-    shared: dict[tuple[int, ...], int] = {}
-
-    def position(masks: tuple[int, ...]) -> int:
-        pos = len(pos_masks)
-        pos_masks.append(masks[0])
-        if len(masks) > 1:
-            tail = masks[1:]
-            if tail not in shared:
-                shared[tail] = position(tail)
-            edges.append((pos, shared[tail]))
-        return pos
-
-    first = tuple(position((head, *tail)) for tail, head in heads.items())
-    has_next = {a for a, _ in edges}
-    is_end = tuple(p not in has_next for p in range(len(pos_masks)))
-    return _ClassTemplate(tuple(pos_masks), is_end, first, tuple(edges))
 
 
 @lru_cache(maxsize=8192)
@@ -128,6 +96,19 @@ class _Glushkov:
         self.follow: list[set[int]] = []
         self.is_end: list[bool] = []
         self.saw_empty_class = False
+        self.work = 0
+
+    def spend(self, n: int) -> None:
+        self.work += n
+        if self.work > MAX_WORK:
+            raise LmnbError("regex is too large for constrained decoding; lower its repetition "
+                            "bounds or make repeated parts non-optional")
+
+    def link(self, lasts: set, firsts: set) -> None:
+        """Every position in `lasts` may be followed by every one in `firsts`."""
+        self.spend(len(lasts) * len(firsts))
+        for p in lasts:
+            self.follow[p] |= firsts
 
     def build(self, node, flags) -> Part:
         if isinstance(node, ip.Pattern):
@@ -155,16 +136,19 @@ class _Glushkov:
         nullable, first, last = True, set(), set()
         for build in builders:
             n, f, l = build()
-            for p in last:
-                self.follow[p] |= f
+            self.link(last, f)
             if nullable:
                 first = first | f
             last = (last | l) if n else l
             nullable = nullable and n
+            self.spend(len(first) + len(last))
         return nullable, first, last
 
     def _repeat(self, node, flags) -> Part:
         lo, hi = node.min, node.max
+        if max(lo, hi or 0) > MAX_POSITIONS:
+            raise LmnbError(f"regex repetition count {max(lo, hi or 0)} is too large for constrained "
+                            "decoding; lower it")
         unit = lambda: self.build(node.base, flags)
         parts = [unit] * max(lo - 1, 0)
         if hi is None:
@@ -177,25 +161,25 @@ class _Glushkov:
 
     def _loop(self, part: Part, optional: bool) -> Part:
         n, f, l = part
-        for p in l:
-            self.follow[p] |= f
+        self.link(l, f)
         return n or optional, f, l
 
     def _optional_chain(self, unit, count: int) -> Part:
         """(x(x(x)?)?)? — nested so the determinized states stay small."""
         copies = [unit() for _ in range(count)]
-        rest: Part = (True, set(), set())
+        first: set = set()
+        last: set = set()   # grows in place: copying it each step was quadratic
         for n, f, l in reversed(copies):
-            for p in l:
-                self.follow[p] |= rest[1]
-            rest = (True, f | (rest[1] if n else set()), l | rest[2])
-        return rest
+            self.link(l, first)
+            first = (f | first) if n else f
+            last |= l
+            self.spend(len(first) + len(l))
+        return True, first, last
 
     def _chars(self, chars: frozenset[str], negated: bool, flags) -> Part:
         if flags & _I:
-            chars = frozenset({*chars, *(c.lower() for c in chars), *(c.upper() for c in chars)})
-            chars = frozenset(c for c in chars if len(c) == 1)
-        tpl = _class_template(chars, negated)
+            chars = case_variants(chars)
+        tpl = class_template(chars, negated)
         if not tpl.first:
             self.saw_empty_class = True
         base = len(self.masks)
@@ -222,6 +206,7 @@ class _Glushkov:
         order = [frozenset((start,))]
         rows: list[np.ndarray] = []
         for s in order:  # grows while we iterate
+            self.spend(len(s))
             row = np.full(256, -1, np.int32)
             for mask, targets in self._split(s):
                 key = frozenset(targets)
@@ -249,6 +234,7 @@ class _Glushkov:
         if len(state) == 1:
             cands = follow[next(iter(state))]
         else:
+            self.spend(sum(len(follow[q]) for q in state))   # before the union: it can be huge
             cands = set().union(*(follow[q] for q in state))
         pieces: list[tuple[int, list[int]]] = []
         for p in cands:

@@ -1,0 +1,66 @@
+"""Regex → byte FSM: patterns from a grammar agree with Python's `re.fullmatch`; any
+text compiles or raises a clear LmnbError; pathological patterns hit a size limit fast."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from lmnb.runtime.constrained import build_regex_from_schema, compile_regex
+
+from .guard import outcome, within
+from .regex_grammar import pattern_text, regexes, samples
+
+
+def _python(pattern: str, text: str) -> bool | None:
+    """Python's verdict under lmnb's semantics: \\d \\w \\s are ASCII, (?i) folds as `re` does
+    (None where `re` has no such mode: ASCII classes with Unicode case folding)."""
+    if not re.search(r"\\[dDwWsS]", pattern):
+        return re.fullmatch(pattern, text) is not None
+    if re.search(r"\(\?[a-z]*i", pattern) and not text.isascii():
+        return None
+    return re.fullmatch(pattern, text, flags=re.ASCII) is not None
+
+
+def _agree(fsm, pattern: str, text: str) -> None:
+    want = _python(pattern, text)
+    assert want is None or fsm.matches(text.encode()) == want, (pattern, text)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regexes, st.lists(samples, min_size=4, max_size=10), st.data())
+@example(r"\0a", ["\x00a", "a"], None)                 # interegular rejected \0 (NUL)
+@example(r"(?i:[a-zé])", ["ſ", "\u212a", "É", "S"], None)  # re folds ſ/s, Kelvin sign/k
+def test_grammar_regexes_agree_with_re(pattern, texts, data):
+    fsm, err = outcome(compile_regex, pattern, seconds=30)
+    assert err is None, f"{pattern!r}: {err}"
+    if data is not None:   # plus strings Python itself generates for the pattern
+        texts = texts + [data.draw(st.from_regex(pattern, fullmatch=True), label="match")]
+    for text in texts:
+        _agree(fsm, pattern, text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern_text, st.lists(samples, max_size=4))
+@example("\\0", [])
+@example("(?u:\\w)", ["ª"])             # Python's unicode \w: a clear error, not a silent ASCII \w
+@example("a{0,4000000000}", [])          # a billion copies: now a size error at once
+@example("(?:" * 120 + "a" + ")" * 120, [])   # RecursionError in the regex parser
+def test_any_text_compiles_or_raises_clear_error(pattern, texts):
+    fsm, _ = outcome(compile_regex, pattern, seconds=30)
+    for text in texts if fsm is not None else ():
+        _agree(fsm, pattern, text)
+
+
+@pytest.mark.parametrize("pattern", [
+    r".*a.{18}",                                   # 2^18 DFA states
+    r"(?:x{1000}){1000}",                          # a million positions
+    r"(?:a?){3000}",                               # quadratic follow sets: hung in the DFA build
+    build_regex_from_schema({"type": "string", "maxLength": 10_000}),
+])
+def test_pathological_patterns_hit_a_size_limit(pattern):
+    with within(60, pattern[:80]), pytest.raises(Exception) as e:
+        compile_regex(pattern)
+    assert "too large" in str(e.value) and type(e.value).__name__ == "LmnbError", e.value
