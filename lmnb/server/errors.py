@@ -5,8 +5,9 @@ import hmac
 import json
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from lmnb.errors import EngineError, LmnbError
 
@@ -47,6 +48,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine(_: Request, e: EngineError):
         return error_response(ApiError(503, str(e), code="engine_unavailable"))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, e: ClientDisconnect):
+        return Response(status_code=499)   # nobody reads it; not a server error to log
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException):
