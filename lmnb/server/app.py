@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmnb.server.bridge import Bridge, abort_unfinished
 from lmnb.server.config import ServerConfig
-from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers, read_json
+from lmnb.server.body import read_json
+from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers
 from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
 from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse
 
@@ -93,7 +94,7 @@ class _Service:
 
     # -- generation ---------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        req = parse(CompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req = parse(CompletionRequest, await self._body(request))
         req.check(self.cfg)
         if req.stream and req.echo and req.logprobs is not None:
             raise ApiError(400, "echo with logprobs is not supported when streaming", param="echo")
@@ -102,13 +103,16 @@ class _Service:
         return await self._answer(request, req, fmt, req.prompts(), sampling)
 
     async def chat_completions(self, request: Request) -> Response:
-        req = parse(ChatCompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req = parse(ChatCompletionRequest, await self._body(request))
         req.check(self.cfg)
         sampling = req.sampling(self.cfg, self.rt.context_len)
         prompt = self._chat_prompt([m.for_template() for m in req.messages],
                                    req.add_generation_prompt, req.continue_final_message)
         fmt = ChatFormat(self.rt.tokenizer, self._name(req.model), req)
         return await self._answer(request, req, fmt, [prompt], sampling)
+
+    async def _body(self, request: Request) -> dict:
+        return await read_json(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
 
     def _name(self, model: str | None) -> str:
         return self.cfg.model_name if model in (None, "default") else model
