@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most tokens one choice may generate; larger requests are clamped "
                         "(default: the context length)")
     s.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
+    s.add_argument("--max-choices", type=int, default=256,
+                   help="most generations per request, prompts x n (default 256)")
     s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     s.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size in GiB")
@@ -54,7 +56,7 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         serve(runtime, args.host, args.port, api_key=api_key, model_name=args.served_model_name,
               log_level=args.log_level, max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
-              max_tokens_limit=args.max_tokens_limit, max_n=args.max_n,
+              max_tokens_limit=args.max_tokens_limit, max_n=args.max_n, max_choices=args.max_choices,
               on_ready=lambda url: print(f"lmnb serve: listening on {url}", flush=True))
     finally:
         runtime.shutdown()

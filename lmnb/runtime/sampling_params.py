@@ -61,7 +61,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < 1e-5 or self.top_k == 1   # tiny t: logits / t overflows fp32
 
     @classmethod
     def make(cls, **kw) -> "SamplingParams":

@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from lmnb.server.body import read_json
 from lmnb.server.bridge import Bridge, abort_unfinished
 from lmnb.server.config import ServerConfig
-from lmnb.server.body import read_json
 from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers
 from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
 from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse

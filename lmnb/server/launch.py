@@ -112,7 +112,7 @@ def start_server(runtime, host: str = "127.0.0.1", port: int = 0, *, api_key: st
                  **options) -> ServerHandle:
     """Serve `runtime` over HTTP from a background thread and return once it accepts
     connections. `options` are those of `ServerConfig` (max_body_bytes, body_timeout,
-    max_tokens_limit, max_n). Uvicorn's logging setup is left alone."""
+    max_tokens_limit, max_n, max_choices). Uvicorn's logging setup is left alone."""
     config = ServerConfig(model_name=model_name or runtime.spec, api_key=api_key, **options)
     warn_if_exposed(host, api_key)
     sock = bind(host, port)

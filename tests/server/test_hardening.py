@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import inspect
+import json
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -142,16 +143,32 @@ def test_body_size_limit(server, limited):
     # chunked: no Content-Length at all
     r = httpx.post(f"{server.url}/completions", content=iter([big[:1000], big[1000:]]))
     assert "content-length" not in r.request.headers and _error(r, 413)
-    # lying Content-Length: a huge one is refused at once and the connection closed
-    out = _raw(server, f"Content-Length: {10 ** 12}\r\n", b'{"prompt": "hi"}')
-    assert out.startswith(b"HTTP/1.1 413") and b"connection: close" in out.lower()
+    # lying Content-Length: a huge one is refused at once, before the body arrives
+    out = _raw(server, f"Content-Length: {10 ** 12}\r\nConnection: close\r\n", b'{"prompt": "hi"}')
+    assert out.startswith(b"HTTP/1.1 413") and b"request_too_large" in out
     # ... one that claims more than is sent gets 408 once the body timeout passes
     out = _raw(limited, "Content-Length: 900\r\n", b'{"prompt": "hi"')
-    assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out
+    assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out   # and the server closed it
     # ... one that claims less than is sent: only that prefix is the body, not valid JSON
     r = _raw(server, "Content-Length: 8\r\nConnection: close\r\n", b'{"prompt": "hi", "max_tokens": 1}')
     assert r.startswith(b"HTTP/1.1 400") and b"not valid JSON" in r
     assert _health(server) == {"status": "ok", "requests_in_flight": 0}
+
+
+def _nested(depth: int) -> bytes:
+    """A body whose `user` field holds `depth` nested lists (the body itself is one more level)."""
+    return b'{"prompt": "Hi", "user": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_choices_and_depth_limits(server):
+    cases = [(json.dumps({"prompt": ["Hi"] * 257}).encode(), "257 prompts x n=1 asks for 257 generations"),
+             (json.dumps({"prompt": ["Hi"] * 20, "n": 16}).encode(), "allows 256 per request"),
+             (_nested(63), "user: Input should be a valid string"),   # deep, yet within the limit
+             (_nested(64), "nests deeper than 64 levels; flatten it"),
+             (_nested(5000), "nests deeper than 64 levels; flatten it")]   # deeper than Python recurses
+    for raw, words in cases:
+        err = _error(httpx.post(f"{server.url}/completions", content=raw), 400)
+        assert words in err["message"], err
 
 
 # -- token limits -------------------------------------------------------------------------------
