@@ -18,7 +18,7 @@ import pytest
 from tests.server.conftest import wait_idle
 
 STORM = 36
-LONG = {"model": "smollm2", "max_tokens": 300, "temperature": 0.8, "ignore_eos": True}
+LONG = {"model": "smollm2", "max_tokens": 512, "temperature": 0.8, "ignore_eos": True}
 PROMPTS = ["Write a long story about a dragon.", "List every prime number.",
            "Describe the sea in great detail.", "Explain how a bicycle works, step by step."]
 
@@ -97,7 +97,7 @@ def test_disconnect_storm(server, smollm2, caplog):
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     stats = wait_idle(smollm2, timeout=60)
     after = smollm2.stats()
-    # every request that reached the engine was aborted, none ran to its 300 tokens
+    # every request that reached the engine was aborted, none ran to its 512 tokens
     finished = after["finished_requests"] - before["finished_requests"]
     aborted = after["aborted_requests"] - before["aborted_requests"]
     print(f"disconnect storm: {STORM} clients, {aborted} engine requests aborted")
