@@ -37,7 +37,7 @@ def test_engine_failure_reaches_every_request(doomed):
         while rt.cache_stats()["running"] < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
 
-        def broken(batch):
+        def broken(*args):
             raise RuntimeError("device lost")
 
         rt.engine.runner.run = broken   # the next forward step fails on the engine thread
