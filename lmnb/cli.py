@@ -15,17 +15,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve a model over an OpenAI-compatible HTTP API "
                                    "(/v1/models, /v1/completions, /v1/chat/completions).")
     s.add_argument("--model", default="smollm2", help="model spec (smollm2, hf:..., gguf:..., dummy:...)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; any other "
+                        "address without an API key logs a warning)")
     s.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $LMNB_API_KEY, else none)")
     s.add_argument("--served-model-name", default=None, help="model id clients use (default: the spec)")
     s.add_argument("--max-body-bytes", type=int, default=4 * 2**20,
                    help="larger request bodies get 413 (default 4 MiB)")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive, then 408 (default 30)")
     s.add_argument("--max-tokens-limit", type=int, default=None,
                    help="most tokens one choice may generate; larger requests are clamped "
                         "(default: the context length)")
     s.add_argument("--max-n", type=int, default=16, help="largest n per request (default 16)")
+    s.add_argument("--max-choices", type=int, default=256,
+                   help="most generations per request, prompts x n (default 256)")
     s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     s.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size in GiB")
@@ -50,8 +55,8 @@ def _serve(args: argparse.Namespace) -> None:
     runtime = Runtime(args.model, device=args.device, **options)
     try:
         serve(runtime, args.host, args.port, api_key=api_key, model_name=args.served_model_name,
-              log_level=args.log_level, max_body_bytes=args.max_body_bytes,
-              max_tokens_limit=args.max_tokens_limit, max_n=args.max_n,
+              log_level=args.log_level, max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+              max_tokens_limit=args.max_tokens_limit, max_n=args.max_n, max_choices=args.max_choices,
               on_ready=lambda url: print(f"lmnb serve: listening on {url}", flush=True))
     finally:
         runtime.shutdown()

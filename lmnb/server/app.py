@@ -5,14 +5,16 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from lmnb.server.body import read_json
 from lmnb.server.bridge import Bridge, abort_unfinished
 from lmnb.server.config import ServerConfig
-from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers, read_json
+from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers
 from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
 from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse
 
@@ -53,6 +55,10 @@ class _Service:
             handles = list(self._active)
         abort_unfinished(handles)
 
+    def _release(self, handles: list) -> None:
+        abort_unfinished(handles)
+        self._track(handles, False)
+
     def _track(self, handles: list, on: bool) -> None:
         with self._lock:
             if on:
@@ -61,8 +67,14 @@ class _Service:
                 self._active.difference_update(handles)
 
     # -- models ----------------------------------------------------------------
+    def in_flight(self) -> int:
+        """Requests submitted by this server and not yet answered or aborted."""
+        with self._lock:
+            return len(self._active)
+
     async def health(self) -> dict:
-        return {"status": "ok" if self.rt.alive() else "engine stopped"}
+        return {"status": "ok" if self.rt.alive() else "engine stopped",
+                "requests_in_flight": self.in_flight()}
 
     def _model_card(self, name: str) -> dict:
         card = {"id": name, "object": "model", "created": self.created, "owned_by": "lmnb",
@@ -82,7 +94,7 @@ class _Service:
 
     # -- generation ---------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        req = parse(CompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req = parse(CompletionRequest, await self._body(request))
         req.check(self.cfg)
         if req.stream and req.echo and req.logprobs is not None:
             raise ApiError(400, "echo with logprobs is not supported when streaming", param="echo")
@@ -91,13 +103,16 @@ class _Service:
         return await self._answer(request, req, fmt, req.prompts(), sampling)
 
     async def chat_completions(self, request: Request) -> Response:
-        req = parse(ChatCompletionRequest, await read_json(request, self.cfg.max_body_bytes))
+        req = parse(ChatCompletionRequest, await self._body(request))
         req.check(self.cfg)
         sampling = req.sampling(self.cfg, self.rt.context_len)
         prompt = self._chat_prompt([m.for_template() for m in req.messages],
                                    req.add_generation_prompt, req.continue_final_message)
         fmt = ChatFormat(self.rt.tokenizer, self._name(req.model), req)
         return await self._answer(request, req, fmt, [prompt], sampling)
+
+    async def _body(self, request: Request) -> dict:
+        return await read_json(request, self.cfg.max_body_bytes, self.cfg.body_timeout)
 
     def _name(self, model: str | None) -> str:
         return self.cfg.model_name if model in (None, "default") else model
@@ -121,8 +136,9 @@ class _Service:
         handles = await self.bridge.submit(jobs, stream=req.stream)
         self._track(handles, True)
         if req.stream:
-            return StreamingResponse(self._stream(handles, fmt, req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _AbortingStream(self._stream(handles, fmt, req), lambda: self._release(handles),
+                                   media_type="text/event-stream",
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             results = await self._collect(request, handles)
         finally:
@@ -149,38 +165,51 @@ class _Service:
             gone.cancel()
             if not work.done():
                 abort_unfinished(handles)
-                work.cancel()
-        return None if work.cancelled() else work.result()
+                work.cancel()   # only requested: the task is not cancelled yet
+        return work.result() if work.done() and not work.cancelled() else None
 
     async def _stream(self, handles: list, fmt, req):
-        """SSE chunks; leaving early (client disconnect) aborts what is still running."""
+        """SSE chunks (the response releases the requests: see _AbortingStream)."""
         sent, results = [0] * len(handles), [None] * len(handles)
-        try:
-            for chunk in fmt.start_chunks(handles):
-                yield _sse(chunk)
-            async for ev in self.bridge.events(handles):
-                if ev.kind == "error":
-                    yield _sse(error_body(503, str(ev.value), code="engine_unavailable"))
-                    return
-                entries = None
-                if ev.kind == "delta":
-                    if fmt.wants_logprobs:
-                        r, lo, hi = handles[ev.index].req, sent[ev.index], ev.logprobs_ready
-                        entries = (r.output_logprobs[lo:hi], r.output_top_logprobs[lo:hi])
-                        sent[ev.index] = max(lo, hi)
-                    yield _sse(fmt.chunk(ev.index, ev.text, entries))
-                    continue
-                results[ev.index] = ev.value
+        for chunk in fmt.start_chunks(handles):
+            yield _sse(chunk)
+        async for ev in self.bridge.events(handles):
+            if ev.kind == "error":
+                yield _sse(error_body(503, str(ev.value), code="engine_unavailable"))
+                return
+            entries = None
+            if ev.kind == "delta":
                 if fmt.wants_logprobs:
-                    lps, tops = visible_logprobs(ev.value)
-                    entries = (lps[sent[ev.index]:], tops[sent[ev.index]:])
-                yield _sse(fmt.chunk(ev.index, "", entries, ev.value["meta"]["finish_reason"]))
-            if req.include_usage():
-                yield _sse(fmt.envelope(fmt.chunk_object, [], usage=usage_of(results, req.n)))
-            yield "data: [DONE]\n\n"
+                    r, lo, hi = handles[ev.index].req, sent[ev.index], ev.logprobs_ready
+                    entries = (r.output_logprobs[lo:hi], r.output_top_logprobs[lo:hi])
+                    sent[ev.index] = max(lo, hi)
+                yield _sse(fmt.chunk(ev.index, ev.text, entries))
+                continue
+            results[ev.index] = ev.value
+            if fmt.wants_logprobs:
+                lps, tops = visible_logprobs(ev.value)
+                entries = (lps[sent[ev.index]:], tops[sent[ev.index]:])
+            yield _sse(fmt.chunk(ev.index, "", entries, ev.value["meta"]["finish_reason"]))
+        if req.include_usage():
+            yield _sse(fmt.envelope(fmt.chunk_object, [], usage=usage_of(results, req.n)))
+        yield "data: [DONE]\n\n"
+
+
+class _AbortingStream(StreamingResponse):
+    """Releases the stream's requests however the response ends: Starlette cancels the
+    body task when the client leaves, and a body generator that never started (the
+    client left before the first byte) would not run its `finally`."""
+
+    def __init__(self, content, on_close: Callable[[], None], **kw) -> None:
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
         finally:
-            abort_unfinished(handles)
-            self._track(handles, False)
+            self.on_close()
+            await self.body_iterator.aclose()
 
 
 def _seeded(sampling: dict, seed: int | None, j: int) -> dict:

@@ -39,7 +39,12 @@ class Bridge:
     async def submit(self, jobs: Sequence[tuple[Any, dict]], stream: bool) -> list:
         """Submit (prompt, sampling) pairs together; if one is refused, abort the others."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self._submit_all, list(jobs), stream)
+        fut = loop.run_in_executor(self.pool, self._submit_all, list(jobs), stream)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:   # the submission still finishes: abort what it made
+            fut.add_done_callback(_abort_result)
+            raise
 
     def _submit_all(self, jobs, stream: bool) -> list:
         handles = []
@@ -100,6 +105,11 @@ class Bridge:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _abort_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        abort_unfinished(fut.result())
 
 
 def abort_unfinished(handles: Sequence) -> None:

@@ -5,32 +5,36 @@ import hmac
 import json
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from lmnb.errors import EngineError, LmnbError
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
-          503: "server_error"}
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+          500: "server_error", 503: "server_error"}
 
 
 class ApiError(Exception):
     """An error answered to the client with its HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.close = close   # answered with `Connection: close` (the body was not read to its end)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    message = " ".join(message.split())   # one line, even when quoting a multi-line library message
     return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
 
 
 def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(e.status, e.message, e.param, e.code), status_code=e.status)
+    return JSONResponse(error_body(e.status, e.message, e.param, e.code), status_code=e.status,
+                        headers={"connection": "close"} if e.close else None)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -47,6 +51,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine(_: Request, e: EngineError):
         return error_response(ApiError(503, str(e), code="engine_unavailable"))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, e: ClientDisconnect):
+        return Response(status_code=499)   # nobody reads it; not a server error to log
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, e: HTTPException):
@@ -85,29 +93,3 @@ class ApiKeyGuard:
                 scheme, _, token = value.partition(b" ")
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
         return False
-
-
-async def read_json(request: Request, limit: int) -> dict:
-    """The request body as a JSON object; 413 past `limit` bytes (checked on the
-    Content-Length header first, then while reading, for chunked bodies)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"the request body exceeds the server's limit of {limit} bytes",
-                    code="request_too_large")

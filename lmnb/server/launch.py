@@ -2,6 +2,8 @@
 server in a background thread, for notebooks and tests)."""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -67,6 +69,23 @@ def base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/v1"
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:   # a host name: it may resolve to any interface
+        return False
+
+
+def warn_if_exposed(host: str, api_key: str | None) -> None:
+    """Serving beyond this machine without a key lets anyone who can reach it use the model."""
+    if api_key is None and not is_loopback(host):
+        logging.getLogger("lmnb.server").warning(
+            "lmnb serve: listening on %s without an API key: anyone who can reach this address "
+            "can use the model; set --api-key (or LMNB_API_KEY), or keep the default 127.0.0.1", host)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A bound socket (port 0: a free port chosen by the OS)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -92,9 +111,10 @@ def start_server(runtime, host: str = "127.0.0.1", port: int = 0, *, api_key: st
                  model_name: str | None = None, log_level: str = "warning",
                  **options) -> ServerHandle:
     """Serve `runtime` over HTTP from a background thread and return once it accepts
-    connections. `options` are those of `ServerConfig` (max_body_bytes,
-    max_tokens_limit, max_n). Uvicorn's logging setup is left alone."""
+    connections. `options` are those of `ServerConfig` (max_body_bytes, body_timeout,
+    max_tokens_limit, max_n, max_choices). Uvicorn's logging setup is left alone."""
     config = ServerConfig(model_name=model_name or runtime.spec, api_key=api_key, **options)
+    warn_if_exposed(host, api_key)
     sock = bind(host, port)
     ready = threading.Event()
     server = _uvicorn(runtime, config, log_level, ready.set, quiet=True)
@@ -114,6 +134,7 @@ def serve(runtime, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | 
     """Serve `runtime` in this thread until Ctrl-C / SIGTERM. `on_ready(url)` runs once
     the server accepts connections."""
     config = ServerConfig(model_name=model_name or runtime.spec, api_key=api_key, **options)
+    warn_if_exposed(host, api_key)
     sock = bind(host, port)
     url = base_url(host, sock.getsockname()[1])
     server = _uvicorn(runtime, config, log_level, lambda: on_ready and on_ready(url), quiet=False)

@@ -91,9 +91,13 @@ class CompletionRequest(_Request):
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise ApiError(400, f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}",
                            param="logprobs")
-        if not self.prompts():
+        count = len(self.prompts())
+        if not count:
             raise ApiError(400, "prompt is empty; give a string, a list of strings or token ids",
                            param="prompt")
+        if count * self.n > cfg.max_choices:
+            raise ApiError(400, f"{count} prompts x n={self.n} asks for {count * self.n} generations; "
+                                f"this server allows {cfg.max_choices} per request, split it", param="prompt")
 
     def prompts(self) -> list:
         """One entry (str or token-id list) per prompt."""
