@@ -118,3 +118,19 @@ def test_bad_schema_inputs():
         build_regex_from_schema("{not json")
     with pytest.raises(LmnbError, match="must be a dict"):
         build_regex_from_schema(42)
+
+
+def test_nested_arrays_hit_a_size_limit_at_once():
+    """Each level of array nesting doubles the regex (an item appears twice); a small body
+    must not cost minutes of compile time or the machine's memory."""
+    import time
+
+    deep = {"type": "integer"}
+    for _ in range(40):
+        deep = {"type": "array", "items": deep}
+    t = time.perf_counter()
+    with pytest.raises(LmnbError, match="expands to a regex of .* flatten nested arrays"):
+        build_regex_from_schema(deep)
+    assert time.perf_counter() - t < 5
+    shallow = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
+    assert re.fullmatch(build_regex_from_schema(shallow), "[[1,2],[],[3]]")

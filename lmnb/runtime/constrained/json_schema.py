@@ -21,6 +21,8 @@ from lmnb.runtime.constrained.regex_check import normalize_regex
 Whitespace = str  # "compact", "flexible" or a regex used between JSON tokens
 FLEXIBLE_WS = r"[ \t\n]{0,16}"
 ANY_DEPTH = 2  # nesting depth of values a schema leaves unconstrained
+# a larger regex takes seconds to compile into an automaton (43k characters: ~4 s)
+MAX_REGEX_CHARS = 50_000
 
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
                 "readOnly", "writeOnly", "deprecated", "$defs", "definitions"}
@@ -76,6 +78,14 @@ class _Converter:
         self.ws = ws
 
     def convert(self, s: Any, path: str, refs: tuple[str, ...]) -> str:
+        out = self._convert(s, path, refs)
+        if len(out) > MAX_REGEX_CHARS:  # checked per level: nested arrays double it each time
+            raise LmnbError(f"json_schema at {path} expands to a regex of {len(out):,} characters "
+                            f"(limit {MAX_REGEX_CHARS:,}); flatten nested arrays or optional "
+                            "properties, or constrain with a regex")
+        return out
+
+    def _convert(self, s: Any, path: str, refs: tuple[str, ...]) -> str:
         if s is True or s == {}:
             return self.any_value(ANY_DEPTH)
         if not isinstance(s, dict):
