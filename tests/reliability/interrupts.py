@@ -2,16 +2,23 @@
 integrity watcher that checks the KV invariant on the engine thread while work runs."""
 from __future__ import annotations
 
-import _thread
+import signal
 import threading
 import time
+
+
+def ctrl_c() -> None:
+    """A real SIGINT to the main thread, as a terminal or a kernel interrupt sends it: it
+    also wakes a blocking wait (which `_thread.interrupt_main()` would not)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def interrupted_after(delay: float, fn) -> bool:
     """Run fn() while a timer delivers Ctrl-C (KeyboardInterrupt in the main thread)
     after `delay` seconds; True when the interrupt reached fn (or its clean-up)."""
     assert threading.current_thread() is threading.main_thread()
-    timer = threading.Timer(delay, _thread.interrupt_main)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    timer = threading.Timer(delay, ctrl_c)
     try:
         try:
             timer.start()
@@ -63,7 +70,7 @@ class IntegrityWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="integrity-watcher", daemon=True)
 
-    def __enter__(self) -> "IntegrityWatcher":
+    def __enter__(self) -> IntegrityWatcher:
         self._thread.start()
         return self
 

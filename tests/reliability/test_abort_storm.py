@@ -9,6 +9,7 @@ nothing is held and a greedy request answers exactly as before the storm.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -67,13 +68,13 @@ def essay(s, topic):
 def forked(s, topic):
     s += f"Two facts about {topic}:\n"
     forks = s.fork(2)
-    forks += lambda i: f"Fact {i + 1}:" + lm.gen("fact", max_tokens=30, ignore_eos=True)
+    forks += lambda i: f"Fact {i + 1}:" + lm.gen("fact", max_tokens=12, ignore_eos=True)
     forks.join()
     s += "\nIs that surprising? " + lm.select("verdict", ["yes", "no"])
     s += "\nOne more fact:" + lm.gen("more", max_tokens=60, ignore_eos=True)
 
 
-def test_abort_storm(rt, shell, monkeypatch):
+def test_abort_storm(rt, shell, monkeypatch, capsys):
     rng = random.Random(20261130)
     before = rt.generate(PARIS, max_new_tokens=12, temperature=0)[0]
     assert "Paris" in before["text"]
@@ -82,7 +83,7 @@ def test_abort_storm(rt, shell, monkeypatch):
         _stream_interrupts(rt, rng, by_signal=True, n=10)
         _result_interrupts(rt, rng, n=15)
         _program_interrupts(rng, rt, n=20)
-        _cell_interrupts(shell, rng, monkeypatch, n=15)
+        _cell_interrupts(shell, rng, monkeypatch, capsys, n=15)
         _thread_aborts(rt, rng, n=25)
     assert sum(OUTCOMES.values()) == 100, OUTCOMES
     assert watcher.checks >= 10
@@ -99,7 +100,7 @@ def _stream_interrupts(rt, rng: random.Random, by_signal: bool, n: int) -> None:
                       max_new_tokens=rng.randint(10, 200), ignore_eos=True)
         got: list[str] = []
         if by_signal:
-            hit = interrupted_after(rng.uniform(0.01, 0.6), lambda: got.extend(h))
+            hit = interrupted_after(rng.uniform(0.01, 0.6), lambda h=h, got=got: got.extend(h))
         else:
             hit = _raise_after(h, rng.randint(0, 8), got)
         res = h.result()   # after an interrupt the handle already holds the aborted result
@@ -145,9 +146,9 @@ def _program_interrupts(rng: random.Random, rt, n: int) -> None:
         st = prog.run(topic=rng.choice(TOPICS), backend=rt, stream=True, temperature=0)
         pieces: list[str] = []
         if i % 4 < 2:
-            hit = _raise_after_pieces(st, rng.randint(0, 12), pieces)
+            hit = _raise_after_pieces(st, rng.randint(0, 6), pieces)
         else:
-            hit = interrupted_after(rng.uniform(0.05, 1.0), lambda: pieces.extend(st.text_iter()))
+            hit = interrupted_after(rng.uniform(0.05, 1.0), lambda st=st, p=pieces: p.extend(st.text_iter()))
         with st._cond:   # Ctrl-C stopped it (aborted) or it had finished already
             assert st._cond.wait_for(st._ended, timeout=30)
         assert st.text().startswith("".join(pieces)[:20])
@@ -170,15 +171,17 @@ def _raise_after_pieces(st, k: int, pieces: list[str]) -> bool:
 
 
 # -- Ctrl-C in a %%lm cell on a real InteractiveShell ----------------------------------------
-def _cell_interrupts(shell, rng: random.Random, monkeypatch, n: int) -> None:
+def _cell_interrupts(shell, rng: random.Random, monkeypatch, capsys, n: int) -> None:
     from IPython.display import DisplayHandle
 
     original = DisplayHandle.update
     for i in range(n):
         cell = f"Story {i} about {rng.choice(TOPICS)}:\n{{{{ gen('story', max_tokens=300, ignore_eos=True) }}}}"
         out = f"cell{i}"
+        capsys.readouterr()
         if i % 3 == 2:   # a signal at a random time
-            hit = interrupted_after(rng.uniform(0.2, 1.0), lambda: shell.run_cell_magic("lm", f"-o {out}", cell))
+            run = functools.partial(shell.run_cell_magic, "lm", f"-o {out}", cell)
+            hit = interrupted_after(rng.uniform(0.2, 1.0), run)
             assert not hit, "Ctrl-C escaped the %%lm magic"
         else:            # raised by the live display after k updates, as a kernel's Ctrl-C would
             k, calls = rng.randint(1, 4), []
@@ -192,6 +195,9 @@ def _cell_interrupts(shell, rng: random.Random, monkeypatch, n: int) -> None:
             monkeypatch.setattr(DisplayHandle, "update", update)
             shell.run_cell_magic("lm", f"-o {out}", cell)
             monkeypatch.setattr(DisplayHandle, "update", original)
+        shown, err = capsys.readouterr()
+        assert err.strip() == "lmnb: interrupted; the partial text is kept and its KV slots are free", err
+        assert "── lm · interrupted" in shown and "Traceback" not in shown
         st = shell.user_ns[out]
         assert st.text().startswith(f"Story {i}") and isinstance(st.error, lm.RequestAborted)
         OUTCOMES["cell:aborted"] += 1
@@ -200,7 +206,7 @@ def _cell_interrupts(shell, rng: random.Random, monkeypatch, n: int) -> None:
 # -- abort() from another thread while other requests keep running ----------------------------
 def _thread_aborts(rt, rng: random.Random, n: int) -> None:
     keepers = [f"Question {j}: name three kinds of {t}." for j, t in enumerate(TOPICS[:3])]
-    kw = dict(max_new_tokens=24, temperature=0)
+    kw = {"max_new_tokens": 24, "temperature": 0}
     alone = [rt.generate(p, **kw)[0]["output_ids"] for p in keepers]
     stop, rounds = threading.Event(), []
 
@@ -275,7 +281,7 @@ def _abort_in_decode(rt, rng: random.Random, i: int) -> dict:
     k = rng.randint(1, 12)
     h = rt.submit(f"Count slowly, {i}:", max_new_tokens=rng.randint(40, 120), temperature=0, ignore_eos=True)
     res = _abort_when(rt, h, lambda r: len(r.output_ids) >= k)
-    assert k <= res["meta"]["completion_tokens"] < res["meta"]["completion_tokens"] + 1
+    assert res["meta"]["completion_tokens"] >= k
     return res
 
 
