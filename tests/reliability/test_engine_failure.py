@@ -202,3 +202,26 @@ def _check_outcomes(outcome: dict, holder: dict) -> None:
         err = got if isinstance(got, BaseException) else getattr(got, "error", None)
         assert isinstance(err, EngineError), (name, got)
         assert "injected fault" in str(err), (name, err)
+
+
+def test_a_call_sent_as_the_engine_dies_does_not_hang(shell, monkeypatch):
+    _, session = shell
+    rt = session.runtime
+    engine, fault, drained = rt.engine, FaultyStep(rt), threading.Event()
+    empty_inbox = engine._empty_inbox
+
+    def last_drain_then_a_call_arrives(err, run_calls):
+        empty_inbox(err, run_calls)
+        if run_calls:   # the loop's very last drain: a call now lands in a dead inbox
+            drained.set()
+            _until(lambda: engine.inbox.qsize() > 0, "the late call", timeout=10)
+
+    monkeypatch.setattr(engine, "_empty_inbox", last_drain_then_a_call_arrives)
+    fault.fail_at, _ = 1, fault.release.set()
+    w = Waiters()
+    w.start("request", lambda: rt.generate("abc", max_new_tokens=4))
+    assert drained.wait(30)
+    w.start("late-call", rt.cache_stats)
+    assert w.join(timeout=10) == [], "a call sent as the engine died hangs"
+    assert isinstance(w.outcome["request"], EngineError)
+    assert w.outcome["late-call"]["pool_size"] > 0   # answered by reading the stopped state
