@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import functools
 import random
-import threading
-import time
 from collections import Counter
 
 import pytest
 
 import lmnb as lm
 from tests.reliability.interrupts import IntegrityWatcher, assert_idle_and_whole, interrupted_after
+from tests.reliability.thread_aborts import thread_aborts
 
 TOPICS = ["lighthouses", "volcanoes", "the moon", "bees", "trains", "glaciers", "chess", "rivers"]
 PARIS = "The capital of France is"
-LONG = " ".join(f"Line {i}: the {TOPICS[i % 8]} note number {i}." for i in range(60))  # ~600 tokens
 OUTCOMES: Counter = Counter()
 
 
@@ -84,7 +82,7 @@ def test_abort_storm(rt, shell, monkeypatch, capsys):
         _result_interrupts(rt, rng, n=15)
         _program_interrupts(rng, rt, n=20)
         _cell_interrupts(shell, rng, monkeypatch, capsys, n=15)
-        _thread_aborts(rt, rng, n=25)
+        OUTCOMES.update(thread_aborts(rt, rng, n=25))
     assert sum(OUTCOMES.values()) == 100, OUTCOMES
     assert watcher.checks >= 10
     assert_idle_and_whole(rt)
@@ -206,97 +204,3 @@ def _cell_interrupts(shell, rng: random.Random, monkeypatch, capsys, n: int) -> 
         st = shell.user_ns[out]
         assert st.text().startswith(f"Story {i}") and isinstance(st.error, lm.RequestAborted)
         OUTCOMES["cell:aborted"] += 1
-
-
-# -- abort() from another thread while other requests keep running ----------------------------
-def _thread_aborts(rt, rng: random.Random, n: int) -> None:
-    keepers = [f"Question {j}: name three kinds of {t}." for j, t in enumerate(TOPICS[:3])]
-    kw = {"max_new_tokens": 24, "temperature": 0}
-    alone = [rt.generate(p, **kw)[0]["output_ids"] for p in keepers]
-    stop, rounds = threading.Event(), []
-
-    def keep() -> None:
-        while not stop.is_set():
-            rounds.append([o["output_ids"] for o in rt.generate(keepers, **kw)])
-
-    keeper = threading.Thread(target=keep, name="keepers")
-    keeper.start()
-    plan = ["before-admission"] * 5 + ["prefill"] * 5 + ["decode"] * (n - 15) + ["after-finish"] * 5
-    rng.shuffle(plan)
-    try:
-        for i, when in enumerate(plan):
-            res = _ABORT_AT[when](rt, rng, i)
-            assert _phase(res) == when, (when, res["meta"])
-            OUTCOMES[f"thread-abort:{when}"] += 1
-    finally:
-        stop.set()
-        keeper.join(timeout=60)
-    assert rounds and all(r == alone for r in rounds), "a request beside the aborts changed its output"
-
-
-def _phase(res: dict) -> str:
-    m = res["meta"]
-    if m["finish_reason"] != "abort":
-        return "after-finish"
-    if m["computed_tokens"] == 0:
-        return "before-admission"
-    return "prefill" if m["completion_tokens"] == 0 else "decode"
-
-
-def _abort_from_thread(rt, rid: str) -> None:
-    t = threading.Thread(target=rt.abort, args=(rid,))
-    t.start()
-    t.join(timeout=10)
-
-
-def _abort_before_admission(rt, rng: random.Random, i: int) -> dict:
-    entered, gate = threading.Event(), threading.Event()
-    # hold the engine between two steps, so the request and its abort queue up together
-    blocker = threading.Thread(target=rt.engine.call, args=(lambda: entered.set() or gate.wait(10),))
-    blocker.start()
-    assert entered.wait(10)
-    h = rt.submit(f"Never admitted {i}.", max_new_tokens=rng.randint(5, 50), temperature=0)
-    _abort_from_thread(rt, h.rid)
-    gate.set()
-    blocker.join(timeout=10)
-    return h.result()
-
-
-def _abort_when(rt, h, ready, timeout: float = 20.0) -> dict:
-    """Abort `h` from another thread as soon as ready(req) holds (polled)."""
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while not ready(h.req) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        rt.abort(h.rid)
-
-    t = threading.Thread(target=watch)
-    t.start()
-    res = h.result()
-    t.join(timeout=timeout)
-    return res
-
-
-def _abort_in_prefill(rt, rng: random.Random, i: int) -> dict:
-    h = rt.submit(f"Variant {i}. " + LONG, max_new_tokens=20, temperature=0)
-    return _abort_when(rt, h, lambda r: r.kv_len > 0 and not r.output_ids)
-
-
-def _abort_in_decode(rt, rng: random.Random, i: int) -> dict:
-    k = rng.randint(1, 12)
-    h = rt.submit(f"Count slowly, {i}:", max_new_tokens=rng.randint(40, 120), temperature=0, ignore_eos=True)
-    res = _abort_when(rt, h, lambda r: len(r.output_ids) >= k)
-    assert res["meta"]["completion_tokens"] >= k
-    return res
-
-
-def _abort_after_finish(rt, rng: random.Random, i: int) -> dict:
-    h = rt.submit(f"Say hi {i}.", max_new_tokens=rng.randint(1, 8), temperature=0, ignore_eos=True)
-    res = h.result()
-    _abort_from_thread(rt, h.rid)
-    assert h.result() == res   # aborting a finished request changes nothing
-    return res
-
-
-_ABORT_AT = {"before-admission": _abort_before_admission, "prefill": _abort_in_prefill,
-             "decode": _abort_in_decode, "after-finish": _abort_after_finish}
