@@ -29,14 +29,14 @@ class FaultyStep:
         self.armed, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
         rt.engine.runner.run = self
 
-    def __call__(self, batch):
+    def __call__(self, batch, *rest):
         self.steps += 1
         if self.armed.is_set() or (self.fail_at is not None and self.steps >= self.fail_at):
             self.entered.set()
             self.release.wait(30)
             raise RuntimeError("injected fault in the model step")
         time.sleep(self.pace)
-        return self.inner(batch)
+        return self.inner(batch, *rest)
 
 
 @pytest.fixture
