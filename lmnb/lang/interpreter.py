@@ -75,6 +75,8 @@ def _gen(state: ProgramState, node: ir.Gen) -> None:
     state._handle = h
     start = len(state._text)
     try:
+        if state.error is not None:  # aborted while the request was being submitted
+            raise RequestAborted("the request was aborted")
         if state.stream:
             _stream_into(state, h, node.name, tuple(params.get("stop") or ()))
         res = h.result()
@@ -215,10 +217,12 @@ def start(body: Callable, backend=None, stream: bool = False, defaults: dict | N
     return state
 
 
-def run_program(program, backend=None, stream: bool = False, **defaults) -> ProgramState:
+def run_program(program, backend=None, stream: bool = False, on_state: Callable | None = None,
+                **defaults) -> ProgramState:
     """Run a node, a list of nodes or a body fn(state); raise the program's error (with
-    `.state` set) unless stream=True, where it stays in `state.error`."""
-    state = start(_as_body(program), backend, stream, defaults)
+    `.state` set) unless stream=True, where it stays in `state.error`. `on_state(state)`
+    is called before anything runs (so a caller can abort a program it never got back)."""
+    state = start(_as_body(program), backend, stream, defaults, on_state=on_state)
     if not stream and state.error is not None:
         err = state.error
         err.state = state

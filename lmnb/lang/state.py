@@ -154,7 +154,19 @@ class ProgramState:
 
     def text_iter(self, var_name: str | None = None) -> Iterator[str]:
         """Yield the text as it is produced (all of it, or what is captured under
-        `var_name`), until the program ends; a program error is raised at the end."""
+        `var_name`), until the program ends; a program error is raised at the end.
+        Ctrl-C while iterating, or closing the iterator early, aborts the program
+        (as a request's stream does), so nothing keeps generating unseen."""
+        try:
+            yield from self._text_pieces(var_name)
+        except (KeyboardInterrupt, GeneratorExit):
+            if not self._ended():
+                self.abort()
+            raise
+        if self.error is not None:
+            raise self.error
+
+    def _text_pieces(self, var_name: str | None) -> Iterator[str]:
         i = 0
         while True:
             with self._cond:
@@ -164,9 +176,7 @@ class ProgramState:
                 if var_name is None or var == var_name:
                     yield piece
             if ended and not new:
-                break
-        if self.error is not None:
-            raise self.error
+                return
 
     def _ended(self) -> bool:
         return self.error is not None or (not self._open and self._worker is None)
@@ -207,6 +217,8 @@ class ProgramState:
         b._fork_base = dict(self._vars)
         b.api_usage = self.api_usage
         self._branches.append(b)
+        if self.error is not None:
+            b.fail(self.error)  # forked after an abort: the branch must not start requests
         return b
 
     def __repr__(self) -> str:

@@ -70,6 +70,9 @@ def run_cell(text: str, namespace: Mapping, opts: CellOptions,
         if opts.dry_run:
             return _dry(res, prog, chat_template)
         return _run_one(res, prog, opts, on_update)
+    except KeyboardInterrupt:  # Ctrl-C before the program started: nothing to stop
+        res.interrupted = True
+        return res
     except Exception as e:  # noqa: BLE001 - one readable line instead of a traceback
         res.error = one_line(e)
         return res
@@ -98,9 +101,10 @@ def _run_one(res: CellResult, prog, opts: CellOptions, on_update) -> CellResult:
     from lmnb.lang.interpreter import run_program
     from lmnb.widgets import OutputView
 
-    state = run_program(prog, opts.backend, stream=True, **opts.defaults())
-    res.value = state
+    started: list = []
     try:
+        state = run_program(prog, opts.backend, stream=True, on_state=started.append, **opts.defaults())
+        res.value = state
         last = 0.0
         for _ in state.text_iter():
             now = time.monotonic()
@@ -109,11 +113,13 @@ def _run_one(res: CellResult, prog, opts: CellOptions, on_update) -> CellResult:
                 last = now
     except KeyboardInterrupt:
         res.interrupted = True
-        stop_program(state)
+        if started:  # Ctrl-C may land before run_program returned the state
+            res.value = started[0]
+            stop_program(started[0])
     except Exception as e:  # noqa: BLE001 - the state keeps what was produced
         res.error = one_line(e)
-    status = "interrupted" if res.interrupted else None
-    res.view = OutputView(state, res.holes, status=status)
+    if res.value is not None:
+        res.view = OutputView(res.value, res.holes, status="interrupted" if res.interrupted else None)
     return res
 
 

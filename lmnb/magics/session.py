@@ -93,7 +93,7 @@ class KernelSession:
             return f"model: {self.spec} (remote backend)"
         rt = self.runtime
         if not self._usable():
-            return f"model: {self.spec} — stopped; the next cell loads it again"
+            return f"model: {self.spec} — stopped{_failure(rt)}; %lm model {self.spec} or the next cell loads it again"
         st = rt.cache_stats()
         c = rt.stats()
         dtype = str(rt.dtype).removeprefix("torch.")
@@ -119,6 +119,13 @@ class KernelSession:
                 v.refresh()
             except Exception:  # noqa: BLE001 - a stale view must not break a cell
                 self.views.remove(v)
+
+
+def _failure(rt) -> str:
+    from lmnb.runtime.engine import error_line
+
+    err = getattr(rt.engine, "error", None)
+    return f" after an engine failure ({error_line(err)})" if err is not None else ""
 
 
 _SESSION: KernelSession | None = None

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
@@ -63,7 +64,16 @@ class Engine:
             return fn()  # nothing runs concurrently any more
         fut: Future = Future()
         self.inbox.put(("call", (fn, fut)))
-        return fut.result(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not fut.done():
+            try:
+                return fut.result(timeout=0.1)
+            except FutureTimeout:
+                if not self.thread.is_alive() and not fut.done():
+                    return fn()  # the loop ended before it reached this call: nothing runs now
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+        return fut.result()
 
     def stop(self) -> None:
         self._stop = True
@@ -76,7 +86,7 @@ class Engine:
 
     def ensure_alive(self) -> None:
         if self.error is not None:
-            raise EngineError(f"the engine stopped after an error ({self.error!r}); "
+            raise EngineError(f"the engine stopped after an error ({error_line(self.error)}); "
                               "load the model again (lm.Runtime(...) or %lm model ...)")
         if not self.thread.is_alive():
             raise EngineError("the runtime was shut down; create a new lm.Runtime(...)")
@@ -199,8 +209,8 @@ class Engine:
         r.events.put(("done", self.outputs.result(r)))
 
     def _fail_all(self, e: BaseException) -> None:
-        msg = "".join(traceback.format_exception_only(type(e), e)).strip()
-        err = EngineError(f"engine failure: {msg}")
+        err = EngineError(f"engine failure: {error_line(e)}; load the model again "
+                          "(lm.Runtime(...) or %lm model ...)")
         for r in list(self.reqs.values()):
             r.events.put(("error", err))
         self.reqs.clear()
@@ -234,3 +244,9 @@ class Engine:
                     fut.set_result(fn())
                 except BaseException as e:  # noqa: BLE001 - delivered to the caller
                     fut.set_exception(e)
+
+
+def error_line(e: BaseException) -> str:
+    """`Type: message` on one line (a user sees it in a cell; a traceback would not help)."""
+    msg = " ".join("".join(traceback.format_exception_only(type(e), e)).split())
+    return msg[:300]

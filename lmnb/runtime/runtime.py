@@ -39,6 +39,7 @@ class RequestHandle:
                 return self.req.events.get(timeout=0.1)
             except queue.Empty:
                 if not self.runtime.engine.thread.is_alive() and self.req.events.empty():
+                    self.runtime.engine.ensure_alive()  # says why it stopped and what to do
                     raise EngineError("the engine stopped before this request finished") from None
 
     def _consume(self, kind: str, val):
@@ -161,8 +162,10 @@ class Runtime:
     def generate(self, prompts, **sampling) -> list[dict]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of
         dicts with `text`, `output_ids` and `meta`. All prompts are batched together."""
-        handles = [self.submit(p, **sampling) for p in _as_prompt_list(prompts)]
-        try:
+        handles: list[RequestHandle] = []
+        try:  # Ctrl-C between submissions must abort those already queued too
+            for p in _as_prompt_list(prompts):
+                handles.append(self.submit(p, **sampling))
             return [h.result() for h in handles]
         except BaseException:
             for h in handles:
