@@ -129,7 +129,7 @@ def multi_turn_chat(s) -> None:
                      for _ in range(4)] for _ in range(s.n(20))]
         ttfts: list[float] = []
 
-        def one_session(turns, rt=s.rt):
+        def one_session(turns, rt=s.rt, ttfts=ttfts):
             history: list[int] = []
             for user, out in turns:
                 history = history + user
@@ -137,7 +137,7 @@ def multi_turn_chat(s) -> None:
                 ttfts.append(o["meta"]["ttft"])
                 history = history + o["output_ids"]
 
-        def lmnb_run():
+        def lmnb_run(sessions=sessions, one_session=one_session):
             with ThreadPoolExecutor(len(sessions)) as ex:
                 list(ex.map(one_session, sessions))
 

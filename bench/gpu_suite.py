@@ -37,7 +37,6 @@ from gpu_helpers import (
     without_overlap,
     without_radix_cache,
 )
-
 from gpu_programs import hellaswag, multi_turn_chat, tree_of_thought
 
 import lmnb as lm
@@ -357,7 +356,7 @@ def json_decode(s: Suite) -> None:
 def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     """(ms per step spent building and applying grammar masks, median decode step ms), from
     one extra run with apply_masks timed (synchronised around it)."""
-    import lmnb.runtime.output as output
+    from lmnb.runtime import output
 
     spent: list[float] = []
     orig = output.apply_masks

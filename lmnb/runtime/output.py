@@ -36,10 +36,6 @@ class OutputProcessor:
         self.tok, self.sched, self.eos_ids = tokenizer, scheduler, set(eos_ids)
         self.context_len, self.jump_forward = context_len, jump_forward
 
-    def process(self, batch: ScheduledBatch, out: StepOutput) -> list[tuple[Req, dict]]:
-        """Sample and apply at once (the step is not overlapped with the next)."""
-        return self.settle(self.sample_step(batch, out))
-
     def sample_step(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
         """Prompt logprobs, constraint masks and sampling, queued on the device; the
         tokens (and output logprobs) start copying to the host without waiting."""

@@ -58,13 +58,9 @@ def to_device(values: list, device: torch.device, dtype=None) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
-def sample(logits: torch.Tensor, reqs: list[Req]) -> list[int]:
-    """logits [B, V] fp32 (already masked) -> one token id per request."""
-    return sample_tensor(logits, reqs).tolist()
-
-
 def sample_tensor(logits: torch.Tensor, reqs: list[Req]) -> torch.Tensor:
-    """As `sample`, left on the logits' device: queued GPU work, no host sync."""
+    """logits [B, V] fp32 (already masked) -> one token id per request, on the logits'
+    device: queued GPU work, no host sync."""
     out = logits.argmax(dim=-1)
     rows = [i for i, r in enumerate(reqs) if not r.params.greedy]
     if rows:

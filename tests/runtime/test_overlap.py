@@ -13,16 +13,16 @@ import torch
 import lmnb as lm
 
 CASES = [
-    dict(max_new_tokens=24, temperature=0, ignore_eos=True),
-    dict(max_new_tokens=1, temperature=0, ignore_eos=True),
-    dict(max_new_tokens=2, temperature=0, ignore_eos=True),
-    dict(max_new_tokens=0, logprob_start_len=3),
-    dict(max_new_tokens=20, temperature=0, stop=["e", "q"]),
-    dict(max_new_tokens=16, temperature=0, return_logprob=True, top_logprobs_num=3,
-         ignore_eos=True),
-    dict(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7, ignore_eos=True),
-    dict(max_new_tokens=12, temperature=0, regex=r"[a-c]{3}-\d{2}"),
-    dict(max_new_tokens=30, temperature=0, stop_token_ids=[101, 102, 103]),
+    {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True},
+    {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True},
+    {"max_new_tokens": 2, "temperature": 0, "ignore_eos": True},
+    {"max_new_tokens": 0, "logprob_start_len": 3},
+    {"max_new_tokens": 20, "temperature": 0, "stop": ["e", "q"]},
+    {"max_new_tokens": 16, "temperature": 0, "return_logprob": True, "top_logprobs_num": 3,
+     "ignore_eos": True},
+    {"max_new_tokens": 16, "temperature": 0.9, "top_p": 0.9, "seed": 7, "ignore_eos": True},
+    {"max_new_tokens": 12, "temperature": 0, "regex": r"[a-c]{3}-\d{2}"},
+    {"max_new_tokens": 30, "temperature": 0, "stop_token_ids": [101, 102, 103]},
 ]
 
 
@@ -116,7 +116,7 @@ def test_prompt_logprobs_over_chunks_match_one_pass():
     """Prompt logprobs gathered over several prefill chunks, read back with the step's
     tokens, equal those of one unchunked pass."""
     prompts = _prompts(6, seed=11)
-    kw = dict(max_new_tokens=3, temperature=0, logprob_start_len=0, ignore_eos=True)
+    kw = {"max_new_tokens": 3, "temperature": 0, "logprob_start_len": 0, "ignore_eos": True}
     got = {}
     for chunk, ov in ((4096, False), (16, False), (16, True)):
         rt = lm.Runtime("dummy:tiny", device="cpu", dtype="float32", overlap=ov,
