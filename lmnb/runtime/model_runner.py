@@ -31,6 +31,58 @@ class StepOutput:
     logprob_rows: dict[int, tuple[int, int, int]]  # batch index -> (first row, first pos, count)
 
 
+@dataclass
+class StepLayout:
+    """The host side of one step: its input ids (0 where a request reads its token from
+    the device), the hidden-state rows whose logits are needed, and who reads what."""
+
+    input_ids: list[int]
+    rows: list[int]                   # hidden-state rows whose logits are computed, in order
+    ahead_at: list[int]               # input positions filled from the step before's tokens
+    ahead_src: list[int]              # ... and the rows of those tokens
+    sample_rows: dict[int, int]
+    logprob_rows: dict[int, tuple[int, int, int]]
+
+
+def step_layout(sb: ScheduledBatch) -> StepLayout:
+    """What the model runs for `sb` and which logits rows go to which request."""
+    lay = StepLayout([], [], [], [], {}, {})
+    input_ids, rows = lay.input_ids, lay.rows
+    tok_off = 0
+    for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
+        input_ids += r.fill_slice(pre, pre + n)
+        if reads_device_token(r, pre + n):
+            input_ids[-1] = 0
+            lay.ahead_at.append(tok_off + n - 1)
+            lay.ahead_src.append(r.ahead_row)
+        lp_from = r.logprob_from
+        if lp_from >= 0:  # prompt positions whose next-token logprob is wanted
+            lo, hi = max(lp_from, pre), min(len(r.input_ids) - 1, pre + n)
+            if hi > lo:
+                lay.logprob_rows[i] = (len(rows), lo, hi - lo)
+                rows += range(tok_off + lo - pre, tok_off + hi - pre)
+        if pre + n == r.fill_len:
+            lay.sample_rows[i] = len(rows)
+            rows.append(tok_off + n - 1)
+        tok_off += n
+    return lay
+
+
+def graph_sized(is_decode: bool, num_tokens: int) -> bool:
+    """Whether a step of this kind may replay a decode graph (if one that large exists)."""
+    return is_decode or num_tokens <= GRAPH_EXTEND_TOKENS
+
+
+def replay_positions(is_decode: bool, prefix_lens: list[int], lens: list[int],
+                     req_rows: list[int]) -> tuple[list[int], list[int]]:
+    """(positions, table rows) of a step run as decode rows, one per new token."""
+    if is_decode:
+        return list(prefix_lens), list(req_rows)
+    positions = [p for pre, n in zip(prefix_lens, lens) for p in range(pre, pre + n)]
+    rows = [r for r, n in zip(req_rows, lens) for _ in range(n)]
+    return positions, rows
+
+
 class ModelRunner:
     """`cuda_graph`: None follows `LMNB_CUDA_GRAPH` (default on); graphs are captured at
     the first decode step, for batch sizes up to the req_to_token table's request count."""
@@ -46,37 +98,16 @@ class ModelRunner:
     def run(self, sb: ScheduledBatch, ahead_tokens: torch.Tensor | None = None) -> StepOutput:
         """Launch the step. Requests that run ahead (their last token is a placeholder)
         read it from `ahead_tokens`, the device tokens of the step before, at `ahead_row`."""
-        input_ids: list[int] = []
-        rows: list[int] = []
-        ahead_at: list[int] = []      # input positions filled from ahead_tokens
-        ahead_src: list[int] = []
-        sample_rows: dict[int, int] = {}
-        logprob_rows: dict[int, tuple[int, int, int]] = {}
-        tok_off = 0
-        for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
-            input_ids += r.fill_slice(pre, pre + n)
-            if reads_device_token(r, pre + n):
-                input_ids[-1] = 0
-                ahead_at.append(tok_off + n - 1)
-                ahead_src.append(r.ahead_row)
-            lp_from = r.logprob_from
-            if lp_from >= 0:  # prompt positions whose next-token logprob is wanted
-                lo, hi = max(lp_from, pre), min(len(r.input_ids) - 1, pre + n)
-                if hi > lo:
-                    logprob_rows[i] = (len(rows), lo, hi - lo)
-                    rows += range(tok_off + lo - pre, tok_off + hi - pre)
-            if pre + n == r.fill_len:
-                sample_rows[i] = len(rows)
-                rows.append(tok_off + n - 1)
-            tok_off += n
+        lay = step_layout(sb)
+        input_ids, rows, ahead_at, ahead_src = lay.input_ids, lay.rows, lay.ahead_at, lay.ahead_src
+        sample_rows, logprob_rows = lay.sample_rows, lay.logprob_rows
         fill = None
         if ahead_at:
             if ahead_tokens is None:
                 raise RuntimeError("a request runs ahead but the step before sampled nothing")
             dev = self.req_pool.table.device
             fill = (to_device(ahead_at, dev), ahead_tokens[to_device(ahead_src, dev)])
-        if (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
-                self._graph_ready(len(input_ids)):
+        if graph_sized(sb.is_decode, len(input_ids)) and self._graph_ready(len(input_ids)):
             return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
@@ -91,11 +122,8 @@ class ModelRunner:
         """Every new token as one decode row: its request's table row, length = its
         position + 1 (its causal window). The step's KV is stored before attention
         reads it, so a few-token extend is exactly a decode of that many rows."""
-        if sb.is_decode:
-            positions, req_rows = sb.prefix_lens, [r.req_pool_idx for r in sb.reqs]
-        else:
-            positions = [p for pre, n in zip(sb.prefix_lens, sb.lens) for p in range(pre, pre + n)]
-            req_rows = [r.req_pool_idx for r, n in zip(sb.reqs, sb.lens) for _ in range(n)]
+        positions, req_rows = replay_positions(sb.is_decode, sb.prefix_lens, sb.lens,
+                                               [r.req_pool_idx for r in sb.reqs])
         logits = self.graphs.replay(input_ids, positions, sb.out_cache_loc, req_rows, fill)
         if len(rows) == len(input_ids) and rows == list(range(len(rows))):
             return logits

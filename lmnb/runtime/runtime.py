@@ -33,7 +33,11 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed).
+    overlap, attention, dtype, schedule_policy, seed, tp_size).
+
+    `tp_size=N` shards the model over N processes (one per GPU; gloo on CPU): this
+    process is rank 0 and runs the scheduler, radix cache and sampling; see
+    `lmnb.runtime.distributed`.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -44,28 +48,35 @@ class Runtime:
         self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
         cfg, rc = lm.config, self.config
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
-        self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
-        self.model.load_weights(lm.weights(self.device, self.dtype))
-        self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
-        pool_size = rc.pool_tokens(cfg, self.dtype)
-        self.pool = KVPool(pool_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
-        self.req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
+        runner = self._runner(lm) if rc.tp_size == 1 else _tensor_parallel_runner(lm, rc, self.context_len)
+        self.model, self.pool, self.req_pool = runner.model, runner.pool, runner.req_pool
         self.cache = RadixCache(self.pool.allocator.free, disabled=not rc.enable_radix_cache)
         self.scheduler = Scheduler(self.pool.allocator, self.req_pool, self.cache,
                                    rc.chunked_prefill_size, rc.max_running_requests, rc.schedule_policy)
-        backend = create_backend(rc.attention, self.device.type, num_heads=cfg.num_heads,
-                                 num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-                                 scale=cfg.head_dim ** -0.5)
-        self.attention_backend = backend.name
+        self.attention_backend = runner.backend.name
         self.eos_token_ids = eos_token_ids(lm.tokenizer, lm.generation_config)
         self.outputs = OutputProcessor(lm.tokenizer, self.eos_token_ids, self.context_len, rc.jump_forward)
         self._grammars = None
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
-        runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
                              overlap=rc.overlap)
         atexit.register(_shutdown_ref, weakref.ref(self))
+        if rc.tp_size > 1:   # worker processes must not outlive an unreferenced runtime
+            weakref.finalize(self, _stop_engine, self.engine)
+
+    def _runner(self, lm) -> ModelRunner:
+        cfg, rc = lm.config, self.config
+        model = LlamaForCausalLM(cfg, self.dtype, self.device)
+        model.load_weights(lm.weights(self.device, self.dtype))
+        model.eval()
+        pool = KVPool(rc.pool_tokens(cfg, self.dtype), cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                      self.dtype, self.device)
+        req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
+        backend = create_backend(rc.attention, self.device.type, num_heads=cfg.num_heads,
+                                 num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                                 scale=cfg.head_dim ** -0.5)
+        return ModelRunner(model, backend, pool, req_pool, cuda_graph=rc.cuda_graph)
 
     # -- text <-> tokens ---------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -237,6 +248,27 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def _tensor_parallel_runner(lm, rc: RuntimeConfig, context_len: int):
+    from lmnb.runtime.distributed.tp_runner import start_tensor_parallel
+
+    return start_tensor_parallel(lm, rc, context_len)
+
+
+def _stop_engine(engine: Engine) -> None:
+    """Finalizer of a tensor-parallel runtime: stop its engine and workers. On the engine
+    thread itself (a collection can run there) it hands the work to a fresh thread."""
+    import threading
+
+    def stop() -> None:
+        engine.stop()
+        engine.release()
+
+    if threading.current_thread() is engine.thread:
+        threading.Thread(target=stop, name="lmnb-tp-finalize", daemon=True).start()
+    else:
+        stop()
 
 
 def _shutdown_ref(ref) -> None:

@@ -35,6 +35,7 @@ class RuntimeConfig:
     overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"
     seed: int = 0
+    tp_size: int = 1                 # tensor-parallel processes (GPUs); rank 0 is this process
 
     @classmethod
     def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
@@ -46,6 +47,12 @@ class RuntimeConfig:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise LmnbError("device='cuda' but no CUDA device is visible; use device='cpu'")
+        tp = kw.get("tp_size", 1)
+        if str(device).startswith("cuda") and isinstance(tp, int) and tp > 1:
+            base = torch.device(str(device)).index or 0
+            if base + tp > torch.cuda.device_count():
+                raise LmnbError(f"tp_size={tp} needs {base + tp} visible GPUs, this machine has "
+                                f"{torch.cuda.device_count()}; lower tp_size")
         return cls(device=str(device), **kw)
 
     def __post_init__(self) -> None:
@@ -55,6 +62,8 @@ class RuntimeConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise LmnbError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or not 1 <= self.tp_size <= 64:
+            raise LmnbError(f"tp_size must be an int from 1 to 64, got {self.tp_size!r}")
         if self.kv_memory_gb is not None and not self.kv_memory_gb > 0:
             raise LmnbError(f"kv_memory_gb must be > 0, got {self.kv_memory_gb}")
         if not 0 < self.mem_fraction < 1:
