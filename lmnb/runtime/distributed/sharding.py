@@ -10,8 +10,9 @@ all-reduce). The LM head lives on rank 0 only: logits come from rank 0.
 
 Heads are split by KV group (a KV head and the query heads that read it), so grouped
 attention stays local. When the group count does not divide by `world` the split is as
-even as it can be (SmolLM2-135M's 3 groups over 2 ranks: 2 and 1). When `world` exceeds
-the KV head count, each KV head is replicated on world/kv ranks that split its query heads.
+even as it can be, rank 0 (which also holds the LM head) taking the smaller part
+(SmolLM2-135M's 3 groups over 2 ranks: 1 and 2). When `world` exceeds the KV head count,
+each KV head is replicated on world/kv ranks that split its query heads.
 Each rank's KV pool holds only its own KV heads.
 """
 from __future__ import annotations
