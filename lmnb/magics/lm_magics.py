@@ -44,7 +44,7 @@ HELP = """\
                                  a name captured in several branches becomes a list
 %%lm options: -m MODEL  -o NAME  {cell_options}  --batch VAR
               --no-stream  --dry-run  --api-spec-tokens N (remote models)
-%lm model SPEC | status | cache | cache clear | stats | help
+%lm model SPEC [--tp N] | status | cache | cache clear | stats | help
 %lm model openai:NAME [--base-url URL] [--api-key KEY] [--completion]
 defaults: %config LmMagics.temperature = 0.0 (also model, {cell_names}, stream)"""
 
@@ -85,6 +85,8 @@ class LmMagics(Magics, _CellDefaults):
     @argument("--base-url", default=None, help="%%lm model openai:NAME: an OpenAI-compatible server URL")
     @argument("--api-key", default=None, help="%%lm model openai:NAME: API key (default: $OPENAI_API_KEY)")
     @argument("--completion", action="store_true", help="%%lm model openai:NAME: use /v1/completions")
+    @argument("--tp", type=int, default=None, metavar="N",
+              help="%%lm model SPEC: tensor-parallel over N processes (one per GPU)")
     @argument("command", nargs="*", help="%%lm: model SPEC | status | cache [clear] | stats | help")
     @line_cell_magic
     def lm(self, line: str = "", cell: str | None = None):
@@ -148,7 +150,12 @@ class LmMagics(Magics, _CellDefaults):
     def _line(self, args):
         cmd = args.command or ["help"]
         try:
-            return self._command(cmd[0], cmd[1:], _remote_options(args))
+            remote = _remote_options(args)
+            if args.tp is not None:
+                if cmd[0] != "model" or not cmd[1:] or cmd[1].startswith("openai:"):
+                    return self._fail("--tp N goes with %lm model SPEC (a local model)")
+                return self._command(cmd[0], cmd[1:], {**remote, "tp_size": args.tp})
+            return self._command(cmd[0], cmd[1:], remote)
         except Exception as e:
             if self.show_traceback:
                 raise
@@ -158,7 +165,7 @@ class LmMagics(Magics, _CellDefaults):
         from lmnb.widgets import CacheTreeView, ThroughputMeter
 
         s = self.session
-        if remote and not (name == "model" and rest and rest[0].startswith("openai:")):
+        if set(remote or ()) - {"tp_size"} and not (name == "model" and rest and rest[0].startswith("openai:")):
             return self._fail("--base-url / --api-key / --completion go with %lm model openai:NAME")
         if name == "model" and len(rest) == 1:
             s.load(rest[0], **(remote or {}))

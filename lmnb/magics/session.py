@@ -26,7 +26,8 @@ class KernelSession:
         if not isinstance(spec, str) or not spec.strip():
             raise LmnbError("give a model spec, e.g. %lm model smollm2")
         spec = spec.strip()
-        if spec == self.spec and self._usable():
+        tp = getattr(getattr(self.runtime, "config", None), "tp_size", 1)
+        if spec == self.spec and self._usable() and options.get("tp_size", 1) == tp:
             return self._backend
         import lmnb as lm
 
