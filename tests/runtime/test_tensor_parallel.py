@@ -19,11 +19,11 @@ from lmnb.runtime.memory import ReqToTokenPool
 from lmnb.runtime.models.config import DUMMY_SHAPES, ModelConfig
 
 SPEC = "dummy:smollm2-135m"          # 9 query heads / 3 KV heads: an uneven split over 2
-OPTS = dict(device="cpu", dtype="float32", max_total_tokens=4096, max_running_requests=8)
+OPTS = {"device": "cpu", "dtype": "float32", "max_total_tokens": 4096, "max_running_requests": 8}
 SHARED = list(range(100, 148))        # a 48-token prefix several prompts share
 PROMPTS_A = [SHARED + [7, 8, 9], list(range(300, 305)), SHARED[:20] + list(range(900, 930)), [5]]
 PROMPTS_B = [SHARED + [11, 12], SHARED + [7, 8, 9, 10], list(range(300, 303)) + [1, 2]]
-GEN = dict(max_new_tokens=6, temperature=0)
+GEN = {"max_new_tokens": 6, "temperature": 0}
 
 
 def alive(pid: int) -> bool:

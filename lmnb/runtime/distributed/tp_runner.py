@@ -76,7 +76,7 @@ class TPModelRunner:
         if not self._broken and self.workers.died is None and self.workers.all_alive():
             try:
                 self.comm.broadcast_host(stop_header())
-            except Exception:  # noqa: BLE001 - they are terminated below
+            except Exception:  # noqa: BLE001,S110 - they are terminated below
                 pass
         self.workers.stop()
         self.comm.close()
