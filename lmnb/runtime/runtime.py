@@ -7,7 +7,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
-from typing_extensions import Self
 
 from lmnb.errors import EngineError, LmnbError
 from lmnb.runtime import loader
@@ -228,7 +227,7 @@ class Runtime:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
