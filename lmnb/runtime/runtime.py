@@ -37,7 +37,8 @@ class Runtime:
 
     `tp_size=N` shards the model over N processes (one per GPU; gloo on CPU): this
     process is rank 0 and runs the scheduler, radix cache and sampling; see
-    `lmnb.runtime.distributed`.
+    `lmnb.runtime.distributed`. Workers are spawned, so a plain script that uses it needs
+    the usual `if __name__ == "__main__":` guard (notebooks need nothing).
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
