@@ -183,7 +183,7 @@ def describe(method: Fp8Method | None, hf_config: dict, dtype: torch.dtype) -> s
     if method is not None:
         return method.describe()
     if checkpoint_format(hf_config) is not None:
-        return f"fp8 checkpoint dequantized to {str(dtype).removeprefix('torch.')} (no FP8 kernels on this device)"
+        return f"fp8 checkpoint dequantized to {str(dtype).removeprefix('torch.')} at load"
     return None
 
 
