@@ -120,7 +120,7 @@ def kernels_part(b: Bench) -> None:
             x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
             t8 = _gpu_time(lambda: fp8_gemm.fp8_matmul(x, q, s, None), flush)
             t16 = _gpu_time(lambda: F.linear(x, w), flush)
-            path = ("gemv" if m <= fp8_gemm.GEMV_MAX_M else "w8a16" if m <= fp8_gemm.SKINNY_MAX_M
+            path = ("small_m" if m <= fp8_gemm.SKINNY_MAX_M
                     else "scaled_mm" if fp8_gemm.scaled_mm_usable(x.device, n, k) else "w8a16")
             b.emit("kernel", shape=name, n=n, k=k, m=m, path=path, fp8_us=t8 * 1e6, bf16_us=t16 * 1e6,
                    speedup=t16 / t8, fp8_gbs=n * k / t8 / 1e9, bf16_gbs=2 * n * k / t16 / 1e9,

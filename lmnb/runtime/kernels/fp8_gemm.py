@@ -15,9 +15,10 @@ Block scales (bn x bk, 128 x 128 in checkpoints) are read per tile (GEMV: one sc
 column of the tile) inside the K loop.
 
 Every launch has a fixed grid and output shape for a given M, no host sync: the calls are
-CUDA-graph safe. Tile configs come from a small timed choice on first use per shape
-(eager calls only, never while a graph is being captured; `LMNB_FP8_TUNE=0`: the default
-config), cached for the process.
+CUDA-graph safe. For M <= 16 the kernel (GEMV or skinny GEMM, up to 4 rows either may win)
+and its tile config come from a small timed choice on first use per shape and row count
+(eager calls only, never while a graph is being captured; `LMNB_FP8_TUNE=0`: the
+defaults above), cached for the process.
 """
 from __future__ import annotations
 
@@ -160,27 +161,41 @@ def _scale_args(s: torch.Tensor, block):
     return block[0], block[1], s.stride(0)
 
 
+def _launch_gemv(x, q, s, block, y, cfg) -> None:
+    m, k = x.shape
+    n = q.shape[0]
+    bn, bk, warps = cfg
+    sb_n, sb_k, stride_sn = _scale_args(s, block)
+    _fp8_gemv_kernel[(triton.cdiv(n, bn),)](
+        x, q, s, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), stride_sn,
+        BLOCK_M=_gemv_rows(m), BLOCK_N=bn, BLOCK_K=bk, SB_N=sb_n, SB_K=sb_k,
+        EVEN_K=k % bk == 0, num_warps=warps)
+
+
+def _launch_w8a16(x, q, s, block, y, cfg) -> None:
+    m, k = x.shape
+    n = q.shape[0]
+    bm, bn, bk, warps, stages = cfg
+    sb_n, sb_k, stride_sn = _scale_args(s, block)
+    _fp8_w8a16_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        x, q, s, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), stride_sn,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SB_N=sb_n, SB_K=sb_k, EVEN_K=k % bk == 0,
+        GROUP_M=8, num_warps=warps, num_stages=stages)
+
+
+def _gemv_rows(m: int) -> int:
+    return 1 if m == 1 else (2 if m == 2 else 4)
+
+
 def fp8_gemv(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None,
              config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] (M <= 4), q [N, K] fp8, s per channel [N] or block -> y [M, N] in x's dtype.
-    config = (BLOCK_N, BLOCK_K, num_warps); None: tuned / default."""
+    config = (BLOCK_N, BLOCK_K, num_warps); None: the default."""
     m, k = x.shape
-    n = q.shape[0]
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"fp8_gemv takes 1..{GEMV_MAX_M} rows, got {m}")
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    bm = 1 if m == 1 else (2 if m == 2 else 4)
-
-    def launch(cfg):
-        bn, bk, warps = cfg
-        sb_n, sb_k, stride_sn = _scale_args(s, block)
-        _fp8_gemv_kernel[(triton.cdiv(n, bn),)](
-            x, q, s, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), stride_sn,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SB_N=sb_n, SB_K=sb_k,
-            EVEN_K=k % bk == 0, num_warps=warps)
-
-    cands = gemv_configs(bm, n, k, block)
-    launch(config or _choose(("gemv", bm, n, k, block, x.dtype, x.device), cands, launch))
+    y = torch.empty((m, q.shape[0]), dtype=x.dtype, device=x.device)
+    _launch_gemv(x, q, s, block, y, config or gemv_configs(_gemv_rows(m), q.shape[0], k, block)[0])
     return y
 
 
@@ -190,9 +205,11 @@ def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int]]:
     BLOCK_N keeps >= ~2 programs per SM on the 8B shapes."""
     sms = _sm_count()
     default_bn = 16 if triton.cdiv(n, 16) >= 2 * sms else 8
+    warps0 = 4 if bm == 1 else 8
     out = []
-    for bn, bk, warps in ((default_bn, 512 // bm, 4), (8, 512, 4), (16, 512, 4), (16, 1024, 8),
-                          (32, 512, 8), (8, 1024, 4), (32, 256, 4), (64, 256, 8), (4, 1024, 4)):
+    for bn, bk, warps in ((default_bn, 512 // bm * warps0 // 4, warps0), (8, 512, 4), (16, 512, 4),
+                          (16, 1024, 8), (32, 512, 8), (8, 1024, 4), (32, 256, 4), (64, 256, 8),
+                          (4, 1024, 4), (8, 512, 8), (16, 256, 8), (4, 1024, 8), (8, 256, 4)):
         bk = min(bk, max(16, triton.next_power_of_2(k)))
         if bm * bn * bk > 64 * 32 * warps:
             continue
@@ -206,31 +223,16 @@ def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int]]:
 def fp8_w8a16(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None,
               config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     """Any M: tl.dot over x's dtype with the fp8 weight upcast per tile.
-    config = (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
+    config = (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); None: the default."""
     m, k = x.shape
-    n = q.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 0:
-        return y
-
-    def launch(cfg):
-        bm, bn, bk, warps, stages = cfg
-        sb_n, sb_k, stride_sn = _scale_args(s, block)
-        grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-        _fp8_w8a16_kernel[grid](
-            x, q, s, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), stride_sn,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SB_N=sb_n, SB_K=sb_k, EVEN_K=k % bk == 0,
-            GROUP_M=8, num_warps=warps, num_stages=stages)
-
-    cands = w8a16_configs(m, n, k, block)
-    if m > SKINNY_MAX_M:  # compute-bound tiles: the default, untimed
-        cands = cands[:1]
-    launch(config or _choose(("w8a16", min(m, SKINNY_MAX_M + 1), n, k, block, x.dtype, x.device),
-                             cands, launch))
+    y = torch.empty((m, q.shape[0]), dtype=x.dtype, device=x.device)
+    if m:
+        _launch_w8a16(x, q, s, block, y, config or w8a16_configs(m, q.shape[0], k, block)[0])
     return y
 
 
 def w8a16_configs(m: int, n: int, k: int, block) -> list[tuple[int, int, int, int, int]]:
+    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), the default first."""
     if m > SKINNY_MAX_M:
         bm = 32 if m <= 32 else (64 if m <= 64 else 128)
         base = [(bm, 128, 64, 4 if bm < 128 else 8, 3)]
@@ -250,6 +252,23 @@ def w8a16_configs(m: int, n: int, k: int, block) -> list[tuple[int, int, int, in
         if cfg not in out:
             out.append(cfg)
     return out
+
+
+def fp8_small_m(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None) -> torch.Tensor:
+    """M <= 16 (decode): the GEMV (M <= 4) or the skinny tl.dot kernel, whichever the
+    timed choice finds faster for this shape (default: GEMV up to 4 rows)."""
+    m, k = x.shape
+    n = q.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    cands = [("gemv", c) for c in gemv_configs(_gemv_rows(m), n, k, block)] if m <= GEMV_MAX_M else []
+    cands += [("w8a16", c) for c in w8a16_configs(m, n, k, block)]
+
+    def launch(cand) -> None:
+        (_launch_gemv if cand[0] == "gemv" else _launch_w8a16)(x, q, s, block, y, cand[1])
+
+    key = ("small", _gemv_rows(m) if m <= GEMV_MAX_M else m, n, k, block, x.dtype, x.device)
+    launch(_choose(key, cands, launch))
+    return y
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,9 +294,9 @@ def fp8_matmul(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None) ->
     m = x.shape[0]
     if x.stride(-1) != 1:
         x = x.contiguous()
-    if 1 <= m <= GEMV_MAX_M:
-        return fp8_gemv(x, q, s, block)
-    if (m <= SKINNY_MAX_M or block is not None or x.dtype != torch.bfloat16
+    if 1 <= m <= SKINNY_MAX_M:
+        return fp8_small_m(x, q, s, block)
+    if (block is not None or x.dtype != torch.bfloat16
             or not scaled_mm_usable(x.device, q.shape[0], q.shape[1])):
         return fp8_w8a16(x, q, s, block)
     return scaled_mm_rowwise(x, q, s)
@@ -309,7 +328,6 @@ def _probe_scaled_mm(index: int) -> bool:
 
 # ---------------------------------------------------------------------------- tile choice
 _CHOSEN: dict[tuple, tuple] = {}
-_FLUSH: dict[int, torch.Tensor] = {}
 
 
 def _tuning_enabled() -> bool:
@@ -327,9 +345,7 @@ def _choose(key: tuple, candidates: list[tuple], launch) -> tuple:
     if (len(candidates) == 1 or not _tuning_enabled() or dev.type != "cuda"
             or torch.cuda.is_current_stream_capturing()):
         return candidates[0]
-    flush = _FLUSH.get(dev.index)
-    if flush is None:
-        flush = _FLUSH.setdefault(dev.index, torch.empty(256 * 2**20, dtype=torch.uint8, device=dev))
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)   # > L2; freed on return
     best, best_t = candidates[0], float("inf")
     for cfg in candidates:
         try:
