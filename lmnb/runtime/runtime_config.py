@@ -41,7 +41,7 @@ class RuntimeConfig:
     kv_cache_dtype: str | None = None
 
     @classmethod
-    def make(cls, device: str | None = None, **kw) -> "RuntimeConfig":
+    def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(kw) - names)
         if bad:

@@ -4,7 +4,7 @@ KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on l
 norms and lm_head are never quantized."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
