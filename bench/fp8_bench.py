@@ -118,14 +118,13 @@ def kernels_part(b: Bench) -> None:
         q, s = quantize_per_channel(w)
         for m in (1, 2, 4, 8, 16, 64, 256):
             x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
-            t8 = _gpu_time(lambda: fp8_gemm.fp8_matmul(x, q, s, None), flush)
-            t16 = _gpu_time(lambda: F.linear(x, w), flush)
+            t8 = _gpu_time(lambda x=x, q=q, s=s: fp8_gemm.fp8_matmul(x, q, s, None), flush)
+            t16 = _gpu_time(lambda x=x, w=w: F.linear(x, w), flush)
             path = ("small_m" if m <= fp8_gemm.SKINNY_MAX_M
                     else "scaled_mm" if fp8_gemm.scaled_mm_usable(x.device, n, k) else "w8a16")
             b.emit("kernel", shape=name, n=n, k=k, m=m, path=path, fp8_us=t8 * 1e6, bf16_us=t16 * 1e6,
                    speedup=t16 / t8, fp8_gbs=n * k / t8 / 1e9, bf16_gbs=2 * n * k / t16 / 1e9,
                    fp8_of_hbm=n * k / t8 / b.bw, bf16_of_hbm=2 * n * k / t16 / b.bw)
-        del w, q, s
     del flush
     torch.cuda.empty_cache()
 
@@ -144,7 +143,7 @@ def latency(b: Bench) -> None:
         rt, new = b.runtime(mode), 32 if b.args.small else 256
         prompt = random_tokens(random.Random(0), 128, rt.model_config.vocab_size)
 
-        def once() -> dict:
+        def once(rt=rt, prompt=prompt, new=new) -> dict:
             return rt.generate([prompt], max_new_tokens=new, temperature=0, ignore_eos=True)[0]["meta"]
 
         once()
@@ -197,7 +196,7 @@ def throughput(b: Bench) -> None:
         params = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for o in outs]
         rt.flush_cache()
         before = rt.stats()
-        t = timed(lambda: submit_all(rt, prompts, params))
+        t = timed(lambda rt=rt, prompts=prompts, params=params: submit_all(rt, prompts, params))
         after = rt.stats()
         res[mode] = sum(outs) / t
         b.emit("throughput", mode=mode, requests=len(prompts), out_tokens=sum(outs), seconds=t,

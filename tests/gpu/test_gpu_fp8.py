@@ -17,9 +17,9 @@ from gpu_common import DEVICE, INTERPRET, needs_gpu_or_interpreter, rel_err, usa
 needs_gpu_or_interpreter()
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime.kernels import fp8_gemm  # noqa: E402
-from lmnb.runtime.quant.fp8 import fp8_linear  # noqa: E402
-from lmnb.runtime.quant.fp8_reference import (  # noqa: E402
+from lmnb.runtime.kernels import fp8_gemm
+from lmnb.runtime.quant.fp8 import fp8_linear
+from lmnb.runtime.quant.fp8_reference import (
     FP8,
     fp8_linear_ref,
     quantize_block,
@@ -237,10 +237,10 @@ def test_fp8_block_checkpoint_on_gpu(tmp_path):
     if not CUDA or torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("needs a CUDA GPU with FP8 support")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from fp8_accuracy import prefill_logits
     from fp8_checkpoints import write_fp8_checkpoint
 
     import lmnb as lm
-    from fp8_accuracy import prefill_logits
 
     path = write_fp8_checkpoint(tmp_path, "block")
     q = lm.Runtime(f"hf:{path}", device="cuda", kv_memory_gb=0.2, max_running_requests=8)

@@ -18,7 +18,8 @@ def test_fp8_kernels_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "LMNB_FP8_QUICK": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
            str(ROOT / "tests/gpu/test_gpu_fp8.py"), "-k", "not every"]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900, check=False)
     tail = (r.stdout + r.stderr)[-3000:]
     assert r.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail

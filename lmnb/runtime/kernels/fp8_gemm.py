@@ -23,7 +23,7 @@ defaults above), cached for the process.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 import triton
@@ -308,7 +308,7 @@ def scaled_mm_usable(device: torch.device, n: int, k: int) -> bool:
     return n % 16 == 0 and k % 16 == 0 and _probe_scaled_mm(device.index or 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _probe_scaled_mm(index: int) -> bool:
     """One small rowwise `_scaled_mm` against the reference; False if it errors (old
     torch, capability < 9.0) or disagrees."""
@@ -350,7 +350,7 @@ def _choose(key: tuple, candidates: list[tuple], launch) -> tuple:
     for cfg in candidates:
         try:
             launch(cfg)  # compile and warm
-        except Exception:  # noqa: BLE001 - a config the compiler rejects is skipped
+        except Exception:  # noqa: BLE001, S112 - a config the compiler rejects is skipped
             continue
         times = []
         for _ in range(3):
@@ -372,7 +372,7 @@ def chosen_configs() -> dict[str, tuple]:
     return {"/".join(str(p) for p in k[:5]): v for k, v in _CHOSEN.items()}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sm_count() -> int:
     if torch.cuda.is_available():
         return torch.cuda.get_device_properties(0).multi_processor_count

@@ -16,8 +16,8 @@ checkpoint is dequantized to the runtime dtype at load (the CPU path).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ class Fp8Method:
     block: tuple[int, int] | None = None
     checkpoint: Fp8CheckpointFormat | None = None
 
-    def make_linear(self, n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> "Fp8Linear":
+    def make_linear(self, n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> Fp8Linear:
         return Fp8Linear(n_in, n_out, bias, dtype, device, self.block)
 
     def describe(self) -> str:

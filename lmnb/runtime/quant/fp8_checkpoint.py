@@ -13,8 +13,8 @@ precise.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 
@@ -121,7 +121,7 @@ def pair_fp8_weights(weights: Iterable[tuple[str, torch.Tensor]],
             continue
         yield name, t
     if waiting_q:
-        raise LmnbError(f"FP8 weight {sorted(waiting_q)[0]}.weight has no weight_scale(_inv) in the checkpoint")
+        raise LmnbError(f"FP8 weight {min(waiting_q)}.weight has no weight_scale(_inv) in the checkpoint")
     # scales of weights that are not FP8 (an unquantized layer listed with a scale) are unused
 
 
