@@ -236,11 +236,10 @@ def test_fp8_block_checkpoint_on_gpu(tmp_path):
     its dequantized weights (loaded as float32 on the same GPU)."""
     if not CUDA or torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("needs a CUDA GPU with FP8 support")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from fp8_accuracy import prefill_logits
-    from fp8_checkpoints import write_fp8_checkpoint
 
     import lmnb as lm
+    from tests.runtime.fp8_checkpoints import write_fp8_checkpoint
 
     path = write_fp8_checkpoint(tmp_path, "block")
     q = lm.Runtime(f"hf:{path}", device="cuda", kv_memory_gb=0.2, max_running_requests=8)
