@@ -176,9 +176,13 @@ def test_cuda_graph_capture(m, block):
 # ---------------------------------------------------------------------------- models
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-# bounds for random-weight models (normal(0, 0.02)): FP8 noise against the logit spread
-MODEL_BOUNDS = {"teacher_forced_agreement": 0.9, "prefill_argmax_agreement": 0.9,
-                "mean_err_of_std": 0.1}
+# bounds for random-weight models (normal(0, 0.02)), FP8 noise against the logit spread.
+# Measured with the torch references on dummy:smollm2-135m (30 layers, weight-only, 64
+# steps): mean |err| = 0.086 std, teacher-forced agreement 1.0, prefill argmax 0.91.
+# Activation quantization adds to the prefill error on the GPU. Unrelated logits (a
+# broken kernel) give mean |err| ~ 1.1 std and agreement ~ 0.
+MODEL_BOUNDS = {"teacher_forced_agreement": 0.75, "prefill_argmax_agreement": 0.7,
+                "mean_err_of_std": 0.25}
 
 
 @pytest.fixture(scope="module")
