@@ -45,11 +45,21 @@ def _gemv_row(acc, X, row, M, stride_xm, offs_k, k_ok, wf, EVEN_K: tl.constexpr)
 
 
 @triton.jit
+def _load_w(w_ptr, n_ok, offs_k, K, EVEN_K: tl.constexpr):
+    if EVEN_K:
+        return tl.load(w_ptr, mask=n_ok[:, None], other=0.0)
+    return tl.load(w_ptr, mask=n_ok[:, None] & (offs_k < K)[None, :], other=0.0)
+
+
+@triton.jit
 def _fp8_gemv_kernel(X, W, S, Y, M, N, K, stride_xm, stride_wn, stride_ym, stride_sn,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SB_N: tl.constexpr, SB_K: tl.constexpr, EVEN_K: tl.constexpr):
+                     SB_N: tl.constexpr, SB_K: tl.constexpr, EVEN_K: tl.constexpr,
+                     PREFETCH: tl.constexpr):
     """Y[m, n] = sum_k X[m, k] * W[n, k] * scale, M <= BLOCK_M <= 4. SB_N == 0: S is [N]
-    (per channel); else S is [cdiv(N, SB_N), cdiv(K, SB_K)] block scales."""
+    (per channel); else S is [cdiv(N, SB_N), cdiv(K, SB_K)] block scales. PREFETCH issues
+    the next weight tile's loads before the current tile's math (twice the bytes in
+    flight per program; the compiler does not pipeline loads that feed no dot)."""
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -59,13 +69,19 @@ def _fp8_gemv_kernel(X, W, S, Y, M, N, K, stride_xm, stride_wn, stride_ym, strid
     acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     acc3 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    if PREFETCH:
+        w_next = _load_w(w_ptr, n_ok, rk, K, EVEN_K)
+    else:
+        w_next = 0
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + rk
         k_ok = offs_k < K
-        if EVEN_K:
-            w = tl.load(w_ptr, mask=n_ok[:, None], other=0.0)
+        if PREFETCH:
+            w = w_next
+            w_next = tl.load(w_ptr + BLOCK_K, mask=n_ok[:, None] & (offs_k + BLOCK_K < K)[None, :],
+                             other=0.0)
         else:
-            w = tl.load(w_ptr, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            w = _load_w(w_ptr, n_ok, offs_k, K, EVEN_K)
         wf = w.to(tl.float32)
         if SB_N > 0:
             s = tl.load(S + (pid * BLOCK_N // SB_N) * stride_sn + offs_k // SB_K,
@@ -164,12 +180,12 @@ def _scale_args(s: torch.Tensor, block):
 def _launch_gemv(x, q, s, block, y, cfg) -> None:
     m, k = x.shape
     n = q.shape[0]
-    bn, bk, warps = cfg
+    bn, bk, warps, prefetch = cfg
     sb_n, sb_k, stride_sn = _scale_args(s, block)
     _fp8_gemv_kernel[(triton.cdiv(n, bn),)](
         x, q, s, y, m, n, k, x.stride(0), q.stride(0), y.stride(0), stride_sn,
         BLOCK_M=_gemv_rows(m), BLOCK_N=bn, BLOCK_K=bk, SB_N=sb_n, SB_K=sb_k,
-        EVEN_K=k % bk == 0, num_warps=warps)
+        EVEN_K=k % bk == 0, PREFETCH=prefetch, num_warps=warps)
 
 
 def _launch_w8a16(x, q, s, block, y, cfg) -> None:
@@ -188,9 +204,9 @@ def _gemv_rows(m: int) -> int:
 
 
 def fp8_gemv(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None,
-             config: tuple[int, int, int] | None = None) -> torch.Tensor:
+             config: tuple[int, int, int, bool] | None = None) -> torch.Tensor:
     """x [M, K] (M <= 4), q [N, K] fp8, s per channel [N] or block -> y [M, N] in x's dtype.
-    config = (BLOCK_N, BLOCK_K, num_warps); None: the default."""
+    config = (BLOCK_N, BLOCK_K, num_warps, prefetch); None: the default."""
     m, k = x.shape
     if not 1 <= m <= GEMV_MAX_M:
         raise ValueError(f"fp8_gemv takes 1..{GEMV_MAX_M} rows, got {m}")
@@ -199,10 +215,11 @@ def fp8_gemv(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None,
     return y
 
 
-def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int]]:
-    """Candidate (BLOCK_N, BLOCK_K, warps), the default first: per-thread fp32 accumulators
-    stay at <= 64 registers (BLOCK_M * BLOCK_N * BLOCK_K / threads), and the default
-    BLOCK_N keeps >= ~2 programs per SM on the 8B shapes."""
+def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int, bool]]:
+    """Candidate (BLOCK_N, BLOCK_K, warps, prefetch), the default first: per-thread fp32
+    accumulators stay at <= 64 registers (BLOCK_M * BLOCK_N * BLOCK_K / threads), and the
+    default BLOCK_N keeps >= ~2 programs per SM on the 8B shapes. Every tile with the
+    next-tile prefetch, and the default also without it."""
     sms = _sm_count()
     default_bn = 16 if triton.cdiv(n, 16) >= 2 * sms else 8
     warps0 = 4 if bm == 1 else 8
@@ -215,9 +232,9 @@ def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int]]:
             continue
         if block is not None and block[0] % bn:
             continue
-        if (bn, bk, warps) not in out:
-            out.append((bn, bk, warps))
-    return out
+        if (bn, bk, warps, True) not in out:
+            out.append((bn, bk, warps, True))
+    return out[:1] + [out[0][:3] + (False,)] + out[1:]
 
 
 def fp8_w8a16(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None,
