@@ -74,6 +74,7 @@ def test_rows_and_linear_reference():
 # ---------------------------------------------------------------------------- formats
 def test_checkpoint_formats():
     assert checkpoint_format({}) is None
+    assert checkpoint_format({"quantization_config": {"quant_method": "gguf"}}) is None  # converted GGUF
     f = checkpoint_format({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}})
     assert f.method == "fp8" and f.block == (128, 128)
     assert checkpoint_format({"quantization_config": {"quant_method": "fp8"}}).block is None

@@ -50,9 +50,15 @@ class Fp8Weight:
         return dequantize(self.q, self.scale, self.block, dtype)
 
 
+# methods whose checkpoints hold packed integer weights lmnb cannot read
+PACKED_METHODS = ("awq", "gptq", "bitsandbytes", "aqlm", "eetq", "hqq", "quanto", "exl2",
+                  "marlin", "higgs", "vptq", "spqr", "bitnet", "torchao", "fbgemm_fp8", "mxfp4")
+
+
 def checkpoint_format(hf_config: dict) -> Fp8CheckpointFormat | None:
-    """The FP8 layout a transformers config declares; None for an unquantized model.
-    Any other quantization method is a clear error (lmnb would read garbage)."""
+    """The FP8 layout a transformers config declares; None for a model with plain weights
+    (including GGUF conversions, whose config keeps quant_method 'gguf' after the weights
+    were dequantized). Packed-weight methods are a clear error (lmnb would read garbage)."""
     qc = hf_config.get("quantization_config") or hf_config.get("compression_config")
     if not qc:
         return None
@@ -65,8 +71,10 @@ def checkpoint_format(hf_config: dict) -> Fp8CheckpointFormat | None:
         return Fp8CheckpointFormat("fp8", _block(block) if block else None)
     if method == "compressed-tensors":
         return _compressed_tensors(qc)
-    raise LmnbError(f"quantization_config quant_method {method!r} is not supported; lmnb reads "
-                    "FP8 checkpoints (quant_method 'fp8' or float8 'compressed-tensors')")
+    if method in PACKED_METHODS:
+        raise LmnbError(f"quantization_config quant_method {method!r} is not supported; lmnb reads "
+                        "FP8 checkpoints (quant_method 'fp8' or float8 'compressed-tensors')")
+    return None
 
 
 def _block(b) -> tuple[int, int]:
