@@ -15,7 +15,8 @@ from lmnb.runtime.attention import create_backend
 from lmnb.runtime.engine import Engine
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.model_runner import ModelRunner
-from lmnb.runtime.models.llama import LlamaForCausalLM
+from lmnb.runtime.models import build_model
+from lmnb.runtime.multimodal import ImagePrompts, as_image, has_markers
 from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
@@ -107,7 +108,7 @@ class Runtime:
         self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
         cfg, rc = lm.config, self.config
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
-        self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
+        self.model = build_model(lm, self.dtype, self.device)
         self.model.load_weights(lm.weights(self.device, self.dtype))
         self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
@@ -125,6 +126,9 @@ class Runtime:
         self.outputs = OutputProcessor(lm.tokenizer, self.scheduler, self.eos_token_ids,
                                        self.context_len, rc.jump_forward)
         self._grammars = None
+        self.images = None if lm.vision is None else ImagePrompts(
+            lm.tokenizer, cfg.vocab_size, lm.vision.image_tokens, lm.vision.image_token_id,
+            lm.image_processor)
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
         self.engine = Engine(self.scheduler, runner, self.outputs, overlap=rc.overlap)
@@ -132,23 +136,40 @@ class Runtime:
 
     # -- text <-> tokens ---------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        """Token ids; on a vision-language model each image marker of the text becomes
+        its image's positions (see multimodal.py)."""
+        if self.images is not None:
+            return self.images.encode(text)
+        if has_markers(text):
+            raise LmnbError(f"{self.spec} is a text-only model and takes no images; "
+                            "load a vision-language model (e.g. hf:<llava dir>) or drop image(...)")
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     # -- requests ---------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], *, stream: bool = False, **sampling) -> RequestHandle:
-        """Queue one request and return its handle at once."""
+    def submit(self, prompt: str | Sequence[int], *, stream: bool = False, images=None,
+               **sampling) -> RequestHandle:
+        """Queue one request and return its handle at once. `images` (paths, bytes, PIL
+        images, arrays) fill the prompt's image placeholders (`<image>`) in order."""
         self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
+        held = None   # the images, alive until the request holds them
+        if images is not None:
+            prompt, held = self._with_images(prompt, images)
         ids = self._prompt_ids(prompt)
+        mm = self.images.inputs(ids) if self.images is not None else None
+        if mm is not None and params.logprob_start_len >= 0 and max(params.logprob_start_len, 1) < mm.end:
+            raise LmnbError(f"prompt logprobs cannot cover image positions; set logprob_start_len "
+                            f">= {mm.end} (after the last image)")
         max_new = min(params.max_new_tokens, self.context_len - len(ids))
         if len(ids) + max_new > self.pool.size:
             raise LmnbError(
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds the KV pool "
                 f"({self.pool.size} tokens); lower max_new_tokens or give Runtime(kv_memory_gb=...) more")
         req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter())
+        req.mm = mm
         req.generator = torch.Generator(device=self.device)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_gen))
         req.generator.manual_seed(seed)
@@ -159,13 +180,17 @@ class Runtime:
         self.engine.submit(req)
         return RequestHandle(self, req)
 
-    def generate(self, prompts, **sampling) -> list[dict]:
+    def generate(self, prompts, images=None, **sampling) -> list[dict]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of
-        dicts with `text`, `output_ids` and `meta`. All prompts are batched together."""
+        dicts with `text`, `output_ids` and `meta`. All prompts are batched together.
+        `images`: one list of images per prompt (see `submit`)."""
         handles: list[RequestHandle] = []
+        prompts = _as_prompt_list(prompts)
+        if images is not None and (not isinstance(images, Sequence) or len(images) != len(prompts)):
+            raise LmnbError(f"images must be a list with one list of images per prompt ({len(prompts)})")
         try:  # Ctrl-C between submissions must abort those already queued too
-            for p in _as_prompt_list(prompts):
-                handles.append(self.submit(p, **sampling))
+            for i, p in enumerate(prompts):
+                handles.append(self.submit(p, images=None if images is None else images[i], **sampling))
             return [h.result() for h in handles]
         except BaseException:
             for h in handles:
@@ -190,8 +215,9 @@ class Runtime:
             ids = self.encode(prompt)
         elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
-            if any(t < 0 or t >= self.model_config.vocab_size for t in ids):
-                raise LmnbError(f"token ids must be in [0, {self.model_config.vocab_size})")
+            v, im = self.model_config.vocab_size, self.images
+            if any(t < 0 or (t >= v and (im is None or not im.is_pad(t))) for t in ids):
+                raise LmnbError(f"token ids must be in [0, {v})")
         else:
             raise LmnbError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
         if not ids:
@@ -200,6 +226,17 @@ class Runtime:
             raise LmnbError(f"the prompt has {len(ids)} tokens but the context holds {self.context_len}; "
                             "shorten the prompt")
         return ids
+
+    def _with_images(self, prompt, images) -> tuple[str, list]:
+        if self.images is None:
+            raise LmnbError(f"{self.spec} is a text-only model and takes no images; "
+                            "load a vision-language model (e.g. hf:<llava dir>)")
+        if not isinstance(prompt, str):
+            raise LmnbError("with images=, the prompt must be a str with one <image> per image")
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        held = [as_image(x) for x in images]
+        return self.images.with_images(prompt, held), held
 
     def grammars(self):
         if self._grammars is None:
@@ -233,7 +270,7 @@ class Runtime:
         return self.engine.call(self.cache.flush)
 
     def stats(self) -> dict:
-        return self.engine.call(lambda: dict(self.engine.counters))
+        return self.engine.call(lambda: {**self.engine.counters, **self.engine.runner.counters()})
 
     def shutdown(self) -> None:
         """Stop the engine and free the model (idempotent)."""
