@@ -118,6 +118,8 @@ class ModelRunner:
             self.graphs.release()
         self.graphs = self.model = self.backend = self.pool = self.req_pool = None
         self.cuda_graph = False
+        if self.vision is not None:
+            self.vision.model = None
 
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:

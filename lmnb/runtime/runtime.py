@@ -270,7 +270,11 @@ class Runtime:
         return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
-        return self.engine.call(lambda: {**self.engine.counters, **self.engine.runner.counters()})
+        def read() -> dict:
+            runner = self.engine.runner
+            return {**self.engine.counters, **(runner.counters() if runner is not None else {})}
+
+        return self.engine.call(read)
 
     def _call(self, fn):
         """Run fn on the engine thread; a clear error once the runtime is shut down."""
