@@ -60,7 +60,7 @@ def llava_hf(llava_dir):
 def llava_rt(llava_dir):
     import lmnb as lm
 
-    rt = lm.Runtime(f"hf:{llava_dir}", device="cpu", dtype="float32")
+    rt = lm.Runtime(f"hf:{llava_dir}", device="cpu", dtype="float32", max_total_tokens=8192)
     yield rt
     rt.shutdown()
 

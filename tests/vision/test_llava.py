@@ -97,7 +97,8 @@ def test_chunked_prefill_through_an_image(llava_dir, llava_hf):
 
     imgs = random_images(2, seed=41)
     ref, _ = _hf(llava_hf, TWO, imgs)
-    rt = lm.Runtime(f"hf:{llava_dir}", device="cpu", dtype="float32", chunked_prefill_size=7)
+    rt = lm.Runtime(f"hf:{llava_dir}", device="cpu", dtype="float32", chunked_prefill_size=7,
+                    max_total_tokens=4096)
     try:
         assert _lmnb(rt, [TWO], [imgs]) == [ref]
         assert rt.stats()["images_encoded"] == 2
@@ -133,7 +134,7 @@ def test_bad_image_input(llava_rt, smollm2):
 def test_dummy_llava_shape_runs():
     import lmnb as lm
 
-    rt = lm.Runtime("dummy:llava-tiny", device="cpu", dtype="float32")
+    rt = lm.Runtime("dummy:llava-tiny", device="cpu", dtype="float32", max_total_tokens=8192)
     try:
         out = rt.generate(["look: <image> now"], images=[random_images(1)], max_new_tokens=3,
                           temperature=0, ignore_eos=True)[0]
