@@ -41,13 +41,14 @@ _live: weakref.WeakValueDictionary[str, "ImageData"] = weakref.WeakValueDictiona
 class ImageData:
     """One image of a program. Build with `as_image(x)`."""
 
-    __slots__ = ("image", "key", "__weakref__")
+    __slots__ = ("image", "key", "_thumb", "__weakref__")
 
     def __init__(self, image) -> None:
         self.image = image.convert("RGB")
         h = hashlib.sha256(f"{self.image.width}x{self.image.height}:".encode())
         h.update(self.image.tobytes())
         self.key = h.hexdigest()[:16]
+        self._thumb: str | None = None
 
     @property
     def marker(self) -> str:
@@ -66,6 +67,12 @@ class ImageData:
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def thumbnail_url(self) -> str:
+        """A small PNG data URL (at most 64 px a side) for views."""
+        if self._thumb is None:
+            self._thumb = self.data_url(max_side=64)
+        return self._thumb
 
     def __repr__(self) -> str:
         return f"image({self.image.width}x{self.image.height}, key={self.key})"
@@ -209,20 +216,20 @@ class ImagePrompts:
         pieces = text.split(holder)
         return "".join(p + (imgs[i].marker if i < len(imgs) else "") for i, p in enumerate(pieces))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a text whose markers become image pad runs. With the model's
         image token in the tokenizer, the text is tokenized whole with that token where
         each image goes (as the model's own processor does), then each is expanded."""
         parts = split_markers(text)
         images = [p for p in parts if isinstance(p, ImageData)]
         if not images:
-            return list(self.tokenizer.encode(text, add_special_tokens=True))
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
         if self.image_token is not None:
             if self.image_token in text:
                 raise LmnbError(f"the prompt contains the image token {self.image_token!r} as text; "
                                 "use image(...) for images and remove the literal token")
             joined = "".join(p if isinstance(p, str) else self.image_token for p in parts)
-            ids = list(self.tokenizer.encode(joined, add_special_tokens=True))
+            ids = list(self.tokenizer.encode(joined, add_special_tokens=add_special_tokens))
             if ids.count(self.image_token_id) != len(images):
                 raise LmnbError("the tokenizer did not keep one image token per image; "
                                 "check that the prompt fits the context")
@@ -235,7 +242,7 @@ class ImagePrompts:
             if isinstance(p, ImageData):
                 out += [self.pad_id(p)] * self.image_tokens
             elif p or i == 0:
-                out += list(self.tokenizer.encode(p, add_special_tokens=i == 0))
+                out += list(self.tokenizer.encode(p, add_special_tokens=add_special_tokens and i == 0))
         return out
 
     def is_pad(self, t: int) -> bool:
