@@ -36,8 +36,9 @@ from gpu_helpers import timed, without_radix_cache
 import lmnb as lm
 from lmnb.runtime.models.llava import route
 
-WORDS = ("what which colour shape object left right top bottom many how is are the a of in on "
-         "this that picture image shows near far large small red blue green count describe").split()
+_VOCAB = ("what which colour shape object left right top bottom many how is are the a of in on "
+          "this that picture image shows near far large small red blue green count describe")
+WORDS = _VOCAB.split()
 
 
 def questions(rng: random.Random, n: int, words: int = 30) -> list[str]:
@@ -114,7 +115,7 @@ class Bench:
     def hf_case(self) -> None:
         hf = self.hf
         ids, mask, pixels = self.hf_inputs(self.items)
-        gen = lambda: hf_generate(hf, ids, mask, pixels, self.args.new_tokens)  # noqa: E731
+        gen = lambda: hf_generate(hf, ids, mask, pixels, self.args.new_tokens)
         gen()
         t = statistics.median(timed(gen) for _ in range(max(1, self.args.repeats - 1)))
         n = len(self.items)

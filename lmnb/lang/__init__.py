@@ -29,7 +29,7 @@ from lmnb.lang.state import ForkGroup, ProgramState
 
 __all__ = [
     "Backend", "ForkGroup", "Function", "ProgramState", "RuntimeBackend", "assistant",
-    "assistant_begin", "assistant_end", "fork", "function", "gen", "gen_int", "gen_string", "image",
-    "get_default_backend", "run_program", "run_programs", "select", "set_default_backend", "system",
-    "system_begin", "system_end", "user", "user_begin", "user_end",
+    "assistant_begin", "assistant_end", "fork", "function", "gen", "gen_int", "gen_string",
+    "get_default_backend", "image", "run_program", "run_programs", "select", "set_default_backend",
+    "system", "system_begin", "system_end", "user", "user_begin", "user_end",
 ]

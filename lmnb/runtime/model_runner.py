@@ -94,7 +94,7 @@ class ModelRunner:
     def counters(self) -> dict:
         """Image counters (zeros for text-only models)."""
         if self.vision is None:
-            return dict(images_encoded=0, image_tokens_computed=0, vision_batches=0)
+            return {"images_encoded": 0, "image_tokens_computed": 0, "vision_batches": 0}
         return dict(self.vision.counters)
 
     def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int],

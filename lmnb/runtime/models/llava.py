@@ -5,8 +5,8 @@ batch's embedding override (`ForwardBatch.embed_override`), filled by
 `lmnb.runtime.multimodal` from `encode_images`."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class LlavaConfig:
     projector_bias: bool = True
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "LlavaConfig":
+    def from_hf(cls, hf: dict) -> LlavaConfig:
         if hf.get("model_type") not in VLM_TYPES:
             raise LmnbError(f"model type {hf.get('model_type')!r} is not a supported vision-language model")
         text = dict(hf.get("text_config") or {})

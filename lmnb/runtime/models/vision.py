@@ -41,7 +41,7 @@ class VisionConfig:
     hidden_act: str = "quick_gelu"
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "VisionConfig":
+    def from_hf(cls, hf: dict) -> VisionConfig:
         mt = hf.get("model_type", "clip_vision_model")
         if mt not in ("clip_vision_model", "clip"):
             raise LmnbError(f"vision tower {mt!r} is not supported; lmnb runs clip_vision_model")
