@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 import re
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ def _to_pil(x):
             img = Image.open(io.BytesIO(bytes(x)))
             img.load()
             return img
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise LmnbError(f"could not decode the image bytes ({e}); give PNG, JPEG, GIF, BMP or WebP") from None
     if type(x).__module__ == "numpy" and hasattr(x, "shape"):
         return _from_array(x)
@@ -199,6 +200,7 @@ class ImagePrompts:
         self.image_token = _single_token(tokenizer, image_token_id)
         self._pads: weakref.WeakValueDictionary[int, ImageData] = weakref.WeakValueDictionary()
         self._pixels: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()   # programs submit from many threads
 
     def pad_id(self, img: ImageData) -> int:
         pad = self.vocab_size + int(img.key, 16) % PAD_RANGE
@@ -273,6 +275,10 @@ class ImagePrompts:
         return mm
 
     def _preprocess(self, mm: MultimodalInputs) -> None:
+        with self._lock:
+            self._preprocess_locked(mm)
+
+    def _preprocess_locked(self, mm: MultimodalInputs) -> None:
         new = {img.key: img for img in mm.images if img.key not in self._pixels}
         if new:
             try:

@@ -172,3 +172,19 @@ def test_openai_backend_sends_images(llava_server, llava_rt):
     ids = llava_rt.images.encode(want, add_special_tokens=False)
     local = llava_rt.generate([ids], max_new_tokens=NEW, temperature=0, ignore_eos=True)[0]
     assert st["answer"] == local["text"]
+
+
+def test_batch_of_programs_sharing_images(llava_rt):
+    """Six programs over three images from many threads at once: each answer is the one
+    the program gives alone, and each image is encoded once."""
+    imgs = random_images(3, seed=67)
+    items = [{"img": imgs[i % 3], "question": f"Question {i}: what is shown?"} for i in range(6)]
+    alone = [lm.function(_describe).run(backend=llava_rt, **it)["answer"] for it in items[:3]]
+    llava_rt.flush_cache()
+    before = llava_rt.stats()
+    states = lm.function(_describe).run_batch(items, backend=llava_rt, progress_bar=False)
+    after = llava_rt.stats()
+    assert [s.error for s in states] == [None] * 6
+    assert [s["answer"] for s in states[:3]] == alone
+    assert after["images_encoded"] - before["images_encoded"] == 3
+    llava_rt.check_integrity()
