@@ -337,6 +337,7 @@ class VisionRunner:
             rows += range(row, row + b - a)
             embeds.append(it.features[a:b])
             input_ids[row:row + b - a] = [0] * (b - a)
+        for _, it, _, b in spans:
             if b == it.length:
                 it.features = None   # its positions are all computed now (KV holds them)
         self.counters["image_tokens_computed"] += len(rows)
