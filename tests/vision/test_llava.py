@@ -145,3 +145,28 @@ def test_dummy_llava_shape_runs():
         rt.check_integrity()
     finally:
         rt.shutdown()
+
+
+def test_siglip_tower_qwen2_decoder(tmp_path):
+    """The llava-interleave-qwen layout: SigLIP tower (no class token, last layer, "full"),
+    Qwen2 decoder (q/k/v biases); greedy tokens identical to transformers for two images."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    import lmnb as lm
+    from tests.vision.conftest import _needs_smollm2, save_llava
+
+    _needs_smollm2()
+    path = save_llava(tmp_path / "llava-siglip-qwen2", tower="siglip", decoder="qwen2")
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    imgs = random_images(2, seed=71)
+    ref, prompt_len = _hf((model, AutoProcessor.from_pretrained(path)), TWO, imgs)
+    rt = lm.Runtime(f"hf:{path}", device="cpu", dtype="float32", max_total_tokens=4096)
+    try:
+        assert rt.loaded.vision.image_tokens == 16 and rt.model_config.arch == "qwen2"
+        out = rt.generate([TWO], images=[imgs], max_new_tokens=NEW, temperature=0, ignore_eos=True)[0]
+        assert out["output_ids"] == ref
+        assert out["meta"]["prompt_tokens"] == prompt_len
+        rt.check_integrity()
+    finally:
+        rt.shutdown()

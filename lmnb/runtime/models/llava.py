@@ -53,8 +53,10 @@ class LlavaConfig:
 
     @property
     def image_tokens(self) -> int:
-        """Decoder positions one image takes (one per patch, plus the class token for "full")."""
-        return self.vision.num_patches + (1 if self.select_strategy == "full" else 0)
+        """Decoder positions one image takes: one per patch, plus CLIP's class token with
+        "full"; "default" drops the first position (CLIP's class token)."""
+        n = self.vision.num_patches + self.vision.class_token
+        return n - 1 if self.select_strategy == "default" else n
 
 
 class Projector(nn.Module):

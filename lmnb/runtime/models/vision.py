@@ -1,6 +1,7 @@
-"""The CLIP vision tower of LLaVA-style models (ViT: patch conv + class token + learned
-positions, pre-norm encoder layers), in plain torch with transformers' parameter names so
-checkpoints load 1:1. Only the layers up to the deepest feature layer the model reads are
+"""The vision towers of LLaVA-style models, in plain torch with transformers' parameter
+names so checkpoints load 1:1: CLIP (ViT: patch conv + class token + learned positions,
+a pre-norm, pre-norm encoder layers) and SigLIP (the same without class token and
+pre-norm, a biased patch conv). Only the layers up to the deepest feature layer the model reads are
 built; images are encoded in one batch per step (no KV cache, no causal mask)."""
 from __future__ import annotations
 
@@ -39,20 +40,28 @@ class VisionConfig:
     num_channels: int = 3
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
+    kind: str = "clip"              # "clip" | "siglip"
 
     @classmethod
     def from_hf(cls, hf: dict) -> VisionConfig:
         mt = hf.get("model_type", "clip_vision_model")
-        if mt not in ("clip_vision_model", "clip"):
-            raise LmnbError(f"vision tower {mt!r} is not supported; lmnb runs clip_vision_model")
-        return cls(hidden_size=hf.get("hidden_size", 768),
+        kinds = {"clip_vision_model": "clip", "clip": "clip", "siglip_vision_model": "siglip"}
+        if mt not in kinds:
+            raise LmnbError(f"vision tower {mt!r} is not supported; lmnb runs clip_vision_model "
+                            "and siglip_vision_model")
+        kind = kinds[mt]
+        return cls(kind=kind, hidden_size=hf.get("hidden_size", 768),
                    intermediate_size=hf.get("intermediate_size", 3072),
                    num_layers=hf.get("num_hidden_layers", 12),
                    num_heads=hf.get("num_attention_heads", 12),
                    image_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 32),
                    num_channels=hf.get("num_channels", 3),
-                   layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
-                   hidden_act=hf.get("hidden_act", "quick_gelu"))
+                   layer_norm_eps=hf.get("layer_norm_eps", 1e-5 if kind == "clip" else 1e-6),
+                   hidden_act=hf.get("hidden_act", "quick_gelu" if kind == "clip" else "gelu_pytorch_tanh"))
+
+    @property
+    def class_token(self) -> bool:
+        return self.kind == "clip"
 
     @property
     def num_patches(self) -> int:
@@ -62,7 +71,7 @@ class VisionConfig:
         h, i = self.hidden_size, self.intermediate_size
         layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h
         return (self.num_channels * self.patch_size ** 2 * h + h + (self.num_patches + 1) * h
-                + 4 * h + self.num_layers * layer)
+                + 4 * h + self.num_layers * layer)   # (CLIP's; SigLIP's differs by a few vectors)
 
 
 def _linear(n_in: int, n_out: int, dtype, device) -> nn.Linear:
@@ -119,18 +128,21 @@ class VisionEmbeddings(nn.Module):
         h = cfg.hidden_size
         self.image_size = cfg.image_size
         self.patch_embedding = nn.Conv2d(cfg.num_channels, h, cfg.patch_size, cfg.patch_size,
-                                         bias=False, dtype=dtype, device=device)
-        self.class_embedding = nn.Parameter(torch.empty(h, dtype=dtype, device=device))
-        self.position_embedding = nn.Embedding(cfg.num_patches + 1, h, dtype=dtype, device=device)
+                                         bias=not cfg.class_token, dtype=dtype, device=device)
+        self.class_embedding = (nn.Parameter(torch.empty(h, dtype=dtype, device=device))
+                                if cfg.class_token else None)
+        self.position_embedding = nn.Embedding(cfg.num_patches + cfg.class_token, h, dtype=dtype,
+                                               device=device)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.shape[-1] != self.image_size or pixel_values.shape[-2] != self.image_size:
             raise LmnbError(f"the image processor gave {tuple(pixel_values.shape[-2:])} pixels; "
                             f"the vision tower takes {self.image_size}x{self.image_size}")
         w = self.patch_embedding.weight
-        patches = self.patch_embedding(pixel_values.to(w.dtype)).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+        x = self.patch_embedding(pixel_values.to(w.dtype)).flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        return x + self.position_embedding.weight
 
 
 class CLIPVisionTower(nn.Module):
@@ -146,8 +158,8 @@ class CLIPVisionTower(nn.Module):
             raise LmnbError(f"vision_feature_layer {feature_layers} is outside the tower's "
                             f"{cfg.num_layers} layers")
         self.embeddings = VisionEmbeddings(cfg, dtype, device)
-        self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dtype,
-                                         device=device)
+        self.pre_layrnorm = (nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dtype,
+                                          device=device) if cfg.kind == "clip" else nn.Identity())
         self.encoder = nn.Module()
         self.encoder.layers = nn.ModuleList(VisionLayer(cfg, dtype, device)
                                             for _ in range(max(self.feature_layers)))
@@ -163,8 +175,8 @@ class CLIPVisionTower(nn.Module):
     def wants(self, name: str) -> bool:
         """Whether checkpoint tensor `name` (relative to the tower, without the
         `vision_model.` level older checkpoints have) is a parameter here: the unused
-        post-norm and layers past the deepest feature layer are skipped."""
-        if name.startswith("post_layernorm") or "position_ids" in name:
+        post-norm, SigLIP's pooling head and layers past the deepest feature layer are skipped."""
+        if name.startswith(("post_layernorm", "head.")) or "position_ids" in name:
             return False
         if name.startswith("encoder.layers."):
             return int(name.split(".")[2]) < len(self.encoder.layers)
