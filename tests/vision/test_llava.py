@@ -170,3 +170,30 @@ def test_siglip_tower_qwen2_decoder(tmp_path):
         rt.check_integrity()
     finally:
         rt.shutdown()
+
+
+@pytest.mark.parametrize("arch,tokens,billions", [("llava-7b", 576, 7.06), ("llava-qwen2-0.5b", 729, 0.9)])
+def test_dummy_shapes(arch, tokens, billions):
+    """The named shapes as transformers builds them (on the meta device, nothing
+    allocated): image positions, parameter count, and every HF parameter lmnb uses maps
+    onto an lmnb parameter of the same size."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from lmnb.runtime.models.llava import LLAVA_SHAPES, route
+    from lmnb.runtime.models.llava import LlavaConfig as OurConfig
+    from lmnb.runtime.models.llava import LlavaForConditionalGeneration as Ours
+
+    cfg = OurConfig.from_hf(LLAVA_SHAPES[arch])
+    assert cfg.image_tokens == tokens
+    with torch.device("meta"):
+        hf = LlavaForConditionalGeneration(LlavaConfig(**LLAVA_SHAPES[arch]))
+    ours = Ours(cfg, torch.float32, torch.device("meta"))
+    n = sum(p.numel() for p in hf.parameters())
+    assert abs(n / 1e9 - billions) < 0.05 * billions, n
+    used = 0
+    for name, p in hf.named_parameters():
+        part, rest = route(name)
+        assert part is not None, name
+        if part != "vision" or ours.vision_tower.wants(rest):
+            used += p.numel()
+    assert used == sum(p.numel() for p in ours.parameters())

@@ -188,6 +188,18 @@ LLAVA_SHAPES: dict[str, dict] = {
         vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
                            num_hidden_layers=24, num_attention_heads=16, image_size=336,
                            patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5)),
+    # llava-hf/llava-interleave-qwen-0.5b-hf: SigLIP-so400m at 384 px (729 image tokens, all
+    # positions of the last layer) + a Qwen2-0.5B decoder
+    "llava-qwen2-0.5b": dict(
+        model_type="llava", image_token_index=151646, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", projector_hidden_act="gelu",
+        text_config=dict(model_type="qwen2", vocab_size=152000, hidden_size=896,
+                         intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                         max_position_embeddings=32768, tie_word_embeddings=True),
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
+                           num_hidden_layers=26, num_attention_heads=16, image_size=384,
+                           patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)),
     # a tiny shape for fast tests (16 image tokens)
     "llava-tiny": dict(
         model_type="llava", image_token_index=511, vision_feature_layer=-2,
