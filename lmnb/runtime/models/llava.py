@@ -130,7 +130,7 @@ class LlavaForConditionalGeneration(nn.Module):
                 raise LmnbError(f"weight {name} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
             p.copy_(t)
         if other:
-            raise LmnbError(f"checkpoint has unexpected vision weights, e.g. {sorted(other)[0]}")
+            raise LmnbError(f"checkpoint has unexpected vision weights, e.g. {min(other)}")
 
 
 def route(name: str) -> tuple[str | None, str]:
