@@ -74,10 +74,10 @@ class Projector(nn.Module):
 class LlavaForConditionalGeneration(nn.Module):
     """The decoder's step (`forward`) plus `encode_images(pixel_values) -> [n, tokens, hidden]`."""
 
-    def __init__(self, cfg: LlavaConfig, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cfg: LlavaConfig, dtype: torch.dtype, device: torch.device, quant=None) -> None:
         super().__init__()
         self.vl_cfg, self.cfg = cfg, cfg.text
-        self.language_model = LlamaForCausalLM(cfg.text, dtype, device)
+        self.language_model = LlamaForCausalLM(cfg.text, dtype, device, quant=quant)
         self.vision_tower = CLIPVisionTower(cfg.vision, cfg.feature_layers, dtype, device)
         self.multi_modal_projector = Projector(cfg, dtype, device)
 
