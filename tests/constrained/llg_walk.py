@@ -7,6 +7,18 @@ import numpy as np
 from .walk import distance_to_accept
 
 
+_SINGLE: dict[int, np.ndarray] = {}
+
+
+def _single_bytes(vocab) -> np.ndarray:
+    """Which ids are one-byte tokens (steering candidates that always exist)."""
+    if id(vocab) not in _SINGLE:
+        flags = np.zeros(vocab.vocab_size, bool)
+        flags[[i for i, t in enumerate(vocab.tokens) if t and len(t) == 1]] = True
+        _SINGLE[id(vocab)] = flags
+    return _SINGLE[id(vocab)]
+
+
 def accepts(guide, text: str) -> bool:
     """Whether the engine accepts `text` as a whole output (tokenized greedily)."""
     cursor = guide.cursor()
@@ -60,8 +72,8 @@ def llg_walk(guide, seed: int, budget: int = 30, jump_prob: float = 0.3, check: 
         elif fsm.accepting[state]:
             tid = eos
         else:   # steer home: the candidate that gets closest to acceptance
-            cands = np.concatenate([allowed[[len(vocab.bytes_of(int(t)) or b"") == 1
-                                             for t in allowed]], rng.choice(allowed, 64)])
+            cands = np.concatenate([allowed[_single_bytes(vocab)[allowed]],
+                                    rng.choice(allowed, 64)])
             nxt = [fsm.step(state, vocab.bytes_of(int(t)) or b"") if int(t) not in vocab.eos_set
                    else fsm.dead for t in cands]
             tid = int(cands[int(np.argmin(dist[nxt]))])

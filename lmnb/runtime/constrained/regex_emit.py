@@ -270,6 +270,14 @@ def _char_text(cp: int) -> str:
 
 
 def _class_text(ranges: Ranges) -> str:
+    if sum(hi - lo + 1 for lo, hi in ranges) > 0x80000:
+        # most of Unicode: write the complement (engines that expand ranges into sets of
+        # characters, like interegular, take seconds over a million code points)
+        rest = _subtract(_ALL, ranges)
+        if not rest:
+            return "(?s:.)"
+        return "[^" + "".join(_char_text(lo) if lo == hi else f"{_char_text(lo)}-{_char_text(hi)}"
+                              for lo, hi in rest) + "]"
     if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         return _char_text(ranges[0][0])
     body = "".join(_char_text(lo) if lo == hi else f"{_char_text(lo)}-{_char_text(hi)}"
