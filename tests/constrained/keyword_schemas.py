@@ -126,3 +126,61 @@ SUITE: dict[str, tuple[dict, list, list]] = {
         [{"people": [{"name": "Ann", "age": -1}], "summary": "x"},
          {"people": [{"age": 3}], "summary": "x"}]),
 }
+
+
+def _s(n: int) -> dict:
+    return {"type": "string", "maxLength": n}
+
+
+# realistic tool-calling / extraction schemas (bounded strings: a 135M model must be able to end)
+REALISTIC: dict[str, dict] = {
+    "weather_tool": obj({"location": _s(60), "unit": {"enum": ["celsius", "fahrenheit"]},
+                         "lat": {"type": "number", "minimum": -90, "maximum": 90},
+                         "lon": {"type": "number", "minimum": -180, "maximum": 180}},
+                        ["location", "unit", "lat", "lon"]),
+    "bank_txn": obj({"account": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}[A-Z0-9]{4,20}$"},
+                     "amount": {"type": "number", "minimum": -1000000, "maximum": 1000000},
+                     "currency": {"enum": ["EUR", "USD", "GBP"]},
+                     "date": {"type": "string", "format": "date"}}),
+    "sensor_reading": obj({"id": {"type": "string", "format": "uuid"},
+                           "temp_c": {"type": "number", "minimum": -40.5, "maximum": 85.25},
+                           "humidity": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                           "ts": {"type": "string", "format": "date-time"}}),
+    "server_config": obj({"host": {"type": "string", "format": "ipv4"},
+                          "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                          "v6": {"type": "string", "format": "ipv6"},
+                          "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300}},
+                         ["host", "port"]),
+    "comment_thread": {"$defs": {"c": obj({"author": _s(30), "text": _s(120), "replies": {
+        "type": "array", "maxItems": 2, "items": {"$ref": "#/$defs/c"}}}, ["author", "text"])},
+        "$ref": "#/$defs/c"},
+    "invoice": obj({"number": {"type": "string", "pattern": "^INV-[0-9]{6}$"},
+                    "lines": {"type": "array", "minItems": 1, "maxItems": 4, "items": obj({
+                        "desc": _s(60), "qty": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "unit_price": {"type": "number", "minimum": 0, "maximum": 100000}})},
+                    "discount": {"type": "number", "minimum": -500, "maximum": 0}}, ["number", "lines"]),
+    "search_call": obj({"query": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
+                        "filters": {"type": "object", "maxProperties": 3,
+                                    "additionalProperties": _s(30)}}, ["query"]),
+    "geo_point": obj({"lat": {"type": "number", "minimum": -90, "maximum": 90},
+                      "lon": {"type": "number", "minimum": -180, "maximum": 180},
+                      "alt_m": {"type": "number", "exclusiveMinimum": -430.5, "maximum": 8848.86}}),
+    "thermostat": obj({"mode": {"enum": ["heat", "cool", "off"]},
+                       "target_c": {"type": "number", "minimum": -10, "maximum": 35.5},
+                       "schedule": {"type": "array", "maxItems": 3, "items": obj({
+                           "hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                           "delta": {"type": "number", "minimum": -5.5, "maximum": 5.5}})}}),
+    "contact": obj({"name": _s(40), "email": {"type": "string", "format": "email"},
+                    "birthday": {"type": "string", "format": "date"},
+                    "callback": {"type": "string", "format": "time"}}, ["name", "email"]),
+    "linked_list": {"$defs": {"cell": obj({"v": {"type": "integer", "minimum": -100, "maximum": 100},
+                                           "next": {"anyOf": [{"$ref": "#/$defs/cell"},
+                                                              {"type": "null"}]}})},
+                    "$ref": "#/$defs/cell"},
+    "calendar_event": {"allOf": [obj({"title": _s(50)}), obj({
+        "start": {"type": "string", "format": "date-time"},
+        "priority": {"type": "integer", "minimum": -2, "maximum": 2, "multipleOf": 1}}, ["start"])]},
+    "rating": obj({"item": _s(40), "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+                   "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10}}),
+}

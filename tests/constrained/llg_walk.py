@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .walk import distance_to_accept
 
 
 _SINGLE: dict[int, np.ndarray] = {}
@@ -17,6 +16,23 @@ def _single_bytes(vocab) -> np.ndarray:
         flags[[i for i, t in enumerate(vocab.tokens) if t and len(t) == 1]] = True
         _SINGLE[id(vocab)] = flags
     return _SINGLE[id(vocab)]
+
+
+def _distance(guide) -> np.ndarray:
+    """Fewest bytes from each FSM state to acceptance (kept on the guide: ids are reused)."""
+    dist = getattr(guide, "_walk_dist", None)
+    if dist is None:
+        fsm = guide.fsm
+        big = np.iinfo(np.int32).max // 2
+        dist = np.where(fsm.accepting, 0, big).astype(np.int64)
+        while True:
+            new = np.minimum(dist, dist[fsm.trans].min(axis=1) + 1)
+            new[fsm.dead] = big
+            if (new == dist).all():
+                break
+            dist = new
+        guide._walk_dist = dist
+    return dist
 
 
 def accepts(guide, text: str) -> bool:
@@ -49,7 +65,7 @@ def llg_walk(guide, seed: int, budget: int = 30, jump_prob: float = 0.3, check: 
     towards acceptance after `budget` steps. Returns the text."""
     rng = np.random.default_rng(seed)
     fsm = guide.fsm
-    dist = distance_to_accept(guide)
+    dist = _distance(guide)
     cursor, out, state = guide.cursor(), bytearray(), fsm.initial
     vocab = guide.vocab
     eos = int(vocab.eos_ids[0])
