@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -82,7 +81,7 @@ SCHEMAS = {
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, _ROOT)   # this checkout's lmnb, not an installed one
 sys.path.insert(0, os.path.join(_ROOT, "tests", "constrained"))
-from keyword_schemas import REALISTIC, SUITE  # noqa: E402  (the CI keyword suite: formats, bounds, recursion)
+from keyword_schemas import REALISTIC, SUITE
 
 ALL_SCHEMAS = {**SCHEMAS, **{f"kw_{k}": v[0] for k, v in SUITE.items()}, **REALISTIC}
 INSTANCES = {f"kw_{k}": v[1][0] for k, v in SUITE.items()}
@@ -198,10 +197,39 @@ def instance_text(name: str, schema: dict) -> str:
     """A valid compact instance: the suite's own, or one lmnb's guide produces by a walk."""
     if name in INSTANCES:
         return json.dumps(INSTANCES[name], ensure_ascii=False, separators=(",", ":"))
-    from tests.constrained.llg_walk import llg_walk
+    if name not in _instance_cache:
+        _instance_cache[name] = _closing_walk(_instance_backend[0].compile(json_schema=schema))
+    return _instance_cache[name]
 
-    return _instance_cache.setdefault(name, llg_walk(_instance_backend[0].compile(json_schema=schema),
-                                                     seed=0, budget=12, check=0))
+
+def _closing_walk(guide, budget: int = 10, seed: int = 0) -> str:
+    """Random ASCII tokens for `budget` steps, then one-byte tokens that tend to close JSON."""
+    rng = np.random.default_rng(seed)
+    vocab, cursor, out = guide.vocab, guide.cursor(), bytearray()
+    single = {t[0]: i for i, t in enumerate(vocab.tokens) if t and len(t) == 1}
+    ascii_ok = np.array([bool(t) and t.isascii() and t.isprintable() for t in
+                         (x.decode("latin-1") if x else "" for x in vocab.tokens)] +
+                        [False] * (vocab.vocab_size - len(vocab.tokens)))
+    for step in range(budget + 2000):
+        if cursor.is_terminated():
+            break
+        if forced := cursor.jump_forward():
+            cursor.accept_text(forced)
+            out += forced.encode()
+            continue
+        mask = cursor.allowed_mask().numpy()
+        if step >= budget and cursor.is_accepting():
+            break
+        pick = np.flatnonzero(mask & ascii_ok)
+        tid = int(rng.choice(pick)) if step < budget and len(pick) else None
+        if tid is None:
+            order = [single[b] for b in b'"}]@.0a1-:TZ ' if b in single and mask[single[b]]]
+            tid = order[0] if order else int(rng.choice(np.flatnonzero(mask)))
+        cursor.accept_token(tid)
+        out += vocab.tokens[tid]
+    if not cursor.is_accepting():
+        raise ValueError("no instance found by the closing walk")
+    return out.decode("utf-8")
 
 
 _instance_cache: dict = {}

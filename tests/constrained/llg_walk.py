@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
-
 _SINGLE: dict[int, np.ndarray] = {}
 
 

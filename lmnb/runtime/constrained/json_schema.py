@@ -130,7 +130,7 @@ class _Converter:
             return self._alternation([T.literal(v) for v in s["enum"]])
         for key in ("anyOf", "oneOf"):
             if key in s:
-                return self._options([(lambda i=i, sub=sub: self.convert(
+                return self._options([(lambda i=i, sub=sub, key=key: self.convert(
                     self._merge(s, key, sub), f"{path}/{key}/{i}", refs))
                     for i, sub in enumerate(s[key])])
         return self._typed(s, path, refs)

@@ -7,7 +7,6 @@ counted with.
 from __future__ import annotations
 
 import json
-import re
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained.regex_emit import regex_literal

@@ -11,7 +11,6 @@ numpy gathers per trie depth — no Python loop over tokens.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
