@@ -357,13 +357,13 @@ def json_decode(s: Suite) -> None:
 def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     """(ms per step spent building and applying grammar masks, median decode step ms), from
     one extra run with apply_masks timed (synchronised around it)."""
-    from lmnb.runtime import output
+    from lmnb.runtime import device_sampling as output
 
     spent: list[float] = []
     orig = output.apply_masks
 
-    def timed_masks(logits, reqs):
-        spent.append(timed(lambda: orig(logits, reqs)))
+    def timed_masks(*args):
+        spent.append(timed(lambda: orig(*args)))
 
     t0 = time.time()
     output.apply_masks = timed_masks
@@ -397,7 +397,7 @@ def json_many(s: Suite) -> None:
     """64 requests with 64 different schemas in one batch: grammar mask cost per decode step
     (computing every request's bitmask, one copy, expanding and applying on the device) as
     a share of the step. Target <= 5% of the 8B decode step."""
-    from lmnb.runtime import output
+    from lmnb.runtime import device_sampling as output
 
     rt, rng = s.rt, random.Random(11)
     n = 64
@@ -414,8 +414,8 @@ def json_many(s: Suite) -> None:
     spent: list[float] = []
     orig = output.apply_masks
 
-    def timed_masks(logits, reqs):
-        spent.append(timed(lambda: orig(logits, reqs)))
+    def timed_masks(*args):
+        spent.append(timed(lambda: orig(*args)))
 
     t0 = time.time()
     output.apply_masks = timed_masks

@@ -10,7 +10,7 @@ import torch
 from lmnb.runtime.request import Req
 
 
-class _DeviceMasks:
+class DeviceMasks:
     """Device copies of the grammar's per-state masks, as 'disallowed' rows as wide as the
     logits. The grammar caches one CPU mask per FSM state and hands out that same tensor,
     so its identity keys this cache (the entry holds it, so the id is never reused)."""
@@ -35,9 +35,6 @@ class _DeviceMasks:
         return dev_row
 
 
-_masks = _DeviceMasks()
-
-
 def _unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
     """int32 [B, W] bitsets (bit i%32 of word i//32) -> bool [B, width] (False past W*32)."""
     shifts = torch.arange(32, device=words.device, dtype=torch.int32)
@@ -48,7 +45,7 @@ def _unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([bits, pad], dim=1)
 
 
-def _banned(guides: list, width: int, dev: torch.device) -> torch.Tensor:
+def _banned(guides: list, width: int, dev: torch.device, masks: DeviceMasks) -> torch.Tensor:
     """bool [len(guides), width] of disallowed tokens. Cursors with `bitmask()` (the
     llguidance engine) send their 6 KiB bitsets in one copy, expanded on the device; the
     others hand out one shared mask per automaton state, kept on the device."""
@@ -63,18 +60,19 @@ def _banned(guides: list, width: int, dev: torch.device) -> torch.Tensor:
             rows[j] = row
     for j, g in enumerate(guides):
         if rows[j] is None:
-            rows[j] = _masks.get(g.allowed_mask(), width, dev)
+            rows[j] = masks.get(g.allowed_mask(), width, dev)
     return torch.stack(rows)
 
 
-def apply_masks(logits: torch.Tensor, reqs: list[Req]) -> None:
+def apply_masks(logits: torch.Tensor, reqs: list[Req], masks: DeviceMasks) -> None:
     """Set disallowed tokens to -inf for requests with a grammar (in place): one stacked
-    fill, no per-request copies of whole boolean masks."""
+    fill, no per-request copies of whole boolean masks (`masks`: the runtime's cache of
+    per-state rows, for cursors without `bitmask()`)."""
     rows = [i for i, r in enumerate(reqs) if r.guide is not None]
     if not rows:
         return
     width, dev = logits.shape[1], logits.device
-    banned = _banned([reqs[i].guide for i in rows], width, dev)
+    banned = _banned([reqs[i].guide for i in rows], width, dev, masks)
     if len(rows) == logits.shape[0]:
         logits.masked_fill_(banned, float("-inf"))
     else:
