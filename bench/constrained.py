@@ -1,10 +1,12 @@
 """Constrained-decoding benchmark on the SmolLM2 vocabulary: lmnb beside llguidance and
 xgrammar, side by side in one run (CPU, no model needed).
 
-40 schemas (tool calling, extraction, negative/fractional/exclusive bounds, formats,
+45 schemas (tool calling, extraction, negative/fractional/exclusive bounds, formats,
 patterns, recursion): per engine the per-tokenizer setup time, the compile time of each
 schema, and the mask time of every token of a valid instance, on a fresh grammar ("first
-visit") and again on the same grammar ("cached"), plus the process RSS growth. lmnb is
+visit") and again on the same grammar ("cached"), plus the process RSS growth. Each is
+repeated (`--repeats`) on fresh compiles and the median taken per token, so a busy
+machine's preemptions do not pass for mask cost. lmnb is
 timed through its cursor (what the sampler calls); peers through their own APIs, each
 compiling the schema itself. A peer that cannot be imported is skipped and said so.
 Prints one line per case and writes bench/results/constrained_cpu.json.
@@ -179,7 +181,8 @@ class XgrammarEngine:
         self.vocab = len(tok)
 
     def compile(self, schema):
-        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False,
+                                                 separators=(",", ":"))
 
     def walk(self, compiled, tokens):
         m = self.xgr.GrammarMatcher(compiled)
@@ -241,13 +244,15 @@ def bench_engine(engine, tok, repeats: int) -> dict:
     for name, schema in ALL_SCHEMAS.items():
         tokens = tok.encode(instance_text(name, schema), add_special_tokens=False)
         try:
-            compile_ms = []
-            for _ in range(repeats):
+            compile_ms, firsts, cacheds = [], [], []
+            for _ in range(repeats):   # per token: the median over fresh compiles (load spikes out)
                 t = time.perf_counter()
                 compiled = engine.compile(schema)
                 compile_ms.append((time.perf_counter() - t) * 1e3)
-            first = engine.walk(compiled, tokens)     # fresh grammar: first visits
-            cached = engine.walk(compiled, tokens)    # same grammar again
+                firsts.append(engine.walk(compiled, tokens))    # fresh grammar: first visits
+                cacheds.append(engine.walk(compiled, tokens))   # same grammar again
+            first = np.median(np.array(firsts), axis=0).tolist()
+            cached = np.median(np.array(cacheds), axis=0).tolist()
         except Exception as e:  # noqa: BLE001  (a peer refusing a schema is a result)
             rows.append({"schema": name, "error": str(e).splitlines()[0][:160]})
             print(f"constrained engine={engine.name} schema={name} error={str(e)[:80]!r}")
@@ -340,7 +345,7 @@ def bench_decode(programs_per_schema: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--decode", action="store_true", help="also run JSON programs through the engine")
     ap.add_argument("--fsm", action="store_true", help="also time lmnb's own byte-FSM engine (slow)")
     ap.add_argument("--programs-per-schema", type=int, default=4)

@@ -400,10 +400,10 @@ def json_many(s: Suite) -> None:
     from lmnb.runtime import device_sampling as output
 
     rt, rng = s.rt, random.Random(11)
-    n = 64
+    n = s.n(64)
     schemas = [json.dumps(x) for x in _many_schemas(n)]
     prompts = [random_tokens(rng, 200, s.vocab) + [t + 3 for t in b"\nJSON: "] for _ in range(n)]
-    kw = {"max_new_tokens": 96, "temperature": 0}
+    kw = {"max_new_tokens": s.n(96), "temperature": 0}
 
     def run() -> list[dict]:
         handles = [rt.submit(p, json_schema=sc, **kw) for p, sc in zip(prompts, schemas)]
