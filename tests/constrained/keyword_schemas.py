@@ -161,8 +161,9 @@ REALISTIC: dict[str, dict] = {
                     "discount": {"type": "number", "minimum": -500, "maximum": 0}}, ["number", "lines"]),
     "search_call": obj({"query": {"type": "string", "minLength": 1, "maxLength": 100},
                         "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
-                        "filters": {"type": "object", "maxProperties": 3,
-                                    "additionalProperties": _s(30)}}, ["query"]),
+                        "filters": {"type": "object", "maxProperties": 3,   # bounded keys
+                                    "patternProperties": {"^[a-z_]{1,20}$": _s(30)},
+                                    "additionalProperties": False}}, ["query"]),
     "geo_point": obj({"lat": {"type": "number", "minimum": -90, "maximum": 90},
                       "lon": {"type": "number", "minimum": -180, "maximum": 180},
                       "alt_m": {"type": "number", "exclusiveMinimum": -430.5, "maximum": 8848.86}}),
