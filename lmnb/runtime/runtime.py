@@ -212,9 +212,9 @@ class Runtime:
             self.engine.release()
         self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
         self.outputs = self.loaded = self._grammars = None
+        _return_freed_memory()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        _return_freed_memory()
 
     def __enter__(self) -> Runtime:
         return self
