@@ -103,7 +103,7 @@ def test_optional_properties_keep_order_and_commas():
     ({"type": "object", "properties": {"a": {}}, "required": ["b"]}, "'b'"),
     ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "allOf"),
     ({"type": "string", "minimum": 3}, "minimum"),
-    ({"type": "number", "exclusiveMinimum": 0}, "exclusive"),
+    ({"type": "number", "multipleOf": 0.25}, "multipleOf"),
     ({"enum": []}, "empty"),
     ({"type": "string", "minLength": 5, "maxLength": 2}, "maxLength"),
 ])
