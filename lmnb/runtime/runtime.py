@@ -206,9 +206,9 @@ class Runtime:
 
     def grammars(self):
         if self._grammars is None:
-            from lmnb.runtime.constrained import GrammarBackend
+            from lmnb.runtime.constrained import make_backend
 
-            self._grammars = GrammarBackend(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+            self._grammars = make_backend(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         return self._grammars
 
     # -- inspection & control -------------------------------------------------------
