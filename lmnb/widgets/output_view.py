@@ -7,6 +7,7 @@ A view reads a snapshot of the state, so it can be drawn while the program runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from lmnb.lang.state import StateSnapshot
 from lmnb.widgets.base import View, box, esc, table, td
@@ -30,7 +31,7 @@ def cache_counts(meta: dict) -> tuple[int, int]:
     prompt = cached = 0
     for m in meta.values():
         for one in (m if isinstance(m, list) else [m]):
-            if not isinstance(one, dict) or "prompt_tokens" not in one:
+            if not isinstance(one, Mapping) or "prompt_tokens" not in one:
                 continue
             p = int(one["prompt_tokens"])
             if "option_start" in one:   # select: the prefix computed = all computed - option tokens
@@ -55,7 +56,7 @@ def _segments(chunks):
 
 def _forced(meta, var):
     m = meta.get(var)
-    if isinstance(m, dict):
+    if isinstance(m, Mapping):
         return [tuple(s) for s in m.get("forced_spans") or []]
     return []
 
@@ -106,7 +107,7 @@ class OutputView(View):
 
     @staticmethod
     def _plain(chunks) -> str:
-        return "".join(t if v is None else f"«{t}»" for v, t in _segments(chunks))
+        return "".join(_plain_images(t) if v is None else f"«{t}»" for v, t in _segments(chunks))
 
     # -- text/html ----------------------------------------------------------------
     def html(self) -> str:
@@ -142,10 +143,39 @@ def _prompt_html(t: str) -> str:
     out, i = [], 0
     for m in _SPECIAL.finditer(t):
         out.append(f'<span style="{_PROMPT}">{esc(t[i:m.start()])}</span>')
-        out.append(f'<span style="color: #afb8c1">{esc(m.group())}</span>')
+        img = _image_of(m.group())
+        if img is not None:
+            w, h = img.size
+            out.append(f'<img src="{img.thumbnail_url()}" alt="image {w}x{h}" title="image {w}x{h}" '
+                       f'style="max-height: 64px; max-width: 64px; vertical-align: middle; '
+                       f'border: 1px solid #d0d7de; margin: 0 2px">')
+        else:
+            out.append(f'<span style="color: #afb8c1">{esc(m.group())}</span>')
         i = m.end()
     out.append(f'<span style="{_PROMPT}">{esc(t[i:])}</span>')
     return "".join(out)
+
+
+def _image_of(special: str):
+    """The live image a `<|image:KEY|>` marker stands for, or None (other tokens, or an
+    image no program holds any more)."""
+    if not special.startswith("<|image:"):
+        return None
+    from lmnb.runtime.multimodal import MARKER_RE, lookup
+
+    m = MARKER_RE.fullmatch(special)
+    return lookup(m.group(1)) if m else None
+
+
+def _plain_images(t: str) -> str:
+    if "<|image:" not in t:
+        return t
+
+    def name(m):
+        img = _image_of(m.group())
+        return m.group() if img is None else f"[image {img.size[0]}x{img.size[1]}]"
+
+    return _SPECIAL.sub(name, t)
 
 
 def _gen_html(t: str, spans) -> str:
@@ -274,6 +304,8 @@ def _dry_pieces(program, tmpl) -> list[tuple[str, str]]:
                         f"select({n.name!r}, {list(n.choices)!r})"))
         elif isinstance(n, ir.Var):
             out.append(("hole", n.name))
+        elif isinstance(n, ir.Image):
+            out.append(("text", n.data.marker))
         else:
             out.append(("hole", n.describe()))
         first[0] = first[0] and not out
