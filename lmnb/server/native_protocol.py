@@ -113,8 +113,8 @@ def runtime_sampling(sp: dict, cfg: ServerConfig, context_len: int) -> tuple[dic
     for key, value in sp.items():
         if not isinstance(key, str):
             raise ApiError(400, "sampling_params keys must be strings", param="sampling_params")
-        if value is None and key != "max_new_tokens":
-            continue   # SGLang reads null as "the default"
+        if (value is None or value in ("", [], {})) and key != "max_new_tokens":
+            continue   # SGLang reads null (and an empty stop / grammar) as "the default"
         where = f"sampling_params.{key}"
         if key in _DIRECT:
             out[key] = _json_schema(value, where) if key == "json_schema" else value
