@@ -114,10 +114,10 @@ class LmMagics(Magics):
     def _backend(self, model: str | None, ns):
         if model is None:
             return self.session.backend()
-        value = ns.get(model) if model.isidentifier() else None
-        if value is not None and (hasattr(value, "submit") or hasattr(value, "chat_template")):
-            from lmnb.lang.backend import as_backend
+        from lmnb.lang.backend import Backend, as_backend, is_runtime
 
+        value = ns.get(model) if model.isidentifier() else None
+        if is_runtime(value) or isinstance(value, Backend):
             return as_backend(value)
         return self.session.load(model)
 
