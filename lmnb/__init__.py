@@ -44,6 +44,8 @@ _EXPORTS = {
     "compile_template": "lmnb.lang.template",
     "TemplateError": "lmnb.lang.template",
     "OpenAI": "lmnb.lang.openai_backend",
+    "RuntimeEndpoint": "lmnb.lang.remote",
+    "get_chat_template": "lmnb.lang.chat_templates",
 }
 
 

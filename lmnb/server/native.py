@@ -49,6 +49,7 @@ class _Native:
         self.svc = service
         self.rt, self.cfg = service.rt, service.cfg
         self._pieces: dict[int, str] = {}
+        self._template: dict | None | bool = False
 
     # -- info -------------------------------------------------------------------------
     async def model_info(self) -> dict:
@@ -59,7 +60,19 @@ class _Native:
                 "has_image_understanding": False, "has_audio_understanding": False,
                 "model_type": getattr(cfg, "model_type", None) or getattr(cfg, "arch", None),
                 "architectures": getattr(cfg, "architectures", None), "context_length": self.rt.context_len,
-                "max_total_num_tokens": self.rt.pool.size if self.rt.pool is not None else None}
+                "max_total_num_tokens": self.rt.pool.size if self.rt.pool is not None else None,
+                "lmnb_chat_template": self._chat_template()}
+
+    def _chat_template(self) -> dict | None:
+        """The model's roles as text (lmnb's extension: `lm.RuntimeEndpoint` reads it;
+        SGLang's frontend ignores it and uses its own named templates)."""
+        if self._template is False:
+            from lmnb.lang.chat_template import ChatTemplate
+            from lmnb.lang.chat_templates import template_to_json
+
+            t = ChatTemplate.from_tokenizer(self.rt.tokenizer)
+            self._template = None if t is None else template_to_json(t)
+        return self._template
 
     async def server_info(self) -> dict:
         rc = self.rt.config
