@@ -24,6 +24,8 @@ What each primitive becomes:
     logprobs, so chat models generate and match: with `server_extras` the reply is
     constrained to the options by a regex; otherwise the option the reply starts with
     (or shares the longest prefix with) is taken, and a reply naming none is an error.
+    A completion server that refuses the echo form (llama.cpp) gets `max_tokens=1`, then
+    generate-and-match, with a one-line warning (openai_select.py).
 Errors are one-line `LmnbError`s naming the URL; 408/409/429/5xx answers and dropped
 connections are retried `max_retries` times by the SDK with exponential backoff
 (0.5 s doubling to 8 s, or the server's Retry-After).
@@ -107,12 +109,12 @@ class OpenAI(Backend):
         return ApiCall(self, req, stream, [self.usage] + ([usage] if usage is not None else []))
 
     def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None) -> SelectResult:
-        from lmnb.lang.openai_select import select_by_generation, select_by_logprobs
+        from lmnb.lang.openai_select import select_by_generation, select_completion
 
         counters = [self.usage] + ([usage] if usage is not None else [])
         if self.is_chat:
             return select_by_generation(self, prompt, list(choices), counters)
-        return select_by_logprobs(self, prompt, list(choices), method, counters)
+        return select_completion(self, prompt, list(choices), method, counters)
 
     def chat_template(self) -> ChatTemplate | None:
         return self._template
