@@ -207,14 +207,15 @@ def gen(name: str | None = None, max_tokens: int | None = None, stop=None, stop_
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         min_p: float | None = None, seed: int | None = None, ignore_eos: bool | None = None,
         regex: str | None = None, json_schema=None, dtype=None, choices: Sequence[str] | None = None,
-        return_logprob: bool | None = None, top_logprobs_num: int | None = None) -> Expr:
+        return_logprob: bool | None = None, top_logprobs_num: int | None = None,
+        choices_method=None) -> Expr:
     """Generate text and capture it under `name`. `choices=[...]` behaves like `select`;
     `regex=`, `json_schema=` (dict, JSON string or pydantic model) and `dtype=` (int,
     float, bool, str) constrain the output and parse the captured value."""
     where = f"gen({name!r})"
     _check_name(name, where)
     if choices is not None:
-        return select(name, choices, temperature=temperature)
+        return select(name, choices, temperature=temperature, choices_method=choices_method)
     if sum(x is not None for x in (regex, json_schema, dtype)) > 1:
         raise LmnbError(f"{where}: give only one of regex=, json_schema= and dtype=")
     parse = None
@@ -242,10 +243,17 @@ def gen_string(name: str | None = None, **kw) -> Expr:
 
 
 def select(name: str | None = None, choices: Sequence[str] | None = None,
-           method: str = "token_length_normalized", temperature: float | None = None) -> Expr:
+           method: str = "token_length_normalized", temperature: float | None = None,
+           choices_method=None) -> Expr:
     """Choose one of `choices` by its likelihood after the current text (all options are
-    scored in one batched pass); the chosen text is appended and captured under `name`."""
+    scored in one batched pass); the chosen text is appended and captured under `name`.
+    `choices_method` (SGLang's name for `method`) takes `lm.token_length_normalized`,
+    `lm.greedy_token_selection` or `lm.unconditional_likelihood_normalized`."""
     where = f"select({name!r})"
+    if choices_method is not None:
+        from lmnb.lang.compat import method_name
+
+        method = _wrap(where, method_name, choices_method)
     _check_name(name, where)
     if isinstance(choices, str) or not isinstance(choices, Sequence) or not choices \
             or not all(isinstance(c, str) for c in choices):

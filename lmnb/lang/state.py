@@ -18,9 +18,10 @@ from typing_extensions import Self
 
 from lmnb.errors import LmnbError, RequestAborted
 from lmnb.lang.ir import Expr, as_expr
+from lmnb.lang.sglang_state import SGLangStateMixin
 
 
-class ProgramState:
+class ProgramState(SGLangStateMixin):
     def __init__(self, backend, defaults: dict | None = None, stream: bool = False) -> None:
         self.backend, self.defaults, self.stream = backend, dict(defaults or {}), stream
         self.error: BaseException | None = None
@@ -246,6 +247,11 @@ class ForkGroup:
         for i, s in enumerate(self.states):
             s += other(i) if callable(other) and not isinstance(other, Expr) else other
         return self
+
+    def __setitem__(self, i: int, value) -> None:
+        """What `forks[i] += x` ends with (the branch itself, already extended)."""
+        if value is not self.states[i]:
+            raise LmnbError("fork branches cannot be replaced; extend one with forks[i] += ...")
 
     def join(self, mode: str = "gather_variable") -> ProgramState:
         """Wait for every branch; `gather_variable` puts each name captured in the
