@@ -111,10 +111,16 @@ class _TraceScope:
 
 
 def trace_prefix(func, arg_names: list[str], bound: dict, template) -> Trace:
-    """Run `func` on a TraceState with bound arguments as given and the others as
-    placeholders; the constant prefix it builds before the first unknown."""
+    """Run `func` on a TraceState with bound arguments as given, defaults as declared
+    and the others as placeholders; the constant prefix it builds before the first unknown."""
+    import inspect
+
     st = TraceState(template)
-    kwargs = {n: bound.get(n, Placeholder(n)) for n in arg_names}
+    params = inspect.signature(func).parameters
+    kwargs = {}
+    for n in arg_names:
+        default = params[n].default
+        kwargs[n] = bound[n] if n in bound else (Placeholder(n) if default is inspect.Parameter.empty else default)
     try:
         func(st, **kwargs)
     except _Stop as e:

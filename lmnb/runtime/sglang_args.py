@@ -56,9 +56,7 @@ def translate(spec: str | None, options: dict) -> tuple[str, dict]:
     ours = {f.name for f in fields(RuntimeConfig)}
     out, unknown = {}, []
     for k, v in options.items():
-        if k in ours:
-            out[k] = v
-        elif k in _MAP:
+        if k in _MAP:   # before lmnb's own: shared names (dtype, ...) take SGLang's values too
             name, fn = _MAP[k]
             value = fn(v) if fn else v
             if name not in ours:
@@ -67,6 +65,8 @@ def translate(spec: str | None, options: dict) -> tuple[str, dict]:
                 raise LmnbError(f"Runtime: {k}={v!r} is not supported by this lmnb")
             if value is not None:
                 out[name] = value
+        elif k in ours:
+            out[k] = v
         elif k in _NO_EFFECT:
             continue
         else:
