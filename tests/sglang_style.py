@@ -347,6 +347,22 @@ def check_return_logprob():
     assert all(len(top) == 2 for top in meta["output_top_logprobs"])
 
 
+@sgl.function
+def several(s):
+    s += "A fruit name:" + sgl.gen("fruit", n=2, max_tokens=3, temperature=0.9, seed=7,
+                                    frequency_penalty=0.2, presence_penalty=0.1)
+    s += "\nA colour:" + sgl.gen("colour", max_tokens=4, stop_regex=r"[.!?]", return_logprob=True,
+                                  return_text_in_logprobs=True)
+
+
+def check_n_penalties_stop_regex():
+    state = several.run()
+    assert isinstance(state["fruit"], list) and len(state["fruit"]) == 2
+    meta = state.get_meta_info("colour")
+    assert not re.search(r"[.!?]", state["colour"])
+    assert all(len(e) == 3 and isinstance(e[2], str) for e in meta["output_token_logprobs"])
+
+
 # -- speculative execution -----------------------------------------------------------------
 @sgl.function(num_api_spec_tokens=64)
 def gen_character_spec(s):

@@ -96,6 +96,25 @@ class GlobalConfig:
 global_config = GlobalConfig()
 
 
+def add_logprob_texts(backend, result) -> None:
+    """`return_text_in_logprobs`: (token id, logprob) entries of a result's meta (and its
+    samples') become (token id, logprob, text); a backend that reports texts already
+    (RuntimeEndpoint) keeps them."""
+    decode = getattr(getattr(backend, "inner", backend), "token_text", None)
+    if decode is None:
+        return
+    for r in result.get("samples") or [result]:
+        meta = r["meta"]
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            entries = meta.get(key)
+            if entries:
+                meta[key] = [e if len(e) > 2 else (e[0], e[1], decode(e[0])) for e in entries]
+        tops = meta.get("output_top_logprobs")
+        if tops:
+            meta["output_top_logprobs"] = [None if k is None else [e if len(e) > 2 else (e[0], e[1], decode(e[0]))
+                                                                 for e in k] for k in tops]
+
+
 def _target(backend):
     from lmnb.lang.backend import as_backend, get_default_backend
 

@@ -21,6 +21,8 @@ from lmnb.lang.state import ProgramState
 
 
 _local = threading.local()   # how deep this thread is inside program bodies
+# run() keywords of SGLang that have no meaning here
+_SGLANG_ONLY = ("return_text_in_logprobs",)
 
 
 def in_program() -> bool:
@@ -95,21 +97,16 @@ class Function:
             b.cache_prefix(prefix)
         return prefix
 
-    def run(self, *args, backend=None, stream: bool = False, max_new_tokens: int | None = None,
-            stop=None, stop_token_ids=None, temperature: float | None = None, top_p: float | None = None,
-            top_k: int | None = None, min_p: float | None = None, seed: int | None = None,
-            ignore_eos: bool | None = None, return_logprob: bool | None = None,
-            top_logprobs_num: int | None = None, num_api_spec_tokens: int | None = None,
-            use_thread: bool = True, **kwargs) -> ProgramState:
+    def run(self, *args, backend=None, stream: bool = False, use_thread: bool = True,
+            **kwargs) -> ProgramState:
         """Run once and return the finished state (stream=True: at once, then
-        `state.text_iter()`). Keyword sampling options are defaults for every `gen`
-        (over `lm.global_config.default_sampling`); `num_api_spec_tokens` overrides the
-        decorator's (remote backends speculate). `use_thread` is SGLang's and has no
-        effect (a program always runs on its own worker)."""
-        given = {"max_new_tokens": max_new_tokens, "stop": stop, "stop_token_ids": stop_token_ids,
-                 "temperature": temperature, "top_p": top_p, "top_k": top_k, "min_p": min_p,
-                 "seed": seed, "ignore_eos": ignore_eos, "return_logprob": return_logprob,
-                 "top_logprobs_num": top_logprobs_num, "num_api_spec_tokens": num_api_spec_tokens}
+        `state.text_iter()`). Keywords naming a sampling parameter (`max_new_tokens` /
+        `max_tokens`, `temperature`, `stop`, `n`, `min_tokens`, ... the table's names) are
+        defaults for every `gen` (over `lm.global_config.default_sampling`), unless the
+        program has an argument of that name; the others are the program's arguments.
+        `num_api_spec_tokens` overrides the decorator's (remote backends speculate).
+        `use_thread` is SGLang's and has no effect (a program always has its own worker)."""
+        given, kwargs = self._split_options(kwargs)
         defaults = self._defaults(given)
         self._check_args(args, kwargs)
         state = start(self._body(), backend, stream, defaults, args, kwargs)
@@ -119,6 +116,22 @@ class Function:
             raise err
         _show(state, stream)
         return state
+
+    def _split_options(self, kwargs: dict) -> tuple[dict, dict]:
+        """(run options by runtime name, program arguments)."""
+        from lmnb.runtime.sampling_params import NAMES, runtime_name
+
+        options, args = {}, {}
+        for k, v in kwargs.items():
+            if k in self.arg_names:
+                args[k] = v
+            elif k in _SGLANG_ONLY:
+                continue   # how SGLang formats logprob entries: lmnb's carry token ids
+            elif runtime_name(k) in NAMES or k in PROGRAM_KEYS:
+                options[runtime_name(k)] = v
+            else:
+                args[k] = v   # _check_args names it
+        return options, args
 
     def _defaults(self, given: dict) -> dict:
         """Run options over the global defaults; the decorator's spec tokens over the global."""
@@ -138,6 +151,10 @@ class Function:
         (a widget in notebooks). `generator_style=True` returns at once an iterator that
         yields the states in order as they finish."""
         batch_kwargs = self._batch_args(batch_kwargs)
+        defaults, extra = self._split_options(defaults)
+        if extra:
+            raise LmnbError(f"run_batch: unknown option {sorted(extra)[0]!r}; give program arguments in "
+                            "batch_kwargs, sampling options by the table's names")
         defaults = self._defaults(defaults)
         if generator_style:
             from lmnb.lang.batch_iter import iter_programs

@@ -108,6 +108,7 @@ class Gen(Expr):
     name: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     parse: Any = None
+    text_in_logprobs: bool = False   # SGLang's return_text_in_logprobs: entries get their token text
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
@@ -197,12 +198,13 @@ class Call(Expr):
 
 # -- constructors (the SGLang names) -------------------------------------------------
 def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = None,
-        choices_method=None, **sampling) -> Expr:
+        choices_method=None, return_text_in_logprobs: bool | None = None, **sampling) -> Expr:
     """Generate text and capture it under `name`. Keyword arguments are the sampling
     parameters of the table (`max_tokens`, `temperature`, `stop`, `regex`, `json_schema`
     as a dict, JSON string or pydantic model, ...; see `lm.SamplingParams`). `choices=[...]`
     behaves like `select` (with `choices_method=`); `dtype=` (int, float, bool, str)
-    constrains the output and parses the captured value."""
+    constrains the output and parses the captured value. `return_text_in_logprobs=True`
+    makes the logprob entries of the meta (token id, logprob, token text) triples."""
     where = f"gen({name!r})"
     _check_name(name, where)
     if choices is not None:
@@ -229,13 +231,15 @@ def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = 
         params = check_user(sampling)
     except LmnbError as e:
         raise LmnbError(f"{where}: {e}") from None
-    return Gen(name, params, parse)
+    if return_text_in_logprobs not in (None, True, False):
+        raise LmnbError(f"{where}: return_text_in_logprobs must be True or False")
+    return Gen(name, params, parse, bool(return_text_in_logprobs))
 
 
 gen.__signature__ = inspect.Signature(
     [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
     + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
-       for k in ("dtype", "choices", "choices_method", *USER_NAMES)])
+       for k in ("dtype", "choices", "choices_method", "return_text_in_logprobs", *USER_NAMES)])
 
 
 def gen_int(name: str | None = None, **kw) -> Expr:

@@ -42,10 +42,10 @@ class SGLangStateMixin:
         marks: dict = {}
 
         def begin(s) -> None:
-            marks["start"] = len(s._text)   # on the worker: the text so far
+            marks["start"] = len(s.text())   # on the worker: the text so far, at once
 
         def end(s) -> None:
-            s._capture(name, s._text[marks["start"]:], None)
+            s.capture(name, s.text()[marks["start"]:], None)
 
         return _scope(self, ir.Call(begin, f"var_scope({name!r})"), ir.Call(end, f"var_scope({name!r})"))
 

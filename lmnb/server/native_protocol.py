@@ -128,7 +128,7 @@ def runtime_sampling(sp: dict, cfg: ServerConfig, context_len: int) -> tuple[dic
             out[_RENAMED[key]] = value
         elif key in _NEUTRAL:
             if key in runtime_names:
-                out[key] = value
+                out[key] = _one_regex(value, where) if key == "stop_regex" else value
             elif value != _NEUTRAL[key]:
                 raise ApiError(400, f"{where} is not supported by lmnb serve; leave it at "
                                     f"{_NEUTRAL[key]!r}", param=where)
@@ -151,6 +151,15 @@ def runtime_sampling(sp: dict, cfg: ServerConfig, context_len: int) -> tuple[dic
     except ValueError as e:
         raise ApiError(400, f"sampling_params: {e}", param="sampling_params") from None
     return out, n
+
+
+def _one_regex(v, where: str) -> str:
+    """SGLang takes one stop regex or a list; the runtime one pattern (the alternatives)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
+        return v[0] if len(v) == 1 else "|".join(f"(?:{x})" for x in v)
+    raise ApiError(400, f"{where} must be a regex or a list of them", param=where)
 
 
 def _check_fields(body: dict) -> None:

@@ -83,6 +83,21 @@ def test_prompt_logprobs_as_select_reads_them(base, smollm2):
     assert math.isclose(top[0][0], m["output_token_logprobs"][0][0], abs_tol=1e-4)
 
 
+def test_min_tokens_penalties_and_stop_regex_reach_the_engine(base, smollm2):
+    r = post(base, {"text": "Hi", "sampling_params": {"max_new_tokens": 6, "min_new_tokens": 6, "temperature": 0,
+                                                      "stop": ["\n", " "], "frequency_penalty": 0.5,
+                                                      "presence_penalty": 0.1, "repetition_penalty": 1.1}})
+    assert r.status_code == 200, r.text
+    assert r.json()["meta_info"]["completion_tokens"] == 6
+    ref = smollm2.generate("Hi", max_new_tokens=6, min_new_tokens=6, temperature=0, stop=["\n", " "],
+                           frequency_penalty=0.5, presence_penalty=0.1, repetition_penalty=1.1)[0]
+    assert r.json()["text"] == ref["text"]
+    r = post(base, {"text": "Count: 1, 2, 3, 4,", "sampling_params": {"max_new_tokens": 8, "temperature": 0,
+                                                                       "stop_regex": ["[0-9]", "zz"]}})
+    out = r.json()
+    assert out["meta_info"]["finish_reason"]["type"] == "stop" and not any(c.isdigit() for c in out["text"])
+
+
 def test_regex_and_json_schema(base):
     r = post(base, {"text": "My age is ", "sampling_params": {"max_new_tokens": 8, "regex": r"[0-9]{2}",
                                                               "temperature": 0}})
@@ -146,8 +161,9 @@ def test_info_flush_health(base, smollm2):
     ({"input_ids": [1, "a"]}, "input_ids must be"),
     ({"text": "x", "sampling_params": {"temperature": "hot"}}, "temperature"),
     ({"text": "x", "sampling_params": {"max_new_tokens": -1}}, "max_new_tokens"),
-    ({"text": "x", "sampling_params": {"frequency_penalty": 0.5, "presence_penalty": 0.5,
-                                       "no_stop_trim": True}}, "not supported"),
+    ({"text": "x", "sampling_params": {"frequency_penalty": 0.5, "no_stop_trim": True}}, "not supported"),
+    ({"text": "x", "sampling_params": {"frequency_penalty": 5}}, "frequency_penalty must be in"),
+    ({"text": "x", "sampling_params": {"stop_regex": [1]}}, "stop_regex must be a regex"),
     ({"text": "x", "image_data": "http://example.invalid/a.png"}, "image_data is not supported"),
     ({"text": ["a", "b"], "sampling_params": [{}]}, "1 entries for 2 prompts"),
     ({"text": "x", "return_logprob": "yes"}, "return_logprob must be true or false"),

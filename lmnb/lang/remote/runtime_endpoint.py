@@ -34,6 +34,7 @@ from lmnb.errors import LmnbError, RequestAborted
 from lmnb.lang.backend import Backend, SelectResult
 from lmnb.lang.chat_template import ChatTemplate
 from lmnb.lang.chat_templates import get_chat_template, template_for_model, template_from_json
+from lmnb.runtime.results import GenMeta, GenResult
 
 _TOP_LEVEL = ("return_logprob", "logprob_start_len", "top_logprobs_num")
 _RENAME = {"seed": "sampling_seed"}
@@ -57,6 +58,7 @@ class RuntimeEndpoint(Backend):
                                                        max_keepalive_connections=max_connections))
         self.model_info = self._get("/get_model_info")
         self._template = self._pick_template(chat_template)
+        self._texts: dict[int, str] = {}   # token texts the server reported, for token_text()
 
     # -- info / cache --------------------------------------------------------------------
     def get_model_name(self) -> str:
@@ -75,9 +77,38 @@ class RuntimeEndpoint(Backend):
     def chat_template(self) -> ChatTemplate | None:
         return self._template
 
+    def token_text(self, token_id: int) -> str:
+        """The text of a token the server reported in a logprob entry ("" if never seen)."""
+        return self._texts.get(token_id, "")
+
+    def as_result(self, data) -> GenResult:
+        """A native response (or the list a request with n > 1 answers) as the runtime's
+        result: (token id, logprob) entries, the samples of n in `samples`."""
+        if isinstance(data, list):
+            results = [self.as_result(d) for d in data]
+            first = results[0]
+            first.samples = results if len(results) > 1 else None
+            return first
+        m = data.get("meta_info") or {}
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            self._remember(m.get(key) or [])
+        for k in m.get("output_top_logprobs") or []:
+            self._remember(k or [])
+        return _as_result(data)
+
+    def _remember(self, entries: list) -> None:
+        if len(self._texts) > 500_000:
+            self._texts.clear()
+        for e in entries:
+            if len(e) > 2 and isinstance(e[2], str):
+                self._texts[e[1]] = e[2]
+
     # -- generate ------------------------------------------------------------------------
     def generate(self, prompt: str, stream: bool = False, **sampling) -> _Call:
-        return _Call(self, self.request_body(prompt, sampling), stream)
+        body = self.request_body(prompt, sampling)
+        # n samples come back as a list: streamed, the program shows the first at the end
+        return _Call(self, body, stream and body["sampling_params"].get("n", 1) == 1,
+                     iterate=stream)
 
     def request_body(self, prompt: str | list, sampling: dict) -> dict:
         """A `/generate` body for `prompt` with runtime-named sampling keywords."""
@@ -91,6 +122,7 @@ class RuntimeEndpoint(Backend):
                 body["sampling_params"][_RENAME.get(k, k)] = list(v) if isinstance(v, tuple) else v
         if body.get("return_logprob") or body.get("logprob_start_len", -1) >= 0:
             body["return_logprob"] = True
+            body["return_text_in_logprobs"] = True   # kept for token_text(); entries stay pairs
         return body
 
     # -- select ------------------------------------------------------------------------------
@@ -162,8 +194,9 @@ class _Call:
     """One `/generate` request: `result()` blocks for {"text", "output_ids", "meta"},
     iterating yields text deltas (stream=True), `abort()` closes the connection."""
 
-    def __init__(self, backend: RuntimeEndpoint, body: dict, stream: bool) -> None:
+    def __init__(self, backend: RuntimeEndpoint, body: dict, stream: bool, iterate: bool = False) -> None:
         self.backend, self.body, self.stream = backend, {**body, "stream": stream}, stream
+        self.iterate = iterate and not stream   # iterated but not streamed: one piece at the end
         self._result: dict | None = None
         self._response: httpx.Response | None = None
         self._aborted = False
@@ -199,11 +232,14 @@ class _Call:
                     data = json.loads(self._read(r))
                 finally:
                     r.close()
-                self._result = _as_result(data)
+                self._result = self.backend.as_result(data)
         return self._result
 
     def __iter__(self) -> Iterator[str]:
         if self._result is not None:
+            return
+        if self.iterate:
+            yield self.result()["text"]
             return
         r = self._open()
         shown, last = 0, None
@@ -226,7 +262,7 @@ class _Call:
             r.close()
         if last is None:
             raise LmnbError(f"{self.backend.base_url}/generate ended its stream without a result")
-        self._result = _as_result(last)
+        self._result = self.backend.as_result(last)
 
     def _read(self, r: httpx.Response) -> bytes:
         try:
@@ -252,22 +288,21 @@ class _Call:
             r.close()
 
 
-def _as_result(data: dict) -> dict:
-    """A native response as the runtime's result shape."""
+def _as_result(data: dict) -> GenResult:
     m = data.get("meta_info") or {}
     fin = m.get("finish_reason") or {}
-    meta = {"id": m.get("id"), "prompt_tokens": m.get("prompt_tokens", 0),
-            "completion_tokens": m.get("completion_tokens", 0), "cached_tokens": m.get("cached_tokens", 0),
-            "finish_reason": fin.get("type", "abort") if isinstance(fin, dict) else str(fin),
-            "matched_stop": fin.get("matched") if isinstance(fin, dict) else None,
-            "e2e_latency": m.get("e2e_latency")}
+    meta = GenMeta(id=m.get("id"), prompt_tokens=m.get("prompt_tokens", 0),
+                   completion_tokens=m.get("completion_tokens", 0), cached_tokens=m.get("cached_tokens", 0),
+                   finish_reason=fin.get("type", "abort") if isinstance(fin, dict) else str(fin),
+                   matched_stop=fin.get("matched") if isinstance(fin, dict) else None,
+                   e2e_latency=m.get("e2e_latency"))
     for key in ("input_token_logprobs", "output_token_logprobs"):
         if key in m:
             meta[key] = [(e[1], e[0]) for e in m[key]]
     if "output_top_logprobs" in m:
         meta["output_top_logprobs"] = [None if k is None else [(e[1], e[0]) for e in k]
                                        for k in m["output_top_logprobs"]]
-    return {"text": data.get("text") or "", "output_ids": list(data.get("output_ids") or []), "meta": meta}
+    return GenResult(data.get("text") or "", meta, list(data.get("output_ids") or []))
 
 
 def _option_logprobs(entries: list, prompt: str, option: str) -> list[float]:
