@@ -58,8 +58,9 @@ class GlobalConfig:
     default_sampling: sampling defaults under every run's own (e.g. {"temperature": 0}).
     num_api_spec_tokens: API speculative execution for programs that set none.
     skip_special_tokens_in_output: the default `skip_special_tokens` of every gen.
-    enable_precache_with_tracing: run_batch / a program's first request caches the
-    constant prefix first (lmnb's batches always share it; False turns that off).
+    enable_precache_with_tracing: run_batch first computes the program's traced
+    constant prefix into the cache (`f.cache()`); False skips that (the batch's
+    first prompt is still shared).
     spaces_between_special_tokens_in_out, enable_parallel_encoding: accepted for
     SGLang programs that set them; lmnb decodes and encodes one way."""
 

@@ -137,7 +137,10 @@ class Function:
         """Run options over the global defaults; the decorator's spec tokens over the global."""
         from lmnb.lang.compat import global_config
 
-        out = {**global_config.default_sampling, **{k: v for k, v in given.items() if v is not None}}
+        base = dict(global_config.default_sampling)
+        if not global_config.skip_special_tokens_in_output:
+            base.setdefault("skip_special_tokens", False)
+        out = {**base, **{k: v for k, v in given.items() if v is not None}}
         if out.get("num_api_spec_tokens") is None:
             n = self.options.get("num_api_spec_tokens")
             out["num_api_spec_tokens"] = n if n is not None else global_config.num_api_spec_tokens
@@ -156,12 +159,24 @@ class Function:
             raise LmnbError(f"run_batch: unknown option {sorted(extra)[0]!r}; give program arguments in "
                             "batch_kwargs, sampling options by the table's names")
         defaults = self._defaults(defaults)
+        from lmnb.lang.compat import global_config
+
+        if global_config.enable_precache_with_tracing and len(batch_kwargs) > 1:
+            self._precache(backend)
         if generator_style:
             from lmnb.lang.batch_iter import iter_programs
 
             return iter_programs(self._body(), batch_kwargs, backend, num_threads, defaults)
         return run_programs([self._body()] * len(batch_kwargs), backend, num_threads, progress_bar,
                             args_list=batch_kwargs, **defaults)
+
+    def _precache(self, backend) -> None:
+        """Before a batch: its constant prefix into the cache (a failure here is left for
+        the programs themselves to report)."""
+        try:
+            self.cache(backend)
+        except Exception:  # noqa: BLE001
+            pass
 
     def _batch_args(self, batch) -> list[dict]:
         if isinstance(batch, (dict, str)) or not isinstance(batch, Sequence):
