@@ -173,3 +173,24 @@ def test_generator_batch_yields_in_order_and_aborts_when_closed(smollm2):
     smollm2.check_integrity()
     with pytest.raises(LmnbError, match="more values than count\\(\\) has arguments"):
         count.run_batch([(1, 2)], backend=smollm2)
+
+
+def test_batches_precache_the_traced_prefix_unless_turned_off(smollm2, monkeypatch):
+    from lmnb.lang.function import Function
+
+    cached = []
+    real = Function.cache
+    monkeypatch.setattr(Function, "cache", lambda self, backend=None: cached.append(real(self, backend)))
+
+    @sgl.function
+    def ask(s, q):
+        s += "A fixed instruction for every question.\n" + "Q: " + q + "\nA:" + sgl.gen("a", max_tokens=2)
+
+    ask.run_batch([{"q": "1?"}, {"q": "2?"}], backend=smollm2, progress_bar=False)
+    assert cached == ["A fixed instruction for every question.\n"]
+    sgl.global_config.enable_precache_with_tracing = False
+    try:
+        ask.run_batch([{"q": "1?"}, {"q": "2?"}], backend=smollm2, progress_bar=False)
+    finally:
+        sgl.global_config.enable_precache_with_tracing = True
+    assert len(cached) == 1

@@ -77,13 +77,13 @@ def _check(r: httpx.Response) -> None:
     assert "Traceback" not in msg and "internal error" not in msg, msg
 
 
-@settings(SETTINGS, max_examples=60)
+@settings(SETTINGS, max_examples=40)
 @given(body=bodies)
 def test_generate_bodies(http, body):
     _check(http.post("/generate", content=_encode(body), headers={"content-type": "application/json"}))
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=15)
 @given(content=raw_bodies)
 def test_raw_bodies(http, content):
     _check(http.post("/generate", content=content, headers={"content-type": "application/json"}))
