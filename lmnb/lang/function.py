@@ -9,6 +9,7 @@ with and `f.cache()` computes it into the backend's cache (trace.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
@@ -18,7 +19,6 @@ from lmnb.errors import LmnbError
 from lmnb.lang import ir
 from lmnb.lang.interpreter import PROGRAM_KEYS, run_programs, start
 from lmnb.lang.state import ProgramState
-
 
 _local = threading.local()   # how deep this thread is inside program bodies
 # run() keywords of SGLang that have no meaning here
@@ -156,7 +156,7 @@ class Function:
         batch_kwargs = self._batch_args(batch_kwargs)
         defaults, extra = self._split_options(defaults)
         if extra:
-            raise LmnbError(f"run_batch: unknown option {sorted(extra)[0]!r}; give program arguments in "
+            raise LmnbError(f"run_batch: unknown option {min(extra)!r}; give program arguments in "
                             "batch_kwargs, sampling options by the table's names")
         defaults = self._defaults(defaults)
         from lmnb.lang.compat import global_config
@@ -173,10 +173,8 @@ class Function:
     def _precache(self, backend) -> None:
         """Before a batch: its constant prefix into the cache (a failure here is left for
         the programs themselves to report)."""
-        try:
+        with contextlib.suppress(Exception):
             self.cache(backend)
-        except Exception:  # noqa: BLE001
-            pass
 
     def _batch_args(self, batch) -> list[dict]:
         if isinstance(batch, (dict, str)) or not isinstance(batch, Sequence):

@@ -60,7 +60,8 @@ def select_by_logprobs(backend, prompt: str, choices: list[str], method: str, co
     uncond = method == "unconditional_likelihood_normalized"
     if uncond:
         prompts += choices
-    kw = dict(model=backend.model, prompt=prompts, echo=True, logprobs=1, max_tokens=max_tokens, temperature=0)
+    kw = {"model": backend.model, "prompt": prompts, "echo": True, "logprobs": 1, "max_tokens": max_tokens,
+          "temperature": 0}
     resp = _probe(backend, kw) if probe else send(backend, False, **kw)
     usage = resp.usage
     backend.add_usage(counters, calls=1, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,

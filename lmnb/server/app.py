@@ -16,8 +16,8 @@ from lmnb.server.body import read_json
 from lmnb.server.bridge import Bridge, abort_unfinished
 from lmnb.server.config import ServerConfig
 from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers
-from lmnb.server.native import add_native_routes
 from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
+from lmnb.server.native import add_native_routes
 from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse
 
 

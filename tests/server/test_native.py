@@ -2,6 +2,7 @@
 streaming, constraints), info routes, flush, health, and SGLang-shaped errors."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -125,7 +126,7 @@ def test_stream_is_cumulative_text_then_done(base, smollm2):
     assert events[-1] == "[DONE]" and len(events) >= 3
     chunks = events[:-1]
     texts = [c["text"] for c in chunks]
-    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
     ref = smollm2.generate("Count: 1, 2, 3,", max_new_tokens=8, temperature=0)[0]
     assert texts[-1] == ref["text"] and chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])

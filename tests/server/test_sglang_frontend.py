@@ -27,7 +27,7 @@ def results():
     with serve_process(env=env) as url:
         base = url[: -len("/v1")]
         proc = subprocess.run([sys.executable, str(ROOT / "tests/server/sglang_client.py"), base, str(SGLANG_DIR)],
-                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+                              capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stderr[-4000:]
     return json.loads(line[0][len("RESULT "):])

@@ -49,8 +49,7 @@ class RuntimeEndpoint(Backend):
                  timeout: float = 600.0, verify=True, max_connections: int = 256) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise LmnbError(f"lm.RuntimeEndpoint: base_url must look like http://HOST:PORT, got {base_url!r}")
-        url = base_url.rstrip("/")
-        self.base_url = url[: -len("/v1")] if url.endswith("/v1") else url
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, verify=verify,
                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
