@@ -100,8 +100,8 @@ class Function:
     def run(self, *args, backend=None, stream: bool = False, use_thread: bool = True,
             **kwargs) -> ProgramState:
         """Run once and return the finished state (stream=True: at once, then
-        `state.text_iter()`). Keywords naming a sampling parameter (`max_new_tokens` /
-        `max_tokens`, `temperature`, `stop`, `n`, `min_tokens`, ... the table's names) are
+        `state.text_iter()`). Keywords naming a sampling parameter by its runtime name
+        (`max_new_tokens`, `temperature`, `stop`, `n`, `min_new_tokens`, ...) are
         defaults for every `gen` (over `lm.global_config.default_sampling`), unless the
         program has an argument of that name; the others are the program's arguments.
         `num_api_spec_tokens` overrides the decorator's (remote backends speculate).
@@ -119,7 +119,7 @@ class Function:
 
     def _split_options(self, kwargs: dict) -> tuple[dict, dict]:
         """(run options by runtime name, program arguments)."""
-        from lmnb.runtime.sampling_params import NAMES, runtime_name
+        from lmnb.runtime.sampling_params import NAMES
 
         options, args = {}, {}
         for k, v in kwargs.items():
@@ -127,8 +127,8 @@ class Function:
                 args[k] = v
             elif k in _SGLANG_ONLY:
                 continue   # how SGLang formats logprob entries: lmnb's carry token ids
-            elif runtime_name(k) in NAMES or k in PROGRAM_KEYS:
-                options[runtime_name(k)] = v
+            elif k in NAMES or k in PROGRAM_KEYS:   # runtime names, as SGLang's run() takes them
+                options[k] = v
             else:
                 args[k] = v   # _check_args names it
         return options, args
@@ -155,9 +155,10 @@ class Function:
         yields the states in order as they finish."""
         batch_kwargs = self._batch_args(batch_kwargs)
         defaults, extra = self._split_options(defaults)
-        if extra:
-            raise LmnbError(f"run_batch: unknown option {min(extra)!r}; give program arguments in "
-                            "batch_kwargs, sampling options by the table's names")
+        if extra:   # the interpreter names the first and lists the valid ones
+            from lmnb.lang.interpreter import _check_defaults
+
+            _check_defaults(extra)
         defaults = self._defaults(defaults)
         from lmnb.lang.compat import global_config
 

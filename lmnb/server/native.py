@@ -160,11 +160,11 @@ class _Native:
 
     def _sampling(self, it: Item, prompt_len: int) -> dict:
         kw = dict(it.sampling)
-        if it.return_logprob:
+        if it.wants_logprobs:
             kw["return_logprob"] = True
-            if it.top_logprobs_num:
-                kw["top_logprobs_num"] = it.top_logprobs_num
-            start = it.logprob_start_len
+            if it.top:
+                kw["top_logprobs_num"] = it.top
+            start = it.start
             if start > prompt_len:
                 raise ApiError(400, f"logprob_start_len={start} is higher than the number of input "
                                     f"tokens ({prompt_len}); use a smaller logprob_start_len",
@@ -195,13 +195,13 @@ class _Native:
 
     def _output(self, req: GenerateRequest, it: Item, ids: list[int], result: dict, started: float) -> dict:
         meta = self._meta(it, ids, result, started)
-        if it.return_logprob:
+        if it.wants_logprobs:
             meta.update(self._logprobs(req, it, ids, result["meta"]))
         return {"text": result["text"], "output_ids": list(result["output_ids"]), "meta_info": meta}
 
     def _logprobs(self, req: GenerateRequest, it: Item, ids: list[int], m: dict) -> dict:
         text = req.return_text_in_logprobs
-        start = it.logprob_start_len
+        start = it.start
         inputs: list = []
         if 0 <= start < len(ids):
             pairs = list(m.get("input_token_logprobs") or [])
@@ -210,7 +210,7 @@ class _Native:
             inputs = self._entries(pairs, text)
         outputs = self._entries(m.get("output_token_logprobs") or [], text)
         out = {"input_token_logprobs": inputs, "output_token_logprobs": outputs}
-        if it.top_logprobs_num:
+        if it.top:
             # lmnb computes top-k lists for generated tokens only
             out["input_top_logprobs"] = [None] * len(inputs)
             out["output_top_logprobs"] = [self._entries(k, text) if k is not None else None

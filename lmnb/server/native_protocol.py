@@ -55,14 +55,26 @@ _SUPPORTED = ("text", "input_ids", "sampling_params", "rid", "return_logprob", "
 
 @dataclass(slots=True)
 class Item:
-    """One generation: the prompt, runtime sampling keywords and what to report."""
+    """One generation: the prompt, runtime sampling keywords and which logprobs to
+    report (`logprobs`: the table's return_logprob / logprob_start_len /
+    top_logprobs_num as the request gave them; empty when none are asked for)."""
 
     prompt: str | list[int]
     sampling: dict
     rid: str | None = None
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
+    logprobs: dict = field(default_factory=dict)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return bool(self.logprobs)
+
+    @property
+    def start(self) -> int:
+        return self.logprobs.get("logprob_start_len", -1)
+
+    @property
+    def top(self) -> int:
+        return self.logprobs.get("top_logprobs_num", 0)
 
 
 @dataclass(slots=True)
@@ -94,8 +106,9 @@ def parse_generate(body: dict, cfg: ServerConfig, context_len: int) -> GenerateR
                            param="top_logprobs_num")
         for j in range(n):
             s = sampling if n == 1 or "seed" not in sampling else {**sampling, "seed": sampling["seed"] + j}
+            asked = {"return_logprob": True, "logprob_start_len": start[i], "top_logprobs_num": top[i]}
             req.items.append(Item(prompt, s, rid[i] if n == 1 or rid[i] is None else f"{rid[i]}-{j}",
-                                  lp[i], start[i] if lp[i] else -1, top[i] if lp[i] else 0))
+                                  asked if lp[i] else {}))
         batch = batch or n > 1
     req.batch = batch
     if len(req.items) > cfg.max_choices:

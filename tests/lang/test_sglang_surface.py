@@ -184,7 +184,8 @@ def test_batches_precache_the_traced_prefix_unless_turned_off(smollm2, monkeypat
 
     @sgl.function
     def ask(s, q):
-        s += "A fixed instruction for every question.\n" + "Q: " + q + "\nA:" + sgl.gen("a", max_tokens=2)
+        s += "A fixed instruction for every question.\n"
+        s += "Q: " + q + "\nA:" + sgl.gen("a", max_tokens=2)
 
     ask.run_batch([{"q": "1?"}, {"q": "2?"}], backend=smollm2, progress_bar=False)
     assert cached == ["A fixed instruction for every question.\n"]
