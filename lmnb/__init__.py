@@ -49,6 +49,19 @@ _EXPORTS = {
     "compile_template": "lmnb.lang.template",
     "TemplateError": "lmnb.lang.template",
     "OpenAI": "lmnb.lang.openai_backend",
+    "RuntimeEndpoint": "lmnb.lang.remote",
+    "get_chat_template": "lmnb.lang.chat_templates",
+    "flush_cache": "lmnb.lang.compat",
+    "get_server_info": "lmnb.lang.compat",
+    "global_config": "lmnb.lang.compat",
+    "greedy_token_selection": "lmnb.lang.compat",
+    "token_length_normalized": "lmnb.lang.compat",
+    "unconditional_likelihood_normalized": "lmnb.lang.compat",
+    "ChoicesSamplingMethod": "lmnb.lang.compat",
+    "REGEX_INT": "lmnb.lang.compat",
+    "REGEX_FLOAT": "lmnb.lang.compat",
+    "REGEX_BOOL": "lmnb.lang.compat",
+    "REGEX_STR": "lmnb.lang.compat",
 }
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # All tests: install (Python packages, the embedded model, and for the browser test
-# Debian's Chromium + the widget JS: never fatal, the test skips without them), then the
+# Debian's Chromium + the widget JS, and SGLang's frontend for the compatibility test:
+# never fatal, those tests skip without them), then the
 # unit/integration suite and the tutorial notebooks (nbval). GPU tests skip without CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh
+bash scripts/install_sglang.sh
 python -m pytest -q -p no:cacheprovider --durations=15 tests notebooks --nbval-lax "$@"

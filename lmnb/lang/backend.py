@@ -65,6 +65,10 @@ class RuntimeBackend(Backend):
     def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
         return score_choices(self.runtime, prompt, list(choices), method)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text (for logprob entries with text)."""
+        return self.runtime.decode([token_id])
+
     def cache_prefix(self, prompt: str) -> None:
         # the runtime inserts a request's KV into the radix cache when it finishes, so a
         # zero-token request makes the prefix shareable by everything sent after it

@@ -101,6 +101,10 @@ def _gen(state: ProgramState, node: ir.Gen) -> None:
         state.rewrite_from(start, text)
     if meta.get("finish_reason") == "abort":
         raise RequestAborted("the request was aborted")
+    if node.text_in_logprobs:
+        from lmnb.lang.compat import add_logprob_texts
+
+        add_logprob_texts(state.backend, res)
     samples = res.get("samples") or [res]   # n > 1: the variable is the list of samples
     values = [_parsed(node, s["text"]) for s in samples]
     state.capture(node.name, values[0] if len(values) == 1 else values,

@@ -109,6 +109,7 @@ class Gen(Expr):
     name: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     parse: Any = None
+    text_in_logprobs: bool = False   # SGLang's return_text_in_logprobs: entries get their token text
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
@@ -209,16 +210,19 @@ class Call(Expr):
 
 # -- constructors (the SGLang names) -------------------------------------------------
 def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = None,
-        **sampling) -> Expr:
+        choices_method=None, return_text_in_logprobs: bool | None = None, **sampling) -> Expr:
     """Generate text and capture it under `name`. Keyword arguments are the sampling
     parameters of the table (`max_tokens`, `temperature`, `stop`, `regex`, `json_schema`
     as a dict, JSON string or pydantic model, ...; see `lm.SamplingParams`). `choices=[...]`
-    behaves like `select`; `dtype=` (int, float, bool, str) constrains the output and
-    parses the captured value."""
+    behaves like `select` (with `choices_method=`); `dtype=` (int, float, bool, str)
+    constrains the output and parses the captured value. `return_text_in_logprobs=True`
+    makes the logprob entries of the meta (token id, logprob, token text) triples."""
     where = f"gen({name!r})"
     _check_name(name, where)
     if choices is not None:
-        return select(name, choices)
+        return select(name, choices, choices_method=choices_method)
+    if choices_method is not None:
+        raise LmnbError(f"{where}: choices_method needs choices=[...]")
     sampling = {k: v for k, v in sampling.items() if v is not None}
     if dtype is not None and ("regex" in sampling or "json_schema" in sampling):
         raise LmnbError(f"{where}: give only one of regex=, json_schema= and dtype=")
@@ -239,13 +243,15 @@ def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = 
         params = check_user(sampling)
     except LmnbError as e:
         raise LmnbError(f"{where}: {e}") from None
-    return Gen(name, params, parse)
+    if return_text_in_logprobs not in (None, True, False):
+        raise LmnbError(f"{where}: return_text_in_logprobs must be True or False")
+    return Gen(name, params, parse, bool(return_text_in_logprobs))
 
 
 gen.__signature__ = inspect.Signature(
     [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
     + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
-       for k in ("dtype", "choices", *USER_NAMES)])
+       for k in ("dtype", "choices", "choices_method", "return_text_in_logprobs", *USER_NAMES)])
 
 
 def image(x) -> Image:
@@ -268,11 +274,17 @@ def gen_string(name: str | None = None, **kw) -> Expr:
 
 
 def select(name: str | None = None, choices: Sequence[str] | None = None,
-           method: str = "token_length_normalized", **ignored) -> Expr:
+           method: str = "token_length_normalized", choices_method=None, **ignored) -> Expr:
     """Choose one of `choices` by its likelihood after the current text (all options are
-    scored in one batched pass); the chosen text is appended and captured under `name`."""
+    scored in one batched pass); the chosen text is appended and captured under `name`.
+    `choices_method` (SGLang's name for `method`) takes `lm.token_length_normalized`,
+    `lm.greedy_token_selection` or `lm.unconditional_likelihood_normalized`."""
     where = f"select({name!r})"
     _check_name(name, where)
+    if choices_method is not None:
+        from lmnb.lang.compat import method_name
+
+        method = _wrap(where, method_name, choices_method)
     if isinstance(choices, str) or not isinstance(choices, Sequence) or not choices \
             or not all(isinstance(c, str) for c in choices):
         raise LmnbError(f"{where}: choices must be a non-empty list of str, got {choices!r}")

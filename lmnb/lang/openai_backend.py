@@ -24,6 +24,8 @@ What each primitive becomes:
     logprobs, so chat models generate and match: with `server_extras` the reply is
     constrained to the options by a regex; otherwise the option the reply starts with
     (or shares the longest prefix with) is taken, and a reply naming none is an error.
+    A completion server that refuses the echo form (llama.cpp) gets `max_tokens=1`, then
+    generate-and-match, with a one-line warning (openai_select.py).
 Errors are one-line `LmnbError`s naming the URL; 408/409/429/5xx answers and dropped
 connections are retried `max_retries` times by the SDK with exponential backoff
 (0.5 s doubling to 8 s, or the server's Retry-After).
@@ -61,12 +63,15 @@ class OpenAI(Backend):
     (default: $OPENAI_BASE_URL or OpenAI). `api_key`: default $OPENAI_API_KEY; a local
     base_url needs none. `timeout` (seconds per request) and `max_retries` (for 408/409/
     429/5xx and dropped connections) go to the SDK. `num_api_spec_tokens`: speculate in
-    every program run on this backend (a program's own option wins)."""
+    every program run on this backend (a program's own option wins). `chat_template`:
+    how roles are written for a completion model (a ChatTemplate or a name for
+    `lm.get_chat_template`; default: matched from the model name, else SGLang's
+    `default`); chat models use ChatML turns, parsed back into messages."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, *,
                  is_chat_model: bool | None = None, timeout: float = 60.0, max_retries: int = 3,
                  server_extras: bool | None = None, continue_final_message: bool = False,
-                 num_api_spec_tokens: int | None = None, chat_template: ChatTemplate | None = None,
+                 num_api_spec_tokens: int | None = None, chat_template: ChatTemplate | str | None = None,
                  max_workers: int = 64) -> None:
         import openai
 
@@ -83,7 +88,7 @@ class OpenAI(Backend):
         self.num_api_spec_tokens = num_api_spec_tokens
         self.timeout, self.max_retries = timeout, max_retries
         self.supports_logprobs = not self.is_chat
-        self._template = CHATML if self.is_chat else chat_template
+        self._template = CHATML if self.is_chat else _completion_template(model, chat_template)
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if host not in _LOCAL_HOSTS:
@@ -107,12 +112,12 @@ class OpenAI(Backend):
         return ApiCall(self, req, stream, [self.usage] + ([usage] if usage is not None else []))
 
     def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None) -> SelectResult:
-        from lmnb.lang.openai_select import select_by_generation, select_by_logprobs
+        from lmnb.lang.openai_select import select_by_generation, select_completion
 
         counters = [self.usage] + ([usage] if usage is not None else [])
         if self.is_chat:
             return select_by_generation(self, prompt, list(choices), counters)
-        return select_by_logprobs(self, prompt, list(choices), method, counters)
+        return select_completion(self, prompt, list(choices), method, counters)
 
     def chat_template(self) -> ChatTemplate | None:
         return self._template
@@ -142,6 +147,17 @@ class OpenAI(Backend):
     def __repr__(self) -> str:
         kind = "chat" if self.is_chat else "completion"
         return f"lm.OpenAI({self.model!r}, base_url={self.base_url!r}, {kind})"
+
+
+def _completion_template(model: str, chosen) -> ChatTemplate:
+    """Roles on a completion model are plain text: the template given (a ChatTemplate or
+    a name for `lm.get_chat_template`), else one matched from the model name, else
+    SGLang's `default` (SYSTEM: / USER: / ASSISTANT: lines)."""
+    from lmnb.lang.chat_templates import get_chat_template, template_for_model
+
+    if chosen is not None:
+        return get_chat_template(chosen)
+    return template_for_model(model) or get_chat_template("default")
 
 
 def from_spec(spec: str, **kwargs) -> OpenAI:

@@ -21,6 +21,7 @@ from typing_extensions import Self
 
 from lmnb.errors import LmnbError, RequestAborted
 from lmnb.lang.ir import Expr, as_expr
+from lmnb.lang.sglang_state import SGLangStateMixin
 
 
 @dataclass
@@ -34,7 +35,7 @@ class StateSnapshot:
     error: str | None = None
 
 
-class ProgramState:
+class ProgramState(SGLangStateMixin):
     """A running or finished program. Readers (`text()`, `s["x"]`, `messages()`,
     `text_iter()`, `snapshot()`) and control (`sync()`, `abort()`, `wait_stopped()`) are
     for anyone; the methods under "the interpreter's interface" run on the worker.
@@ -336,6 +337,11 @@ class ForkGroup:
         for i, s in enumerate(self.states):
             s += other(i) if callable(other) and not isinstance(other, Expr) else other
         return self
+
+    def __setitem__(self, i: int, value) -> None:
+        """What `forks[i] += x` ends with (the branch itself, already extended)."""
+        if value is not self.states[i]:
+            raise LmnbError("fork branches cannot be replaced; extend one with forks[i] += ...")
 
     def join(self, mode: str = "gather_variable") -> ProgramState:
         """Wait for every branch; `gather_variable` puts each name captured in the

@@ -35,7 +35,9 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype, tp_size).
+    overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype, tp_size),
+    or SGLang's names for them (`Runtime(model_path=..., mem_fraction_static=...,
+    disable_radix_cache=...)`, see sglang_args.py).
 
     `tp_size=N` shards the model over N processes (one per GPU; gloo on CPU): this
     process is rank 0 and runs the scheduler, radix cache and sampling; see
@@ -44,6 +46,9 @@ class Runtime:
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
+        from lmnb.runtime.sglang_args import translate
+
+        spec, options = translate(spec, options)   # SGLang's model_path= and server-arg names too
         self.spec = spec
         self.config = RuntimeConfig.make(device=device, **options)
         self.engine = None

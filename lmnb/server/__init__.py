@@ -6,6 +6,9 @@
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with
 SSE streaming), GET /health. The served model answers to its name and to `default`.
+SGLang's native API beside them (native.py): POST /generate, GET /get_model_info,
+GET /get_server_info, POST /flush_cache, GET /health_generate, so SGLang's own
+frontend (`sgl.RuntimeEndpoint("http://HOST:PORT")`) and `lm.RuntimeEndpoint` drive it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The FastAPI application: /v1/models, /v1/completions, /v1/chat/completions."""
+"""The FastAPI application: /v1/models, /v1/completions, /v1/chat/completions, and
+SGLang's native routes (native.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ from lmnb.server.bridge import Bridge, abort_unfinished
 from lmnb.server.config import ServerConfig
 from lmnb.server.errors import ApiError, ApiKeyGuard, error_body, install_handlers
 from lmnb.server.formats import ChatFormat, CompletionFormat, usage_of, visible_logprobs
+from lmnb.server.native import add_native_routes
 from lmnb.server.protocol import ChatCompletionRequest, CompletionRequest, parse
 
 
@@ -39,6 +41,7 @@ def create_app(runtime, config: ServerConfig | None = None) -> FastAPI:
     app.add_api_route("/v1/models/{model}", service.model, methods=["GET"])
     app.add_api_route("/v1/completions", service.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", service.chat_completions, methods=["POST"])
+    add_native_routes(app, service)   # SGLang's /generate, /get_model_info, ...
     return app
 
 

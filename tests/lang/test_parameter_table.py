@@ -18,7 +18,8 @@ TABLE = ROOT / "runtime" / "sampling_params.py"
 
 def test_gen_accepts_exactly_the_table():
     params = inspect.signature(lm.gen).parameters
-    assert set(params) - {"name", "dtype", "choices"} == set(USER_NAMES)
+    # besides the table: what gen does with the text (SGLang's choices_method, return_text_in_logprobs)
+    assert set(params) - {"name", "dtype", "choices", "choices_method", "return_text_in_logprobs"} == set(USER_NAMES)
     for name in USER_NAMES:   # and really takes each (None: not set)
         lm.gen("x", **{name: None})
 
