@@ -54,7 +54,7 @@ class Function:
     def run_batch(self, batch_kwargs: Sequence[dict], *, backend=None, num_threads="auto",
                   progress_bar: bool = True, **defaults) -> list[ProgramState]:
         """Run once per dict of arguments, all together; states in order, failures in
-        `state.error`. `progress_bar=True` shows a tqdm bar (a widget in notebooks)."""
+        `state.error`. `progress_bar=True` shows a text progress bar."""
         if isinstance(batch_kwargs, dict) or not all(isinstance(k, dict) for k in batch_kwargs):
             raise LmnbError("run_batch takes a list of dicts of arguments, e.g. [{'x': 1}, {'x': 2}]")
         for kw in batch_kwargs:
