@@ -64,12 +64,14 @@ class RuntimeBackend(Backend):
         self._template: ChatTemplate | None | bool = False
 
     def generate(self, prompt: str, stream: bool = False, **sampling):
+        sampling.setdefault("token_healing", True)   # programs heal prompt boundaries by default
         return self.runtime.submit(prompt, stream=stream, **sampling)
 
-    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str,
+               token_healing: bool = True) -> SelectResult:
         from lmnb.lang.choices import score_choices
 
-        return score_choices(self.runtime, prompt, list(choices), method)
+        return score_choices(self.runtime, prompt, list(choices), method, token_healing)
 
     def cache_prefix(self, prompt: str) -> None:
         # the runtime inserts a request's KV into the radix cache when it finishes, so a
@@ -112,9 +114,9 @@ class PrefixGate(Backend):
         self._pass(prompt)
         return self.inner.generate(prompt, stream=stream, **sampling)
 
-    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str, **options) -> SelectResult:
         self._pass(prompt)
-        return self.inner.select(prompt, choices, method)
+        return self.inner.select(prompt, choices, method, **options)
 
     def chat_template(self) -> ChatTemplate | None:
         return self.inner.chat_template()

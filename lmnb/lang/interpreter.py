@@ -17,7 +17,7 @@ from lmnb.lang.state import ProgramState
 
 # run()/run_batch() keywords that set program-wide sampling defaults (runtime names)
 DEFAULT_KEYS = ("max_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p",
-                "seed", "ignore_eos", "return_logprob", "top_logprobs_num")
+                "seed", "ignore_eos", "return_logprob", "top_logprobs_num", "token_healing")
 # run options for the program as a whole (given to `Backend.for_program`), not sampling
 PROGRAM_KEYS = ("num_api_spec_tokens",)
 
@@ -46,7 +46,8 @@ def _text(state: ProgramState, node: ir.Text) -> None:
 
 
 def _select(state: ProgramState, node: ir.Select) -> None:
-    res = state.backend.select(_prompt(state, node), node.choices, node.method)
+    extra = {} if node.token_healing else {"token_healing": False}
+    res = state.backend.select(_prompt(state, node), node.choices, node.method, **extra)
     state._append(res.text, node.name)
     state._capture(node.name, res.text, res.meta)
 

@@ -118,6 +118,7 @@ class Gen(Expr):
     regex: str | None = None
     json_schema: str | None = None
     parse: Any = None
+    token_healing: bool | None = None   # None: the backend's default (on for the local runtime)
 
     def describe(self) -> str:
         return f"gen({self.name!r})"
@@ -144,6 +145,7 @@ class Select(Expr):
     choices: tuple[str, ...]
     method: str = "token_length_normalized"
     temperature: float | None = None  # accepted for SGLang compatibility; scoring ignores it
+    token_healing: bool = True        # score each option from the prompt's last whole token
 
     def describe(self) -> str:
         return f"select({self.name!r})"
@@ -207,14 +209,20 @@ def gen(name: str | None = None, max_tokens: int | None = None, stop=None, stop_
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         min_p: float | None = None, seed: int | None = None, ignore_eos: bool | None = None,
         regex: str | None = None, json_schema=None, dtype=None, choices: Sequence[str] | None = None,
-        return_logprob: bool | None = None, top_logprobs_num: int | None = None) -> Expr:
+        return_logprob: bool | None = None, top_logprobs_num: int | None = None,
+        token_healing: bool | None = None) -> Expr:
     """Generate text and capture it under `name`. `choices=[...]` behaves like `select`;
     `regex=`, `json_schema=` (dict, JSON string or pydantic model) and `dtype=` (int,
-    float, bool, str) constrain the output and parse the captured value."""
+    float, bool, str) constrain the output and parse the captured value.
+    `token_healing=False` keeps a prompt that ends mid-token (a trailing space, half a
+    word) as it is; by default the local runtime regenerates that tail (runtime/healing.py)."""
     where = f"gen({name!r})"
     _check_name(name, where)
+    if token_healing is not None and not isinstance(token_healing, bool):
+        raise LmnbError(f"{where}: token_healing must be True or False, got {token_healing!r}")
     if choices is not None:
-        return select(name, choices, temperature=temperature)
+        return select(name, choices, temperature=temperature,
+                      token_healing=True if token_healing is None else token_healing)
     if sum(x is not None for x in (regex, json_schema, dtype)) > 1:
         raise LmnbError(f"{where}: give only one of regex=, json_schema= and dtype=")
     parse = None
@@ -228,8 +236,8 @@ def gen(name: str | None = None, max_tokens: int | None = None, stop=None, stop_
         _check_regex(regex, where)
     node = Gen(name, max_tokens, _tuple(stop, where, "stop"), _tuple(stop_token_ids, where, "stop_token_ids"),
                temperature, top_p, top_k, min_p, seed, ignore_eos, return_logprob, top_logprobs_num,
-               regex, json_schema, parse)
-    _check_sampling(node.sampling(), where)
+               regex, json_schema, parse, token_healing)
+    _check_sampling({k: v for k, v in node.sampling().items() if k != "token_healing"}, where)
     return node
 
 
@@ -242,7 +250,8 @@ def gen_string(name: str | None = None, **kw) -> Expr:
 
 
 def select(name: str | None = None, choices: Sequence[str] | None = None,
-           method: str = "token_length_normalized", temperature: float | None = None) -> Expr:
+           method: str = "token_length_normalized", temperature: float | None = None,
+           token_healing: bool = True) -> Expr:
     """Choose one of `choices` by its likelihood after the current text (all options are
     scored in one batched pass); the chosen text is appended and captured under `name`."""
     where = f"select({name!r})"
@@ -254,7 +263,9 @@ def select(name: str | None = None, choices: Sequence[str] | None = None,
         raise LmnbError(f"{where}: choices must not be empty strings")
     if method not in SELECT_METHODS:
         raise LmnbError(f"{where}: method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
-    return Select(name, tuple(choices), method, temperature)
+    if not isinstance(token_healing, bool):
+        raise LmnbError(f"{where}: token_healing must be True or False, got {token_healing!r}")
+    return Select(name, tuple(choices), method, temperature, token_healing)
 
 
 def _role(role: str, expr=None) -> Expr:

@@ -103,10 +103,12 @@ class OpenAI(Backend):
         """Send one request continuing `prompt`; the handle's `result()` is {"text", "meta"}
         with the server's token counts. `usage` (a program's counters) is added to; `mode`
         is how a chat request treats a written assistant turn (see `build_request`)."""
+        sampling.pop("token_healing", None)   # the server tokenizes; healing is the local runtime's
         req = build_request(self, prompt, sampling, mode)
         return ApiCall(self, req, stream, [self.usage] + ([usage] if usage is not None else []))
 
-    def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None,
+               token_healing: bool = True) -> SelectResult:
         from lmnb.lang.openai_select import select_by_generation, select_by_logprobs
 
         counters = [self.usage] + ([usage] if usage is not None else [])

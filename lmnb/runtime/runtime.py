@@ -139,10 +139,17 @@ class Runtime:
 
     # -- requests ---------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], *, stream: bool = False, **sampling) -> RequestHandle:
-        """Queue one request and return its handle at once."""
+        """Queue one request and return its handle at once. `token_healing=True` backs
+        off a prompt that ends mid-token and regenerates its tail (see healing.py)."""
         self.engine.ensure_alive()
+        heal = sampling.pop("token_healing", False)
+        if not isinstance(heal, bool):
+            raise LmnbError(f"token_healing must be True or False, got {heal!r}")
         params = SamplingParams.make(**sampling)
         ids = self._prompt_ids(prompt)
+        healed = self._heal_plan(ids, params) if heal else None
+        if healed is not None:
+            ids = healed.ids
         max_new = min(params.max_new_tokens, self.context_len - len(ids))
         if len(ids) + max_new > self.pool.size:
             raise LmnbError(
@@ -156,8 +163,20 @@ class Runtime:
             req.params = _replace(params, max_new_tokens=max_new)
         if params.regex is not None or params.json_schema is not None:
             req.guide = self.grammars().compile(regex=params.regex, json_schema=params.json_schema).cursor()
+        if healed is not None:
+            from lmnb.runtime.healing import HealedHandle, HealingCursor, table_for
+
+            req.guide = HealingCursor(table_for(self.grammars().vocab), healed.removed, req.guide, req)
         self.engine.submit(req)
-        return RequestHandle(self, req)
+        handle = RequestHandle(self, req)
+        return HealedHandle(handle, healed) if healed is not None else handle
+
+    def _heal_plan(self, ids: list[int], params: SamplingParams):
+        if params.max_new_tokens == 0 or params.logprob_start_len >= 0:
+            return None   # nothing generated (cache warm-up, select's scoring)
+        from lmnb.runtime.healing import plan, table_for
+
+        return plan(table_for(self.grammars().vocab), ids, params.stop)
 
     def generate(self, prompts, **sampling) -> list[dict]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of

@@ -1,0 +1,277 @@
+"""Token healing: generation that starts as if the prompt had not been cut mid-token.
+
+A prompt written by a person often ends inside what the model would have read as one
+token: `"Label: "` ends in a lone space token where the model's data has `" Paris"`, and
+`"The capital of France is Par"` ends in `" Par"` where the data has `" Paris"`. The model,
+shown a token boundary it never saw there, continues badly (dates, newlines, nothing).
+
+Healing backs the prompt off by its last token(s) whose bytes could be the start of a
+longer token, then constrains the first generated tokens to begin with exactly those
+bytes; after that the request's own constraint (regex / JSON, or none) decides. The
+returned text leaves the removed bytes out, because the prompt already holds them.
+
+Three pieces, each small:
+  * `HealingTable`: the vocabulary's byte table sorted, so "tokens that start with b" is a
+    range and "is b a strict prefix of some token" a bisection;
+  * `plan(...)`: which prompt tokens to remove (at most `MAX_BACK`, never a special token,
+    the removed bytes whole UTF-8 text that no stop string can overlap);
+  * `HealingCursor`: the constraint of the first tokens (the engine's guide-cursor
+    protocol, see constrained/interface.py); once the removed bytes are consumed it hands
+    the request back to the inner cursor (or to none), so the rest of the request runs
+    exactly as an unhealed one would (masks, run-ahead, jump-forward).
+`HealedHandle` strips the removed text from what the request handle returns.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmnb.errors import LmnbError
+
+MAX_BACK = 3          # prompt tokens removed at most (" Fran" may be " Fr" + "an")
+_MAX_CHECKED = 4096   # tails checked one by one against an inner constraint, at most
+
+
+class HealingTable:
+    """A vocabulary's token bytes (None for special tokens), sorted for prefix lookups."""
+
+    def __init__(self, tokens: list[bytes | None], vocab_size: int) -> None:
+        self.tokens, self.vocab_size = tokens, vocab_size
+        order = sorted((b, i) for i, b in enumerate(tokens) if b)
+        self.sorted_bytes = [b for b, _ in order]
+        self.sorted_ids = np.array([i for _, i in order], np.int64)
+        self.by_bytes: dict[bytes, list[int]] = {}
+        for b, i in order:
+            self.by_bytes.setdefault(b, []).append(i)
+        self._masks: dict[bytes, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def starting_with(self, prefix: bytes) -> tuple[int, int]:
+        """[lo, hi) of the sorted tokens whose bytes start with `prefix`."""
+        lo = bisect.bisect_left(self.sorted_bytes, prefix)
+        nxt = _successor(prefix)
+        hi = bisect.bisect_left(self.sorted_bytes, nxt, lo) if nxt else len(self.sorted_bytes)
+        return lo, hi
+
+    def extendable(self, prefix: bytes) -> bool:
+        """True when some token is `prefix` followed by more bytes."""
+        lo, hi = self.starting_with(prefix)
+        return hi - lo > len(self.by_bytes.get(prefix, ()))
+
+    def mask(self, rest: bytes) -> torch.Tensor:
+        """Bool [vocab_size]: tokens that are a prefix of `rest` or start with it (cached)."""
+        m = self._masks.get(rest)
+        if m is None:
+            m = torch.zeros(self.vocab_size, dtype=torch.bool)
+            for i in range(1, len(rest) + 1):
+                for t in self.by_bytes.get(rest[:i], ()):
+                    m[t] = True
+            lo, hi = self.starting_with(rest)
+            m[torch.from_numpy(self.sorted_ids[lo:hi])] = True
+            with self._lock:
+                if len(self._masks) > 512:
+                    self._masks.clear()
+                m = self._masks.setdefault(rest, m)
+        return m
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    p = prefix.rstrip(b"\xff")
+    return p[:-1] + bytes([p[-1] + 1]) if p else None
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def table_for(vocab) -> HealingTable:
+    """The healing table of a constrained-decoding `Vocabulary` (built once per vocabulary)."""
+    t = _TABLES.get(vocab)
+    if t is None:
+        t = _TABLES.setdefault(vocab, HealingTable(vocab.tokens, vocab.vocab_size))
+    return t
+
+
+@dataclass
+class Plan:
+    """What healing does to one request: keep `ids`, regenerate `removed` bytes first."""
+    ids: list[int]
+    removed: bytes
+    removed_tokens: int
+
+    @property
+    def text(self) -> str:
+        return self.removed.decode("utf-8")
+
+
+def plan(table: HealingTable, ids: list[int], stops: tuple[str, ...] = ()) -> Plan | None:
+    """Which tail of the prompt `ids` to back off, or None when nothing needs healing.
+    A token is removed while the bytes removed so far could begin a longer token; the
+    first token of the prompt (BOS, or the only one) always stays."""
+    best, removed = 0, b""
+    for k in range(1, min(MAX_BACK, len(ids) - 1) + 1):
+        b = table.tokens[ids[-k]] if 0 <= ids[-k] < len(table.tokens) else None
+        if not b:
+            break   # special tokens (chat markers) are never regenerated
+        cand = b + removed
+        if not table.extendable(cand):
+            break
+        removed = cand
+        if _whole_text(cand) and not _overlaps_stop(cand.decode("utf-8"), stops):
+            best = k
+    if best == 0:
+        return None
+    cut = b"".join(table.tokens[t] for t in ids[-best:])
+    return Plan(list(ids[:-best]), cut, best)
+
+
+def _whole_text(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _overlaps_stop(removed: str, stops: tuple[str, ...]) -> bool:
+    """True when a stop string could match text that begins inside the removed part."""
+    for s in stops:
+        if s in removed or any(s.startswith(removed[i:]) for i in range(len(removed))):
+            return True
+    return False
+
+
+class HealingCursor:
+    """Allows only tokens consistent with the removed bytes until they are consumed, then
+    sets `req.guide` back to the inner cursor (None: unconstrained) after advancing it
+    over the bytes the healing token had beyond the removed ones."""
+
+    def __init__(self, table: HealingTable, removed: bytes, inner, req) -> None:
+        self.table, self.rest, self.inner, self.req = table, removed, inner, req
+
+    def allowed_mask(self) -> torch.Tensor:
+        m = self.table.mask(self.rest)
+        if self.inner is None:
+            return m
+        return self._with_inner(m)
+
+    def _with_inner(self, m: torch.Tensor) -> torch.Tensor:
+        """Of the tokens longer than the removed bytes, keep those whose extra bytes the
+        inner constraint accepts from where it is."""
+        out = torch.zeros_like(m)
+        rest = self.rest
+        for i in range(1, len(rest) + 1):
+            for t in self.table.by_bytes.get(rest[:i], ()):
+                out[t] = True
+        lo, hi = self.table.starting_with(rest)
+        inner_mask = self.inner.allowed_mask()
+        firsts = {b[0] for t in np.flatnonzero(inner_mask.numpy()).tolist()
+                  if (b := self.table.tokens[t] if t < len(self.table.tokens) else None)}
+        checked = 0
+        for j in range(lo, hi):
+            b = self.table.sorted_bytes[j]
+            tail = b[len(rest):]
+            if not tail or tail[0] not in firsts:
+                continue
+            if checked >= _MAX_CHECKED:
+                break
+            checked += 1
+            if _accepts(self.inner, tail):
+                out[int(self.table.sorted_ids[j])] = True
+        return out
+
+    def accept_token(self, token_id: int) -> None:
+        b = self.table.tokens[token_id] if 0 <= token_id < len(self.table.tokens) else None
+        if not b or not (self.rest.startswith(b) or b.startswith(self.rest)):
+            raise LmnbError(f"token id {token_id} does not continue the healed prompt "
+                            f"(it must begin with {self.rest!r})")
+        if len(b) < len(self.rest):
+            self.rest = self.rest[len(b):]
+            return
+        tail, self.rest = b[len(self.rest):], b""
+        if self.inner is not None and tail:
+            self.inner.accept_text(tail.decode("utf-8"))
+        self.req.guide = self.inner   # healed: the request goes on as an unhealed one
+
+    def accept_text(self, text: str) -> None:
+        if self.rest:
+            raise LmnbError("forced text before the healed prompt bytes were generated")
+        if self.inner is not None:
+            self.inner.accept_text(text)
+
+    def is_terminated(self) -> bool:
+        return False if self.rest or self.inner is None else self.inner.is_terminated()
+
+    def jump_forward(self) -> str | None:
+        return None if self.rest or self.inner is None else self.inner.jump_forward()
+
+
+def _accepts(inner, tail: bytes) -> bool:
+    """Whether the inner cursor can advance over `tail` (tried on a copy)."""
+    import copy
+
+    try:
+        text = tail.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    probe = copy.copy(inner)
+    try:
+        probe.accept_text(text)
+    except LmnbError:
+        return False
+    return True
+
+
+class HealedHandle:
+    """A request handle whose text leaves out the healed bytes (the prompt has them);
+    meta gains `token_healing` = {"tokens": removed token count, "text": removed text}."""
+
+    def __init__(self, handle, healed: Plan) -> None:
+        self._handle, self._plan = handle, healed
+        self._skip = healed.text
+        self._result: dict | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def _strip(self, text: str) -> str:
+        n = 0
+        while n < len(self._skip) and n < len(text) and text[n] == self._skip[n]:
+            n += 1
+        return text[n:]
+
+    @property
+    def partial_text(self) -> str:
+        return self._strip(self._handle.partial_text)
+
+    def result(self) -> dict:
+        if self._result is None:
+            res = self._handle.result()
+            shift = len(res["text"]) - len(self._strip(res["text"]))
+            meta = dict(res["meta"])
+            meta["token_healing"] = {"tokens": self._plan.removed_tokens, "text": self._plan.text}
+            if meta.get("forced_spans"):
+                meta["forced_spans"] = [(max(a - shift, 0), max(b - shift, 0))
+                                        for a, b in meta["forced_spans"] if b - shift > 0]
+            self._result = {**res, "text": self._strip(res["text"]), "meta": meta}
+        return self._result
+
+    def __iter__(self):
+        buf, cut = "", None   # until the healed text is passed, deltas are held in buf
+        for delta in self._handle:
+            if cut is None:
+                buf += delta
+                if len(buf) < len(self._skip) and self._skip.startswith(buf):
+                    continue
+                cut = len(buf) - len(self._strip(buf))
+                delta = buf[cut:]
+            if delta:
+                yield delta
+
+    def abort(self, wait: bool = False) -> None:
+        self._handle.abort(wait=wait)
