@@ -361,8 +361,8 @@ def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     spent: list[float] = []
     orig = output.apply_masks
 
-    def timed_masks(logits, reqs):
-        spent.append(timed(lambda: orig(logits, reqs)))
+    def timed_masks(*args):
+        spent.append(timed(lambda: orig(*args)))
 
     t0 = time.time()
     output.apply_masks = timed_masks

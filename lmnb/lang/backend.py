@@ -15,7 +15,9 @@ concurrent calls from many threads must be safe (the engine batches them).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,14 +141,22 @@ class StreamHandle:
 
 
 _default: Backend | None = None
-_wrapped: dict[int, RuntimeBackend] = {}
+# one wrapper per live runtime, held weakly: the table never keeps a runtime alive
+_wrapped: weakref.WeakValueDictionary[int, RuntimeBackend] = weakref.WeakValueDictionary()
+
+
+def is_runtime(obj) -> bool:
+    """True for an in-process `lmnb.Runtime` (the one test every layer uses; it imports
+    nothing, so a process that never loaded a model never pays for torch here)."""
+    mod = sys.modules.get("lmnb.runtime.runtime")
+    return mod is not None and isinstance(obj, mod.Runtime)
 
 
 def as_backend(obj) -> Backend:
-    """A Backend as is; an `lmnb.Runtime` (anything with `submit` and `tokenizer`) wrapped."""
+    """A Backend as is; an `lmnb.Runtime` wrapped (the same wrapper while it lives)."""
     if isinstance(obj, Backend):
         return obj
-    if hasattr(obj, "submit") and hasattr(obj, "tokenizer"):
+    if is_runtime(obj):
         b = _wrapped.get(id(obj))
         if b is None or b.runtime is not obj:
             b = _wrapped[id(obj)] = RuntimeBackend(obj)

@@ -117,10 +117,10 @@ class LmMagics(Magics):
                 return s.backend()
             spec = s.spec if s.spec and s.runtime is not None else s.default_spec
             return self._loading(spec, lambda progress: s.backend(progress=progress))
-        value = ns.get(model) if model.isidentifier() else None
-        if value is not None and (hasattr(value, "submit") or hasattr(value, "chat_template")):
-            from lmnb.lang.backend import as_backend
+        from lmnb.lang.backend import Backend, as_backend, is_runtime
 
+        value = ns.get(model) if model.isidentifier() else None
+        if is_runtime(value) or isinstance(value, Backend):
             return as_backend(value)
         if model == s.spec and not s.needs_load():
             return s.backend()

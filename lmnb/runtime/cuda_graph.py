@@ -127,6 +127,14 @@ class DecodeGraphRunner:
         self._graphs[n].replay()
         return self._out[n][:bs]
 
+    def release(self) -> None:
+        """Free the graphs, their outputs and their private memory pool."""
+        self._copied.synchronize()
+        self._graphs.clear()
+        self._out.clear()
+        self._mempool = None
+        self.model = self.backend = self.pool = self.table = None
+
     def time_replay(self, bs: int, iters: int = 50) -> float:
         """Seconds per replay of the graph for `bs` on padding rows only (length 0, slot 0:
         no request's KV is read or written): the step's GPU floor, for benchmarks."""

@@ -81,6 +81,18 @@ class Engine:
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)
 
+    def release(self) -> None:
+        """After `stop`: drop everything the engine holds (model, pools, cache, graphs),
+        so a stopped engine that is still referenced keeps no memory."""
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=30)
+        if self.runner is not None:
+            self.runner.release()
+        self._inflight = None
+        self.reqs.clear()
+        self.history.clear()
+        self.sched = self.runner = self.outputs = None
+
     def alive(self) -> bool:
         return self.thread.is_alive() and self.error is None
 

@@ -100,6 +100,13 @@ class ModelRunner:
             return logits
         return logits[to_device(rows, logits.device)]
 
+    def release(self) -> None:
+        """Drop the model, the KV pool and the captured graphs (their memory pool too)."""
+        if self.graphs is not None:
+            self.graphs.release()
+        self.graphs = self.model = self.backend = self.pool = self.req_pool = None
+        self.cuda_graph = False
+
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:
             return False

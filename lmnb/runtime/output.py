@@ -9,7 +9,7 @@ import torch
 
 from lmnb.runtime.model_runner import StepOutput
 from lmnb.runtime.request import PLACEHOLDER, Req, Status
-from lmnb.runtime.sampler import apply_masks, sample_tensor, to_device, token_logprobs, top_logprobs
+from lmnb.runtime.sampler import DeviceMasks, apply_masks, sample_tensor, to_device, token_logprobs, top_logprobs
 from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
 from lmnb.runtime.tokenizer import IncrementalDetokenizer
 
@@ -35,6 +35,7 @@ class OutputProcessor:
                  context_len: int, jump_forward: bool = True) -> None:
         self.tok, self.sched, self.eos_ids = tokenizer, scheduler, set(eos_ids)
         self.context_len, self.jump_forward = context_len, jump_forward
+        self.masks = DeviceMasks()   # per runtime: released with it
 
     def sample_step(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
         """Prompt logprobs, constraint masks and sampling, queued on the device; the
@@ -56,7 +57,7 @@ class OutputProcessor:
             logits = logits[to_device(rows, logits.device)]
         step.logprob_rows = [j for j, r in enumerate(reqs) if r.params.return_logprob]
         raw = logits.clone() if step.logprob_rows else logits
-        apply_masks(logits, reqs)
+        apply_masks(logits, reqs, self.masks)
         step.tokens = sample_tensor(logits, reqs)
         on_device = [step.tokens]
         if step.logprob_rows:

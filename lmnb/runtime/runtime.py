@@ -229,7 +229,7 @@ class Runtime:
 
     # -- inspection & control -------------------------------------------------------
     def cache_stats(self) -> dict:
-        return self.engine.call(self._cache_stats)
+        return self._call(self._cache_stats)
 
     def _cache_stats(self) -> dict:
         s, c, a = self.scheduler, self.cache, self.pool.allocator
@@ -245,22 +245,33 @@ class Runtime:
 
     def check_integrity(self) -> None:
         """Assert free + cached + in-use == pool size (runs on the engine thread)."""
-        self.engine.call(self.scheduler.check_integrity)
+        self._call(lambda: self.scheduler.check_integrity())
 
     def flush_cache(self) -> int:
         """Evict every unlocked cached prefix; returns the number of slots freed."""
-        return self.engine.call(self.cache.flush)
+        return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
         return self.engine.call(lambda: dict(self.engine.counters))
 
+    def _call(self, fn):
+        """Run fn on the engine thread; a clear error once the runtime is shut down."""
+        if self.scheduler is None:
+            raise EngineError("the runtime was shut down; create a new lm.Runtime(...)")
+        return self.engine.call(fn)
+
     def shutdown(self) -> None:
-        """Stop the engine and free the model (idempotent)."""
+        """Stop the engine and free everything this runtime holds: weights, KV pool,
+        radix cache, CUDA graphs, grammar and mask caches (idempotent). The tokenizer and
+        model config stay, so `repr` and `encode` still work."""
         if self.engine is not None:
             self.engine.stop()
-        self.model = self.pool = None
-        if torch.cuda.is_available():
+            self.engine.release()
+        self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
+        self.outputs = self.loaded = self._grammars = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
+        _return_freed_memory()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -270,6 +281,19 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so a process that
+    re-creates runtimes would look as if it leaked the old weights)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _shutdown_ref(ref) -> None:
