@@ -229,7 +229,8 @@ def _accepts(inner, tail: bytes) -> bool:
 
 class HealedHandle:
     """A request handle whose text leaves out the healed bytes (the prompt has them);
-    meta gains `token_healing` = {"tokens": removed token count, "text": removed text}."""
+    meta gains `token_healing` = {"tokens": removed token count, "text": removed text}
+    and `completion_tokens` leaves those tokens out."""
 
     def __init__(self, handle, healed: Plan) -> None:
         self._handle, self._plan = handle, healed
@@ -255,6 +256,9 @@ class HealedHandle:
             shift = len(res["text"]) - len(self._strip(res["text"]))
             meta = dict(res["meta"])
             meta["token_healing"] = {"tokens": self._plan.removed_tokens, "text": self._plan.text}
+            # the regenerated prompt tokens were given back to the output budget (Runtime.submit):
+            # completion_tokens counts the tokens beyond them, so it stays <= max_new_tokens
+            meta["completion_tokens"] = max(0, meta.get("completion_tokens", 0) - self._plan.removed_tokens)
             if meta.get("forced_spans"):
                 meta["forced_spans"] = [(max(a - shift, 0), max(b - shift, 0))
                                         for a, b in meta["forced_spans"] if b - shift > 0]

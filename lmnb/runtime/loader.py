@@ -85,12 +85,29 @@ def quiet_transformers():
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    gguf_utils, gguf_bar = _silence_gguf_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_utils is not None:
+            gguf_utils.tqdm = gguf_bar
+
+
+def _silence_gguf_bar():
+    """transformers' GGUF reader draws its own `tqdm.auto` bar, deaf to the switch above;
+    give that module a bar that is disabled (restored by the caller)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return None, None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        return None, None
+    gguf_utils.tqdm = lambda *a, **k: bar(*a, **{**k, "disable": True})
+    return gguf_utils, bar
 
 
 def embedded_gguf_path() -> str:

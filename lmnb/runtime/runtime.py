@@ -148,8 +148,9 @@ class Runtime:
         params = SamplingParams.make(**sampling)
         ids = self._prompt_ids(prompt)
         healed = self._heal_plan(ids, params) if heal else None
-        if healed is not None:
+        if healed is not None:   # the regenerated prompt tokens do not eat the output budget
             ids = healed.ids
+            params = _replace(params, max_new_tokens=params.max_new_tokens + healed.removed_tokens)
         max_new = min(params.max_new_tokens, self.context_len - len(ids))
         if len(ids) + max_new > self.pool.size:
             raise LmnbError(
