@@ -229,8 +229,9 @@ def _accepts(inner, tail: bytes) -> bool:
 
 class HealedHandle:
     """A request handle whose text leaves out the healed bytes (the prompt has them);
-    meta gains `token_healing` = {"tokens": removed token count, "text": removed text}
-    and `completion_tokens` leaves those tokens out."""
+    meta gains `token_healing` = {"tokens": removed token count, "text": removed text};
+    `prompt_tokens` counts the prompt as given and `completion_tokens` the tokens beyond
+    the regenerated ones (the engine's own counters see the backed-off prompt)."""
 
     def __init__(self, handle, healed: Plan) -> None:
         self._handle, self._plan = handle, healed
@@ -258,7 +259,9 @@ class HealedHandle:
             meta["token_healing"] = {"tokens": self._plan.removed_tokens, "text": self._plan.text}
             # the regenerated prompt tokens were given back to the output budget (Runtime.submit):
             # completion_tokens counts the tokens beyond them, so it stays <= max_new_tokens
-            meta["completion_tokens"] = max(0, meta.get("completion_tokens", 0) - self._plan.removed_tokens)
+            k = self._plan.removed_tokens
+            meta["completion_tokens"] = max(0, meta.get("completion_tokens", 0) - k)
+            meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + k   # the prompt as it was given
             if meta.get("forced_spans"):
                 meta["forced_spans"] = [(max(a - shift, 0), max(b - shift, 0))
                                         for a, b in meta["forced_spans"] if b - shift > 0]
