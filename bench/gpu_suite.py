@@ -356,7 +356,7 @@ def json_decode(s: Suite) -> None:
 def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     """(ms per step spent building and applying grammar masks, median decode step ms), from
     one extra run with apply_masks timed (synchronised around it)."""
-    from lmnb.runtime import output
+    from lmnb.runtime import device_sampling as output
 
     spent: list[float] = []
     orig = output.apply_masks

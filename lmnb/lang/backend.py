@@ -20,17 +20,11 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from lmnb.errors import LmnbError
 from lmnb.lang.chat_template import ChatTemplate
-
-
-@dataclass
-class SelectResult:
-    index: int
-    text: str
-    meta: dict = field(default_factory=dict)
+from lmnb.lang.choices import score_choices
+from lmnb.runtime.results import SelectResult
 
 
 class Backend(ABC):
@@ -71,8 +65,6 @@ class RuntimeBackend(Backend):
 
     def select(self, prompt: str, choices: Sequence[str], method: str,
                token_healing: bool = True) -> SelectResult:
-        from lmnb.lang.choices import score_choices
-
         return score_choices(self.runtime, prompt, list(choices), method, token_healing)
 
     def cache_prefix(self, prompt: str) -> None:

@@ -103,7 +103,6 @@ class OpenAI(Backend):
         """Send one request continuing `prompt`; the handle's `result()` is {"text", "meta"}
         with the server's token counts. `usage` (a program's counters) is added to; `mode`
         is how a chat request treats a written assistant turn (see `build_request`)."""
-        sampling.pop("token_healing", None)   # the server tokenizes; healing is the local runtime's
         req = build_request(self, prompt, sampling, mode)
         return ApiCall(self, req, stream, [self.usage] + ([usage] if usage is not None else []))
 

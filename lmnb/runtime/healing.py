@@ -228,15 +228,18 @@ def _accepts(inner, tail: bytes) -> bool:
 
 
 class HealedHandle:
-    """A request handle whose text leaves out the healed bytes (the prompt has them);
-    meta gains `token_healing` = {"tokens": removed token count, "text": removed text};
-    `prompt_tokens` counts the prompt as given and `completion_tokens` the tokens beyond
-    the regenerated ones (the engine's own counters see the backed-off prompt)."""
+    """A request handle whose text leaves out the healed bytes (the prompt has them).
+    The result's meta gains `token_healing` = {"tokens": removed token count, "text":
+    removed text}; `prompt_tokens` counts the prompt as given and `completion_tokens` the
+    tokens beyond the regenerated ones (the engine's own counters see the backed-off
+    prompt). `events()`, `result()` and iteration read like a `RequestHandle`'s."""
 
     def __init__(self, handle, healed: Plan) -> None:
         self._handle, self._plan = handle, healed
         self._skip = healed.text
-        self._result: dict | None = None
+        self._cut: int | None = None    # characters of the raw text that are the healed part
+        self._held = ""                 # raw delta text held while it may still be that part
+        self._result = None
 
     def __getattr__(self, name):
         return getattr(self._handle, name)
@@ -251,34 +254,72 @@ class HealedHandle:
     def partial_text(self) -> str:
         return self._strip(self._handle.partial_text)
 
-    def result(self) -> dict:
+    def done(self) -> bool:
+        return self._handle.done()
+
+    def _delta(self, text: str) -> str:
+        """The part of a raw delta that is new text (past the healed bytes)."""
+        if self._cut is not None:
+            return text
+        self._held += text
+        if len(self._held) < len(self._skip) and self._skip.startswith(self._held):
+            return ""
+        self._cut = len(self._held) - len(self._strip(self._held))
+        return self._held[self._cut:]
+
+    def _healed_result(self, res):
+        if res is None:
+            return None
         if self._result is None:
-            res = self._handle.result()
-            shift = len(res["text"]) - len(self._strip(res["text"]))
-            meta = dict(res["meta"])
-            meta["token_healing"] = {"tokens": self._plan.removed_tokens, "text": self._plan.text}
-            # the regenerated prompt tokens were given back to the output budget (Runtime.submit):
-            # completion_tokens counts the tokens beyond them, so it stays <= max_new_tokens
-            k = self._plan.removed_tokens
-            meta["completion_tokens"] = max(0, meta.get("completion_tokens", 0) - k)
-            meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + k   # the prompt as it was given
-            if meta.get("forced_spans"):
-                meta["forced_spans"] = [(max(a - shift, 0), max(b - shift, 0))
-                                        for a, b in meta["forced_spans"] if b - shift > 0]
-            self._result = {**res, "text": self._strip(res["text"]), "meta": meta}
+            self._result = healed_result(res, self._plan, self._strip)
         return self._result
 
+    def events(self):
+        """The inner handle's events with delta texts and the result healed."""
+        from dataclasses import replace
+
+        for ev in self._handle.events():
+            if ev.kind == "delta":
+                ev = replace(ev, text=self._delta(ev.text))
+            elif ev.kind == "done":
+                ev = replace(ev, result=self._healed_result(ev.result))
+            yield ev
+
+    def result(self):
+        return self._healed_result(self._handle.result())
+
     def __iter__(self):
-        buf, cut = "", None   # until the healed text is passed, deltas are held in buf
-        for delta in self._handle:
-            if cut is None:
-                buf += delta
-                if len(buf) < len(self._skip) and self._skip.startswith(buf):
-                    continue
-                cut = len(buf) - len(self._strip(buf))
-                delta = buf[cut:]
-            if delta:
-                yield delta
+        shown = ""
+        try:
+            for ev in self.events():
+                if ev.kind == "delta" and ev.text:
+                    shown += ev.text
+                    yield ev.text
+            res = self.result()
+            if res.text.startswith(shown) and len(res.text) > len(shown):
+                yield res.text[len(shown):]   # text held back while it could have been a stop string
+        except (KeyboardInterrupt, GeneratorExit):
+            self._handle.abort(wait=True)
+            raise
 
     def abort(self, wait: bool = False) -> None:
         self._handle.abort(wait=wait)
+
+
+def healed_result(res, healed: Plan, strip):
+    """`res` (a GenResult) with the healed text left out of its text and spans."""
+    import copy
+
+    text = strip(res.text)
+    shift = len(res.text) - len(text)
+    meta = copy.copy(res.meta)
+    meta.extra = dict(meta.extra or {})
+    meta["token_healing"] = {"tokens": healed.removed_tokens, "text": healed.text}
+    k = healed.removed_tokens
+    meta.completion_tokens = max(0, (meta.completion_tokens or 0) - k)
+    meta.prompt_tokens = (meta.prompt_tokens or 0) + k
+    if meta.forced_spans:
+        meta.forced_spans = [(max(a - shift, 0), b - shift) for a, b in meta.forced_spans if b - shift > 0]
+    out = copy.copy(res)
+    out.text, out.meta = text, meta
+    return out

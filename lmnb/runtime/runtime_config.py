@@ -37,7 +37,7 @@ class RuntimeConfig:
     seed: int = 0
 
     @classmethod
-    def make(cls, device: str | None = None, **kw) -> "RuntimeConfig":
+    def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(kw) - names)
         if bad:

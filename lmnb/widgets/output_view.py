@@ -7,8 +7,8 @@ A view reads a snapshot of the state, so it can be drawn while the program runs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
+from lmnb.lang.state import StateSnapshot
 from lmnb.widgets.base import View, box, esc, table, td
 
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
@@ -22,31 +22,11 @@ _INTERRUPTED_TAG = ('<span style="margin-left: 4px; padding: 0 4px; border: 1px 
                     'border-radius: 3px; color: #7d4e00; font-size: 11px">interrupted</span>')
 
 
-@dataclass
-class Snapshot:
-    """What a view shows of a ProgramState, copied under its lock. `branches` holds, per
-    fork branch, the character offset of the parent's text it forked at and its own text."""
-    chunks: list[tuple[str | None, str]]
-    variables: dict
-    meta: dict
-    branches: list[tuple[int, list[tuple[str | None, str]]]] = field(default_factory=list)
-    error: str | None = None
+Snapshot = StateSnapshot   # what a view reads: ProgramState.snapshot()
 
 
-def snapshot(state) -> Snapshot:
-    with state._cond:
-        snap = Snapshot(list(state._chunks), dict(state._vars), dict(state._meta))
-        branches = list(getattr(state, "_branches", ()))
-        err = state.error
-    for b in branches:
-        with b._cond:
-            chunks = list(b._chunks)
-            # a branch starts with the parent's text at the fork; its chunks are what it added
-            base = len(b._text) - sum(len(t) for _, t in chunks)
-        snap.branches.append((max(base, 0), chunks))
-    if err is not None and type(err).__name__ != "RequestAborted":
-        snap.error = str(err)
-    return snap
+def snapshot(state) -> StateSnapshot:
+    return state.snapshot()
 
 
 def layout(snap: Snapshot) -> list[tuple[int | None, list]]:
@@ -55,7 +35,8 @@ def layout(snap: Snapshot) -> list[tuple[int | None, list]]:
     so text after `@join` follows them."""
     out: list[tuple[int | None, list]] = []
     pos, chunks = 0, list(snap.chunks)
-    for i, (base, bchunks) in sorted(enumerate(snap.branches), key=lambda x: (x[1][0], x[0])):
+    starts = list(snap.branch_starts) + [0] * (len(snap.branches) - len(snap.branch_starts))
+    for i, (base, bchunks) in sorted(enumerate(zip(starts, snap.branches)), key=lambda x: (x[1][0], x[0])):
         if base > pos:
             piece, chunks = _take(chunks, base - pos)
             pos = base
