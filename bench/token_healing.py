@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, save  # noqa: E402
+from bench.common import emit, save
 
 CONTEXTS = [
     "The capital of France is",

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from lmnb.widgets.base import View
 from lmnb.widgets.cache_tree import CacheTreeView, tree_snapshot
-from lmnb.widgets.progress import BatchProgress, LoadProgress
 from lmnb.widgets.output_view import BatchView, DryRunView, OutputView, cache_counts, snapshot
+from lmnb.widgets.progress import BatchProgress, LoadProgress
 from lmnb.widgets.throughput import ThroughputMeter, throughput_snapshot
 
-__all__ = ["BatchProgress", "BatchView", "LoadProgress", "CacheTreeView", "DryRunView", "OutputView", "ThroughputMeter", "View",
-           "cache_counts", "snapshot", "throughput_snapshot", "tree_snapshot"]
+__all__ = [
+           "BatchProgress",
+           "BatchView",
+           "CacheTreeView",
+           "DryRunView",
+           "LoadProgress",
+           "OutputView",
+           "ThroughputMeter",
+           "View",
+           "cache_counts",
+           "snapshot",
+           "throughput_snapshot",
+           "tree_snapshot",
+]

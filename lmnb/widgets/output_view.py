@@ -70,7 +70,12 @@ def distinct_holes(holes) -> int:
 
 def interrupted(meta: dict, var: str) -> bool:
     m = meta.get(var)
-    return isinstance(m, dict) and m.get("finish_reason") == "abort"
+    return _is_meta(m) and m.get("finish_reason") == "abort"
+
+
+def _is_meta(m) -> bool:
+    """A hole's meta: a dict, or a typed `GenMeta` that reads like one (not a list of them)."""
+    return m is not None and not isinstance(m, list) and hasattr(m, "get") and hasattr(m, "keys")
 
 
 def cache_counts(meta: dict) -> tuple[int, int]:
@@ -78,7 +83,7 @@ def cache_counts(meta: dict) -> tuple[int, int]:
     prompt = cached = 0
     for m in meta.values():
         for one in (m if isinstance(m, list) else [m]):
-            if not isinstance(one, dict) or "prompt_tokens" not in one:
+            if not _is_meta(one) or "prompt_tokens" not in one:
                 continue
             p = int(one["prompt_tokens"])
             if "option_start" in one:   # select: the prefix computed = all computed - option tokens
@@ -103,7 +108,7 @@ def _segments(chunks):
 
 def _forced(meta, var):
     m = meta.get(var)
-    if isinstance(m, dict):
+    if _is_meta(m):
         return [tuple(s) for s in m.get("forced_spans") or []]
     return []
 

@@ -165,7 +165,7 @@ def test_bad_cells_fail_with_one_line_and_the_runtime_stays_usable(shell, run, s
     shown = [x for x in (out + err).splitlines() if x.strip() and not x.startswith("model ")]
     assert len(shown) == 1 and re.search(pattern, shown[0]) and "Traceback" not in out + err, out + err
     smollm2.check_integrity()
-    value, _, err = run("2 + 2 = {{ gen('sum', max_tokens=2) }}", "-o ok")
+    _, _, err = run("2 + 2 = {{ gen('sum', max_tokens=2) }}", "-o ok")
     assert not err and shell.user_ns["ok"]["sum"]
 
 

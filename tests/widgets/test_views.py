@@ -44,7 +44,8 @@ def test_cache_counts_and_rerun_header(rt):
     lm.run_template(cell, {}, temperature=0)
     st = lm.run_template(cell, {}, temperature=0)
     prompt, cached = cache_counts(st._meta)
-    assert prompt == st.get_meta_info("c")["prompt_tokens"] and cached >= prompt - 1
+    healed = st.get_meta_info("c")["token_healing"]["tokens"]   # regenerated, not read from the cache
+    assert prompt == st.get_meta_info("c")["prompt_tokens"] and cached >= prompt - 1 - healed
     assert f"{cached} of {prompt} prompt tokens from cache" in OutputView(st).header()
 
 
