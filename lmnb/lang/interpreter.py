@@ -47,7 +47,7 @@ def _text(state: ProgramState, node: ir.Text) -> None:
 
 
 def _select(state: ProgramState, node: ir.Select) -> None:
-    extra = {} if node.token_healing else {"token_healing": False}
+    extra = {} if node.healed else {"token_healing": False}
     res = state.backend.select(_prompt(state, node), node.choices, node.method, **extra)
     state.append(res.text, node.name)
     state.capture(node.name, res.text, res.meta)

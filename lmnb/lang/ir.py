@@ -137,7 +137,7 @@ class Select(Expr):
     name: str | None
     choices: tuple[str, ...]
     method: str = "token_length_normalized"
-    token_healing: bool = True   # score each option from the prompt's last whole token on
+    healed: bool = True   # select(token_healing=...): score options from the last whole token on
 
     def describe(self) -> str:
         return f"select({self.name!r})"
