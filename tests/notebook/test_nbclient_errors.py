@@ -14,8 +14,14 @@ BAD = [
 
 
 @pytest.mark.parametrize("cell,message", BAD, ids=["unclosed", "unknown-name"])
-def test_bad_cell_raises_cell_execution_error_at_that_cell(tmp_path, cell, message):
+def test_bad_cell_raises_cell_execution_error_at_that_cell(tmp_path, monkeypatch, cell, message):
+    import os
+    from pathlib import Path
+
     from nbclient.exceptions import CellExecutionError
+
+    root = str(Path(__file__).resolve().parents[2])   # the kernel imports this tree's lmnb
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
     cells = ["%load_ext lmnb", "%lm model dummy:tiny", cell, "print('after the bad cell')"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
