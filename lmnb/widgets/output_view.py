@@ -7,6 +7,7 @@ A view reads a snapshot of the state, so it can be drawn while the program runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from lmnb.lang.state import StateSnapshot
 from lmnb.widgets.base import View, box, esc, table, td
@@ -74,8 +75,8 @@ def interrupted(meta: dict, var: str) -> bool:
 
 
 def _is_meta(m) -> bool:
-    """A hole's meta: a dict, or a typed `GenMeta` that reads like one (not a list of them)."""
-    return m is not None and not isinstance(m, list) and hasattr(m, "get") and hasattr(m, "keys")
+    """A hole's meta (a dict or a typed `GenMeta`), not a list of them."""
+    return isinstance(m, Mapping)
 
 
 def cache_counts(meta: dict) -> tuple[int, int]:
@@ -83,7 +84,7 @@ def cache_counts(meta: dict) -> tuple[int, int]:
     prompt = cached = 0
     for m in meta.values():
         for one in (m if isinstance(m, list) else [m]):
-            if not _is_meta(one) or "prompt_tokens" not in one:
+            if not isinstance(one, Mapping) or "prompt_tokens" not in one:
                 continue
             p = int(one["prompt_tokens"])
             if "option_start" in one:   # select: the prefix computed = all computed - option tokens
@@ -108,7 +109,7 @@ def _segments(chunks):
 
 def _forced(meta, var):
     m = meta.get(var)
-    if _is_meta(m):
+    if isinstance(m, Mapping):
         return [tuple(s) for s in m.get("forced_spans") or []]
     return []
 
