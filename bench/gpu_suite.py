@@ -3,7 +3,8 @@
     python bench/gpu_suite.py --model dummy:llama3-8b [--only latency,throughput,...]
 
 Workloads: latency, decode_steps, throughput, cell_rerun, mmlu, hellaswag,
-tree_of_thought, multi_turn_chat (bench/gpu_programs.py), json_decode. Each prints
+tree_of_thought, multi_turn_chat (bench/gpu_programs.py), json_decode, json_many (64
+requests with 64 different schemas: mask cost as a share of the decode step). Each prints
 one line per case (`name key=value ...`); all rows go to bench/results/gpu_<model>.json
 (or --out) with the GPU, versions and date. The HF peer shares the runtime's weight
 tensors. Ablations (no radix cache, no jump-forward) run on the same runtime with the
@@ -374,6 +375,62 @@ def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     return statistics.mean(spent) * 1e3, statistics.median(steps) * 1e3
 
 
+def _many_schemas(n: int) -> list[dict]:
+    """n different schemas: the realistic and keyword sets, then variants of them with their
+    own enum values and bounds (every request of the batch compiles its own grammar)."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "constrained"))
+    from keyword_schemas import REALISTIC, SUITE
+
+    base = list(REALISTIC.values()) + [v[0] for v in SUITE.values()]
+    out = []
+    for i in range(n):
+        s = json.loads(json.dumps(base[i % len(base)]))
+        if i >= len(base):   # a distinct variant: one more property with its own bounds
+            s = {"type": "object", "required": ["v", "tag"], "properties": {
+                "v": s, "tag": {"enum": [f"t{i}", f"u{i}"]},
+                "score": {"type": "number", "minimum": -i, "maximum": i + 0.5}}}
+        out.append(s)
+    return out
+
+
+def json_many(s: Suite) -> None:
+    """64 requests with 64 different schemas in one batch: grammar mask cost per decode step
+    (computing every request's bitmask, one copy, expanding and applying on the device) as
+    a share of the step. Target <= 5% of the 8B decode step."""
+    from lmnb.runtime import device_sampling as output
+
+    rt, rng = s.rt, random.Random(11)
+    n = s.n(64)
+    schemas = [json.dumps(x) for x in _many_schemas(n)]
+    prompts = [random_tokens(rng, 200, s.vocab) + [t + 3 for t in b"\nJSON: "] for _ in range(n)]
+    kw = {"max_new_tokens": s.n(96), "temperature": 0}
+
+    def run() -> list[dict]:
+        handles = [rt.submit(p, json_schema=sc, **kw) for p, sc in zip(prompts, schemas)]
+        return [h.result() for h in handles]
+
+    t_compile = timed(lambda: [rt.grammars().compile(json_schema=sc) for sc in schemas])
+    run()   # warm: prompts cached
+    spent: list[float] = []
+    orig = output.apply_masks
+
+    def timed_masks(*args):
+        spent.append(timed(lambda: orig(*args)))
+
+    t0 = time.time()
+    output.apply_masks = timed_masks
+    try:
+        outs = run()
+    finally:
+        output.apply_masks = orig
+    steps = [h[3] for h in list(rt.engine.history) if h[0] >= t0 and h[1] == "decode"]
+    mask_ms, step_ms = statistics.mean(spent) * 1e3, statistics.median(steps) * 1e3
+    valid = sum(_valid_json(o["text"]) for o in outs)
+    s.emit("json_many_schemas", requests=n, schemas=len(set(schemas)), compile_all_ms=t_compile * 1e3,
+           mask_ms=mask_ms, decode_step_ms=step_ms, mask_of_step=mask_ms / step_ms,
+           valid_json=valid, finished=sum(o["meta"]["finish_reason"] == "stop" for o in outs))
+
+
 def _valid_json(text: str) -> bool:
     try:
         json.loads(text)
@@ -385,7 +442,7 @@ def _valid_json(text: str) -> bool:
 WORKLOADS = {"latency": latency, "overlap": overlap, "decode_steps": decode_steps, "throughput": throughput,
              "cell_rerun": cell_rerun, "mmlu": mmlu, "hellaswag": hellaswag,
              "tree_of_thought": tree_of_thought, "multi_turn_chat": multi_turn_chat,
-             "json_decode": json_decode, "profile": profile}
+             "json_decode": json_decode, "json_many": json_many, "profile": profile}
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ _EXPORTS = {
     "gen_int": "lmnb.lang",
     "gen_string": "lmnb.lang",
     "select": "lmnb.lang",
+    "image": "lmnb.lang",
     "system": "lmnb.lang",
     "user": "lmnb.lang",
     "assistant": "lmnb.lang",

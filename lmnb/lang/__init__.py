@@ -16,6 +16,7 @@ from lmnb.lang.ir import (
     gen,
     gen_int,
     gen_string,
+    image,
     select,
     system,
     system_begin,
@@ -29,6 +30,6 @@ from lmnb.lang.state import ForkGroup, ProgramState
 __all__ = [
     "Backend", "ForkGroup", "Function", "ProgramState", "RuntimeBackend", "assistant",
     "assistant_begin", "assistant_end", "fork", "function", "gen", "gen_int", "gen_string",
-    "get_default_backend", "run_program", "run_programs", "select", "set_default_backend", "system",
-    "system_begin", "system_end", "user", "user_begin", "user_end",
+    "get_default_backend", "image", "run_program", "run_programs", "select", "set_default_backend",
+    "system", "system_begin", "system_end", "user", "user_begin", "user_end",
 ]

@@ -59,6 +59,14 @@ def _var(state: ProgramState, node: ir.Var) -> None:
     state.append(str(state[node.name]))
 
 
+def _image(state: ProgramState, node: ir.Image) -> None:
+    turn = state.open_turn()
+    if turn is not None and turn[0] != "user":
+        raise LmnbError(f"an image goes inside a user turn, not the {turn[0]} turn")
+    state.images[node.data.key] = node.data   # the text holds only its marker
+    state.append(node.data.marker)
+
+
 def _call(state: ProgramState, node: ir.Call) -> None:
     out = node.fn(state)
     if out is not None and out is not state:
@@ -175,7 +183,7 @@ def named_error(node: ir.Expr, e: BaseException) -> BaseException:
 
 _LEAVES = {ir.Text: _text, ir.Gen: lambda s, n: _gen(s, n), ir.Select: _select,
            ir.RoleBegin: lambda s, n: _role_begin(s, n.role), ir.RoleEnd: lambda s, n: _role_end(s, n.role),
-           ir.Var: _var, ir.Fork: lambda s, n: _fork(s, n), ir.Call: _call}
+           ir.Var: _var, ir.Image: _image, ir.Fork: lambda s, n: _fork(s, n), ir.Call: _call}
 
 
 # -- running programs -----------------------------------------------------------------

@@ -8,6 +8,7 @@ A program is a sequence of nodes appended to a `ProgramState`:
     RoleBegin(role) / RoleEnd(role)   chat turns (system / user / assistant)
     Seq(items)             several nodes in order (what `"a" + gen(...) + "b"` builds)
     Var(name)              the text of a value captured earlier in the same program
+    Image(data)            an image (in a user turn); the text holds its marker
     Fork(branches, join)   run the branches in parallel from the current text, then join
     Call(fn)               fn(state) runs on the state when reached (may return a node)
 
@@ -168,6 +169,17 @@ class Var(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class Image(Expr):
+    """An image; `data` is a `runtime.multimodal.ImageData` (decoded, content-hashed)."""
+
+    data: Any
+
+    def describe(self) -> str:
+        w, h = self.data.size
+        return f"image({w}x{h})"
+
+
+@dataclass(frozen=True, eq=False)
 class Fork(Expr):
     branches: tuple[Expr, ...]
     join: str = "gather_variable"
@@ -235,6 +247,17 @@ gen.__signature__ = inspect.Signature(
     [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
     + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
        for k in ("dtype", "choices", *USER_NAMES)])
+
+
+def image(x) -> Image:
+    """An image in the prompt (a path, bytes, a data URL, a PIL image or a numpy array),
+    decoded and hashed at once; put it inside a user turn of a vision-language model."""
+    from lmnb.runtime.multimodal import as_image
+
+    try:
+        return Image(as_image(x))
+    except LmnbError as e:
+        raise LmnbError(f"image(): {str(e).removeprefix('image(): ')}") from None
 
 
 def gen_int(name: str | None = None, **kw) -> Expr:

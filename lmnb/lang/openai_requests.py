@@ -50,6 +50,9 @@ def build_request(backend, prompt: str, sampling: dict, mode: str = "continue") 
     turn) or "best_effort" (send the written turn as a final assistant message anyway)."""
     kw = _params(backend, dict(sampling))
     if not backend.is_chat:
+        if "<|image:" in prompt and image_parts(prompt) != prompt:
+            raise LmnbError(f"{backend.model} is a completion model; images go to chat models "
+                            "(lm.OpenAI(..., is_chat_model=True)) in a user turn")
         kw["prompt"] = prompt
         return Request(kw)
     messages, turn = backend.messages(prompt)
@@ -120,14 +123,33 @@ def chat_messages(prompt: str, model: str) -> tuple[list[dict], str]:
     messages, turn = [], ""
     for role, body in zip(parts[1::2], parts[2::2]):
         if body.endswith(_END):
-            messages.append({"role": role, "content": body[: -len(_END)]})
+            messages.append({"role": role, "content": image_parts(body[: -len(_END)])})
         elif role == "assistant":
             turn = body
-        else:
-            messages.append({"role": role, "content": body})   # an open user turn: sent as is
+        else:   # an open user turn: sent as is
+            messages.append({"role": role, "content": image_parts(body)})
     if not messages:
         raise LmnbError(f"{model} is a chat model: add a user turn before generating")
     return messages, turn
+
+
+def image_parts(content: str) -> str | list[dict]:
+    """A message's text as is, or, where it holds image markers, as content parts: text
+    parts and `image_url` parts carrying each image as a PNG data URL."""
+    if "<|image:" not in content:
+        return content
+    from lmnb.runtime.multimodal import has_markers, split_markers
+
+    if not has_markers(content):
+        return content
+    parts: list[dict] = []
+    for p in split_markers(content):
+        if isinstance(p, str):
+            if p:
+                parts.append({"type": "text", "text": p})
+        else:
+            parts.append({"type": "image_url", "image_url": {"url": p.data_url()}})
+    return parts
 
 
 class ApiCall:

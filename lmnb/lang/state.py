@@ -61,6 +61,7 @@ class ProgramState:
         self._fork_base: dict | None = None
         self.api_usage: dict | None = None   # remote backends: calls and tokens of this program
         self._branches: list[ProgramState] = []   # fork branches, aborted with this state
+        self.images: dict = {}       # key -> ImageData of the images in the text (kept alive)
 
     # -- adding nodes -----------------------------------------------------------
     def __iadd__(self, other) -> Self:
@@ -307,6 +308,7 @@ class ProgramState:
         b._vars, b._meta = dict(self._vars), dict(self._meta)
         b._fork_base = dict(self._vars)
         b.api_usage = self.api_usage
+        b.images = self.images
         self._branches.append(b)
         if self.error is not None:
             b.fail(self.error)  # forked after an abort: the branch must not start requests

@@ -16,6 +16,17 @@ from enum import Enum
 import torch
 
 
+@dataclass(frozen=True)
+class EmbedOverride:
+    """Input embeddings that replace the token embeddings at some rows of the step (the
+    image positions of multimodal prompts; their token ids are placeholders)."""
+    rows: torch.Tensor      # [k] int64, device: rows of input_ids
+    embeds: torch.Tensor    # [k, hidden], device, the model's dtype
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_copy(0, self.rows, self.embeds.to(x.dtype))
+
+
 class Mode(Enum):
     EXTEND = "extend"
     DECODE = "decode"
@@ -41,6 +52,8 @@ class ForwardBatch:
     # prompt-logprob ranges), in order
     logits_rows: torch.Tensor | None = None
     attn_state: object = None        # backend-specific metadata from init_forward
+    # rows whose input embeddings are given (image positions), see EmbedOverride
+    embed_override: EmbedOverride | None = None
 
     @property
     def batch_size(self) -> int:

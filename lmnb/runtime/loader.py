@@ -39,6 +39,8 @@ class LoadedModel:
     tokenizer: object
     weights: Callable[[torch.device, torch.dtype], Iterable[tuple[str, torch.Tensor]]]
     generation_config: dict
+    vision: object = None            # models.llava.LlavaConfig of a vision-language model
+    image_processor: object = None   # the model's own (transformers) image processor
 
 
 def load(spec: str) -> LoadedModel:
@@ -189,7 +191,8 @@ def _load_hf(path: Path, name: str) -> LoadedModel:
     if not cfg_file.exists():
         raise LmnbError(f"{path} has no config.json; is it a transformers checkpoint?")
     hf = json.loads(cfg_file.read_text())
-    cfg = ModelConfig.from_hf(hf)
+    vision = _vision_config(hf)
+    cfg = vision.text if vision is not None else ModelConfig.from_hf(hf)
     tok = AutoTokenizer.from_pretrained(str(path))
     gen_file = path / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
@@ -211,7 +214,32 @@ def _load_hf(path: Path, name: str) -> LoadedModel:
                 for k, v in torch.load(f, map_location="cpu", weights_only=True).items():
                     yield k, _to_runtime(k, v, device, dtype)
 
-    return LoadedModel(name, cfg, hf, tok, weights, gen)
+    if vision is None:
+        return LoadedModel(name, cfg, hf, tok, weights, gen)
+    return LoadedModel(name, cfg, hf, tok, weights, gen, vision, _image_processor(path, vision))
+
+
+def _vision_config(hf: dict):
+    from lmnb.runtime.models.llava import VLM_TYPES, LlavaConfig
+
+    return LlavaConfig.from_hf(hf) if hf.get("model_type") in VLM_TYPES else None
+
+
+def _image_processor(path: Path | None, vision):
+    """The checkpoint's own image processor (saved processor or image-processor config);
+    a CLIP processor at the tower's resolution when it has none (dummy models)."""
+    import transformers
+
+    if path is not None:
+        for load in (lambda: transformers.AutoProcessor.from_pretrained(str(path)).image_processor,
+                     lambda: transformers.AutoImageProcessor.from_pretrained(str(path))):
+            try:
+                return load()
+            except Exception:  # noqa: BLE001 - try the next kind of saved processor
+                continue
+    side = vision.vision.image_size
+    return transformers.CLIPImageProcessor(size={"shortest_edge": side},
+                                           crop_size={"height": side, "width": side})
 
 
 _KEEP_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -229,8 +257,13 @@ def _to_runtime(name: str, t: torch.Tensor, device, dtype) -> torch.Tensor:
 
 
 def _load_dummy(arch: str, name: str) -> LoadedModel:
+    from lmnb.runtime.models.llava import LLAVA_SHAPES
+
+    if arch in LLAVA_SHAPES:
+        return _load_dummy_vlm(arch, name)
     if arch not in DUMMY_SHAPES:
-        raise LmnbError(f"unknown dummy arch {arch!r}; choose one of {', '.join(DUMMY_SHAPES)}")
+        raise LmnbError(f"unknown dummy arch {arch!r}; choose one of "
+                        f"{', '.join([*DUMMY_SHAPES, *LLAVA_SHAPES])}")
     hf = dict(DUMMY_SHAPES[arch])
     cfg = ModelConfig.from_hf(hf)
     tok = _dummy_tokenizer(cfg.vocab_size)
@@ -240,6 +273,20 @@ def _load_dummy(arch: str, name: str) -> LoadedModel:
 
     eos = getattr(tok, "eos_token_id", None)
     return LoadedModel(name, cfg, hf, tok, weights, {"eos_token_id": eos})
+
+
+def _load_dummy_vlm(arch: str, name: str) -> LoadedModel:
+    from lmnb.runtime.models import llava
+
+    hf = dict(llava.LLAVA_SHAPES[arch])
+    vision = llava.LlavaConfig.from_hf(hf)
+    tok = _dummy_tokenizer(vision.text.vocab_size)
+
+    def weights(device: torch.device, dtype: torch.dtype):
+        return llava.dummy_weights(vision, device, dtype)
+
+    return LoadedModel(name, vision.text, hf, tok, weights, {"eos_token_id": getattr(tok, "eos_token_id", None)},
+                       vision, _image_processor(None, vision))
 
 
 def _dummy_tokenizer(vocab_size: int):

@@ -13,6 +13,7 @@ from lmnb.runtime.attention.base import AttentionBackend
 from lmnb.runtime.cuda_graph import DecodeGraphRunner, cuda_graph_enabled
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
+from lmnb.runtime.multimodal import VisionRunner
 from lmnb.runtime.run_ahead import reads_device_token
 from lmnb.runtime.sampler import to_device
 from lmnb.runtime.scheduler import ScheduledBatch
@@ -42,6 +43,7 @@ class ModelRunner:
         self.cuda_graph = (wanted and req_pool.table.is_cuda
                            and hasattr(backend, "init_forward_graph"))
         self.graphs: DecodeGraphRunner | None = None
+        self.vision = VisionRunner(model) if hasattr(model, "encode_images") else None
 
     def run(self, sb: ScheduledBatch, ahead_tokens: torch.Tensor | None = None) -> StepOutput:
         """Launch the step. Requests that run ahead (their last token is a placeholder)
@@ -75,7 +77,10 @@ class ModelRunner:
                 raise RuntimeError("a request runs ahead but the step before sampled nothing")
             dev = self.req_pool.table.device
             fill = (to_device(ahead_at, dev), ahead_tokens[to_device(ahead_src, dev)])
-        if (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
+        images = None
+        if self.vision is not None and not sb.is_decode:
+            images = self.vision.plan(sb.reqs, sb.lens, sb.prefix_lens, input_ids)
+        if images is None and (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
                 self._graph_ready(len(input_ids)):
             return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
@@ -83,8 +88,15 @@ class ModelRunner:
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
         if fill is not None:
             fb.input_ids[fill[0]] = fill[1]
+        fb.embed_override = images
         logits = self.model(fb, self.backend, self.pool)
         return StepOutput(logits, sample_rows, logprob_rows)
+
+    def counters(self) -> dict:
+        """Image counters (zeros for text-only models)."""
+        if self.vision is None:
+            return {"images_encoded": 0, "image_tokens_computed": 0, "vision_batches": 0}
+        return dict(self.vision.counters)
 
     def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int],
                 fill: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -107,6 +119,8 @@ class ModelRunner:
             self.graphs.release()
         self.graphs = self.model = self.backend = self.pool = self.req_pool = None
         self.cuda_graph = False
+        if self.vision is not None:
+            self.vision.model = None
 
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:

@@ -74,6 +74,7 @@ class Req:
     # row `ahead_row` of the step in flight; the next step reads it from the device
     ahead: bool = False
     ahead_row: int = 0
+    mm: object = None                # multimodal.MultimodalInputs: the prompt's images
 
     @property
     def fill_ids(self) -> list[int]:

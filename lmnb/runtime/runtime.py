@@ -16,7 +16,8 @@ from lmnb.runtime.engine import Engine
 from lmnb.runtime.handle import RequestGroup, RequestHandle
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.model_runner import ModelRunner
-from lmnb.runtime.models.llama import LlamaForCausalLM
+from lmnb.runtime.models import build_model
+from lmnb.runtime.multimodal import ImagePrompts, as_image, has_markers
 from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.quant import fp8
 from lmnb.runtime.radix_cache import RadixCache
@@ -47,7 +48,7 @@ class Runtime:
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
         self.quant = fp8.plan_fp8(rc.quantization, lm.hf_config, cfg, self.device, self.dtype)
         self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype)
-        self.model = LlamaForCausalLM(cfg, self.dtype, self.device, quant=self.quant)
+        self.model = build_model(lm, self.dtype, self.device, quant=self.quant)
         self.model.load_weights(fp8.model_weights(lm.weights(self.device, self.dtype), lm.hf_config))
         self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
@@ -64,6 +65,9 @@ class Runtime:
         self.eos_token_ids = eos_token_ids(lm.tokenizer, lm.generation_config)
         self.outputs = OutputProcessor(lm.tokenizer, self.eos_token_ids, self.context_len, rc.jump_forward)
         self._grammars = None
+        self.images = None if lm.vision is None else ImagePrompts(
+            lm.tokenizer, cfg.vocab_size, lm.vision.image_tokens, lm.vision.image_token_id,
+            lm.image_processor)
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
@@ -72,25 +76,41 @@ class Runtime:
 
     # -- text <-> tokens ---------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        """Token ids; on a vision-language model each image marker of the text becomes
+        its image's positions (see multimodal.py)."""
+        if self.images is not None:
+            return self.images.encode(text)
+        if has_markers(text):
+            raise LmnbError(f"{self.spec} is a text-only model and takes no images; "
+                            "load a vision-language model (e.g. hf:<llava dir>) or drop image(...)")
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     # -- requests ---------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], *, stream: bool = False,
+    def submit(self, prompt: str | Sequence[int], *, stream: bool = False, images=None,
                **sampling) -> RequestHandle | RequestGroup:
         """Queue one request and return its handle at once. With `n` > 1 the handle is a
         `RequestGroup` of n samples; they share the prompt's KV (the first computes it,
-        the others wait one step and hit the radix cache). `token_healing=True` backs off
-        a prompt that ends mid-token and regenerates its tail first (see healing.py)."""
+        the others wait one step and hit the radix cache). `images` (paths, bytes, PIL
+        images, arrays) fill the prompt's image placeholders (`<image>`) in order.
+        `token_healing=True` backs off a prompt that ends mid-token and regenerates its
+        tail first (see healing.py)."""
         self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
+        _held = None   # the images, alive until the request holds them
+        if images is not None:
+            prompt, _held = self._with_images(prompt, images)
         ids = self._prompt_ids(prompt)
         healed = self._heal_plan(ids, params)
         if healed is not None:   # the regenerated prompt tokens do not eat the output budget
             ids = healed.ids
             params = params.replace(max_new_tokens=params.max_new_tokens + healed.removed_tokens)
+        mm = self.images.inputs(ids) if self.images is not None else None
+        if mm is not None and params.logprob_start_len >= 0 and max(params.logprob_start_len, 1) < mm.end:
+            raise LmnbError(f"prompt logprobs cannot cover image positions; set logprob_start_len "
+                            f">= {mm.end} (after the last image)")
         max_new = min(params.max_new_tokens, self.context_len - len(ids))
         if len(ids) + max_new > self.pool.size:
             raise LmnbError(
@@ -106,7 +126,9 @@ class Runtime:
                 seed = params.seed + j if params.seed is not None else \
                     int(torch.randint(0, 2**62, (1,), generator=self._seed_gen))
                 lead = handles[0].req if handles and self.config.enable_radix_cache else None
-                handles.append(self._submit_one(ids, params, seed, guide, stream, lead, healed))
+                if j > 0 and mm is not None:   # each sample its own image items
+                    mm = self.images.inputs(ids)
+                handles.append(self._submit_one(ids, params, seed, guide, stream, lead, mm, healed))
         except BaseException:
             for h in handles:
                 h.abort()
@@ -114,9 +136,10 @@ class Runtime:
         return handles[0] if len(handles) == 1 else RequestGroup(handles)
 
     def _submit_one(self, ids: list[int], params: SamplingParams, seed: int, guide,
-                    stream: bool, leader: Req | None = None, healed=None) -> RequestHandle:
+                    stream: bool, leader: Req | None = None, mm=None, healed=None) -> RequestHandle:
         req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter(),
                   prompt_leader=leader)
+        req.mm = mm
         req.generator = torch.Generator(device=self.device)
         req.generator.manual_seed(seed)
         if guide is not None:
@@ -136,14 +159,18 @@ class Runtime:
 
         return plan(table_for(self.grammars().vocab), ids, params.stop)
 
-    def generate(self, prompts, **sampling) -> list[GenResult]:
+    def generate(self, prompts, images=None, **sampling) -> list[GenResult]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of
         results with `text`, `output_ids` and `meta`. All prompts are batched together;
-        with `n` > 1 each prompt gives n results in a row."""
+        with `n` > 1 each prompt gives n results in a row. `images`: one list of images
+        per prompt (see `submit`)."""
         handles: list = []
+        prompts = _as_prompt_list(prompts)
+        if images is not None and (not isinstance(images, Sequence) or len(images) != len(prompts)):
+            raise LmnbError(f"images must be a list with one list of images per prompt ({len(prompts)})")
         try:  # Ctrl-C between submissions must abort those already queued too
-            for p in _as_prompt_list(prompts):
-                handles.append(self.submit(p, **sampling))
+            for i, p in enumerate(prompts):
+                handles.append(self.submit(p, images=None if images is None else images[i], **sampling))
             out: list[GenResult] = []
             for h in handles:
                 res = h.result()
@@ -172,8 +199,9 @@ class Runtime:
             ids = self.encode(prompt)
         elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
-            if any(t < 0 or t >= self.model_config.vocab_size for t in ids):
-                raise LmnbError(f"token ids must be in [0, {self.model_config.vocab_size})")
+            v, im = self.model_config.vocab_size, self.images
+            if any(t < 0 or (t >= v and (im is None or not im.is_pad(t))) for t in ids):
+                raise LmnbError(f"token ids must be in [0, {v})")
         else:
             raise LmnbError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
         if not ids:
@@ -183,11 +211,22 @@ class Runtime:
                             "shorten the prompt")
         return ids
 
+    def _with_images(self, prompt, images) -> tuple[str, list]:
+        if self.images is None:
+            raise LmnbError(f"{self.spec} is a text-only model and takes no images; "
+                            "load a vision-language model (e.g. hf:<llava dir>)")
+        if not isinstance(prompt, str):
+            raise LmnbError("with images=, the prompt must be a str with one <image> per image")
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        held = [as_image(x) for x in images]
+        return self.images.with_images(prompt, held), held
+
     def grammars(self):
         if self._grammars is None:
-            from lmnb.runtime.constrained import GrammarBackend
+            from lmnb.runtime.constrained import make_backend
 
-            self._grammars = GrammarBackend(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
+            self._grammars = make_backend(self.tokenizer, self.model_config.vocab_size, self.eos_token_ids)
         return self._grammars
 
     # -- inspection & control -------------------------------------------------------
@@ -215,7 +254,11 @@ class Runtime:
         return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
-        return self.engine.call(lambda: dict(self.engine.counters))
+        def read() -> dict:
+            runner = self.engine.runner
+            return {**self.engine.counters, **(runner.counters() if runner is not None else {})}
+
+        return self.engine.call(read)
 
     def _call(self, fn):
         """Run fn on the engine thread; a clear error once the runtime is shut down."""

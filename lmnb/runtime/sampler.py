@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from lmnb.runtime.request import Req
@@ -34,14 +35,44 @@ class DeviceMasks:
         return dev_row
 
 
+def _unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
+    """int32 [B, W] bitsets (bit i%32 of word i//32) -> bool [B, width] (False past W*32)."""
+    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
+    bits = ((words.unsqueeze(-1) >> shifts) & 1).bool().reshape(words.shape[0], -1)
+    if bits.shape[1] >= width:
+        return bits[:, :width]
+    pad = torch.zeros(words.shape[0], width - bits.shape[1], dtype=torch.bool, device=words.device)
+    return torch.cat([bits, pad], dim=1)
+
+
+def _banned(guides: list, width: int, dev: torch.device, masks: DeviceMasks) -> torch.Tensor:
+    """bool [len(guides), width] of disallowed tokens. Cursors with `bitmask()` (the
+    llguidance engine) send their 6 KiB bitsets in one copy, expanded on the device; the
+    others hand out one shared mask per automaton state, kept on the device."""
+    bit_rows = [j for j, g in enumerate(guides) if hasattr(g, "bitmask")]
+    if len(bit_rows) == len(guides):
+        words = torch.from_numpy(np.stack([g.bitmask() for g in guides]))
+        return ~_unpack_bits(words.to(dev, non_blocking=True), width)
+    rows = [None] * len(guides)
+    if bit_rows:
+        words = torch.from_numpy(np.stack([guides[j].bitmask() for j in bit_rows]))
+        for j, row in zip(bit_rows, ~_unpack_bits(words.to(dev, non_blocking=True), width)):
+            rows[j] = row
+    for j, g in enumerate(guides):
+        if rows[j] is None:
+            rows[j] = masks.get(g.allowed_mask(), width, dev)
+    return torch.stack(rows)
+
+
 def apply_masks(logits: torch.Tensor, reqs: list[Req], masks: DeviceMasks) -> None:
     """Set disallowed tokens to -inf for requests with a grammar (in place): one stacked
-    fill over device-resident masks (`masks`: the runtime's cache), no per-request copies."""
+    fill, no per-request copies of whole boolean masks (`masks`: the runtime's cache of
+    per-state rows, for cursors without `bitmask()`)."""
     rows = [i for i, r in enumerate(reqs) if r.guide is not None]
     if not rows:
         return
     width, dev = logits.shape[1], logits.device
-    banned = torch.stack([masks.get(reqs[i].guide.allowed_mask(), width, dev) for i in rows])
+    banned = _banned([reqs[i].guide for i in rows], width, dev, masks)
     if len(rows) == logits.shape[0]:
         logits.masked_fill_(banned, float("-inf"))
     else:

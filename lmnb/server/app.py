@@ -106,8 +106,9 @@ class _Service:
         req = parse(ChatCompletionRequest, await self._body(request))
         req.check(self.cfg)
         sampling = req.sampling(self.cfg, self.rt.context_len)
-        prompt = self._chat_prompt([m.for_template() for m in req.messages],
-                                   req.add_generation_prompt, req.continue_final_message)
+        images = [] if self.rt.images is not None else None   # held until the requests hold them
+        prompt = self._chat_prompt([m.for_template(images) for m in req.messages],
+                                   req.add_generation_prompt, req.continue_final_message, bool(images))
         fmt = ChatFormat(self.rt.tokenizer, self._name(req.model), req)
         return await self._answer(request, req, fmt, [prompt], sampling)
 
@@ -118,7 +119,7 @@ class _Service:
         return self.cfg.model_name if model in (None, "default") else model
 
     def _chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
-                     continue_final_message: bool = False) -> list[int]:
+                     continue_final_message: bool = False, images: bool = False) -> list[int]:
         tok = self.rt.tokenizer
         if not getattr(tok, "chat_template", None):
             raise ApiError(400, "this model has no chat template; use /v1/completions")
@@ -129,6 +130,8 @@ class _Service:
         except Exception as e:  # noqa: BLE001 - template errors (jinja) are about the input
             raise ApiError(400, f"the chat template rejected the messages: {e}", param="messages") from None
         # the template writes the special tokens itself (BOS included)
+        if images:   # each image marker becomes the image's positions
+            return self.rt.images.encode(text, add_special_tokens=False)
         return list(tok.encode(text, add_special_tokens=False))
 
     async def _answer(self, request: Request, req, fmt, prompts: list, sampling: dict) -> Response:

@@ -130,9 +130,12 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict] | None = None
 
-    def for_template(self) -> dict:
+    def for_template(self, images: list | None = None) -> dict:
+        """The message for the chat template. `images` collects the message's images (a
+        list on a vision-language model, None on a text-only one); each stands in the
+        content as its marker."""
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": _text_of(self.content)}
+        return {"role": role, "content": _text_of(self.content, images)}
 
 
 class ChatCompletionRequest(_Request):
@@ -187,16 +190,39 @@ def parse(model: type[BaseModel], body: dict) -> Any:
         raise ApiError(400, f"{loc}: {err['msg']}", param=loc or None) from None
 
 
-def _text_of(content) -> str:
+def _text_of(content, images: list | None = None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     parts = []
     for part in content:
+        if part.get("type") == "image_url":
+            parts.append(_image_marker(part, images))
+            continue
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
             raise ApiError(400, f"message content part of type {part.get('type')!r} is not "
-                                "supported; only text parts", param="messages")
+                                "supported; only text and image_url parts", param="messages")
         parts.append(part["text"])
     return "".join(parts)
+
+
+def _image_marker(part: dict, images: list | None) -> str:
+    if images is None:
+        raise ApiError(400, "this model is text-only and takes no image_url parts; serve a "
+                            "vision-language model (e.g. --model hf:<llava dir>)", param="messages")
+    spec = part.get("image_url")
+    url = spec.get("url") if isinstance(spec, dict) else spec
+    if not isinstance(url, str) or not url.startswith("data:image/"):
+        raise ApiError(400, "image_url must be a data URL (data:image/png;base64,...); lmnb serve "
+                            "fetches no URLs", param="messages")
+    from lmnb.errors import LmnbError
+    from lmnb.runtime.multimodal import as_image
+
+    try:
+        img = as_image(url)
+    except LmnbError as e:
+        raise ApiError(400, f"image_url: {e}", param="messages") from None
+    images.append(img)
+    return img.marker
 
 
 def _response_schema(fmt: dict | None) -> str | None:

@@ -165,7 +165,8 @@ class OutputView(View):
 
     @staticmethod
     def _plain(chunks, meta=None) -> str:
-        return "".join(t if v is None else f"«{t}»" + (" [interrupted]" if meta and interrupted(meta, v) else "")
+        return "".join(_plain_images(t) if v is None else
+                       f"«{t}»" + (" [interrupted]" if meta and interrupted(meta, v) else "")
                        for v, t in _segments(chunks))
 
     # -- text/html ----------------------------------------------------------------
@@ -208,10 +209,39 @@ def _prompt_html(t: str) -> str:
     out, i = [], 0
     for m in _SPECIAL.finditer(t):
         out.append(f'<span style="{_PROMPT}">{esc(t[i:m.start()])}</span>')
-        out.append(f'<span style="color: #afb8c1">{esc(m.group())}</span>')
+        img = _image_of(m.group())
+        if img is not None:
+            w, h = img.size
+            out.append(f'<img src="{img.thumbnail_url()}" alt="image {w}x{h}" title="image {w}x{h}" '
+                       f'style="max-height: 64px; max-width: 64px; vertical-align: middle; '
+                       f'border: 1px solid #d0d7de; margin: 0 2px">')
+        else:
+            out.append(f'<span style="color: #afb8c1">{esc(m.group())}</span>')
         i = m.end()
     out.append(f'<span style="{_PROMPT}">{esc(t[i:])}</span>')
     return "".join(out)
+
+
+def _image_of(special: str):
+    """The live image a `<|image:KEY|>` marker stands for, or None (other tokens, or an
+    image no program holds any more)."""
+    if not special.startswith("<|image:"):
+        return None
+    from lmnb.runtime.multimodal import MARKER_RE, lookup
+
+    m = MARKER_RE.fullmatch(special)
+    return lookup(m.group(1)) if m else None
+
+
+def _plain_images(t: str) -> str:
+    if "<|image:" not in t:
+        return t
+
+    def name(m):
+        img = _image_of(m.group())
+        return m.group() if img is None else f"[image {img.size[0]}x{img.size[1]}]"
+
+    return _SPECIAL.sub(name, t)
 
 
 def _gen_html(t: str, spans) -> str:
@@ -340,6 +370,8 @@ def _dry_pieces(program, tmpl) -> list[tuple[str, str]]:
                         f"select({n.name!r}, {list(n.choices)!r})"))
         elif isinstance(n, ir.Var):
             out.append(("hole", n.name))
+        elif isinstance(n, ir.Image):
+            out.append(("text", n.data.marker))
         else:
             out.append(("hole", n.describe()))
         first[0] = first[0] and not out

@@ -64,3 +64,39 @@ def test_pathological_patterns_hit_a_size_limit(pattern):
     with within(60, pattern[:80]), pytest.raises(Exception) as e:
         compile_regex(pattern)
     assert "too large" in str(e.value) and type(e.value).__name__ == "LmnbError", e.value
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regexes, st.lists(samples, min_size=4, max_size=10))
+def test_canonical_regex_keeps_the_language(pattern, texts):
+    """The explicit-class rewrite handed to llguidance matches exactly what the pattern
+    matches (Python's verdict under lmnb's semantics), and so does the pattern emitted
+    as JSON-string content, decoded (a search: wrapped in ^...$ for the comparison)."""
+    from lmnb.runtime.constrained.regex_emit import emit_regex
+
+    canon, err = outcome(emit_regex, pattern)
+    if err is not None:
+        assert type(err).__name__ == "LmnbError" and "\n" not in str(err), err
+        return
+    for text in texts:
+        want = _python(pattern, text)
+        if want is not None:
+            assert (re.fullmatch(canon, text) is not None) == want, (pattern, canon, text)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regexes, st.lists(samples, min_size=4, max_size=10))
+def test_json_string_patterns_are_sound(pattern, texts):
+    """A JSON-Schema pattern emitted as JSON-string content: every text it accepts is a
+    JSON string whose decoded value the pattern (ECMA/Python-common classes) finds."""
+    import json
+
+    from lmnb.runtime.constrained.regex_emit import json_string_pattern
+
+    body, err = outcome(json_string_pattern, pattern)
+    if err is not None:
+        return
+    for text in texts:
+        encoded = json.dumps(text, ensure_ascii=False)
+        if re.fullmatch(body, encoded[1:-1]):
+            assert re.search(pattern, json.loads(encoded)), (pattern, encoded)

@@ -173,3 +173,17 @@ class GrammarBackend:
             with self._lock:
                 guide = self._guides.setdefault(regex, guide)
         return guide
+
+
+def make_backend(tokenizer, vocab_size: int | None = None,
+                 eos_token_ids: Iterable[int] | None = None, whitespace: Whitespace = "compact",
+                 engine: str = "llguidance"):
+    """The grammar backend the engine uses: "llguidance" (default: fast masks, lazy
+    compile) or "fsm" (lmnb's own byte automaton with per-state cached masks)."""
+    if engine == "fsm":
+        return GrammarBackend(tokenizer, vocab_size, eos_token_ids, whitespace)
+    if engine == "llguidance":
+        from lmnb.runtime.constrained.llg import LlgBackend
+
+        return LlgBackend(tokenizer, vocab_size, eos_token_ids, whitespace)
+    raise LmnbError(f"unknown constrained-decoding engine {engine!r}; use 'llguidance' or 'fsm'")

@@ -21,6 +21,10 @@ class GuideCursor(Protocol):
     def allowed_mask(self) -> torch.Tensor:
         """Bool tensor [vocab_size] (CPU) of tokens allowed next (cached per FSM state)."""
 
+    # Optional: `bitmask() -> np.ndarray` int32 [ceil(vocab_size / 32)] (bit i % 32 of word
+    # i // 32 set when token i is allowed). The sampler prefers it when present: one small
+    # host-to-device copy per batch instead of a boolean row per request.
+
     def accept_token(self, token_id: int) -> None:
         """Advance over one sampled token; raises LmnbError if it was not allowed."""
 

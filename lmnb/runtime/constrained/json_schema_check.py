@@ -16,8 +16,8 @@ from lmnb.errors import LmnbError
 
 MAX_DEPTH = 48   # schema nesting; deeper ones would nest the regex past what its parser takes
 
-_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
-_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 _LISTS = ("enum", "anyOf", "oneOf", "allOf", "prefixItems", "required")
 _STRINGS = ("pattern", "format", "$ref")
 _SCHEMAS = ("items", "additionalProperties")   # a schema object or a boolean (items: a list too)
@@ -56,6 +56,9 @@ def _check_containers(s: dict, path: str) -> None:
     props = s.get("properties")
     if props is not None and not (isinstance(props, dict) and all(isinstance(k, str) for k in props)):
         _bad("properties", path, "an object mapping names to schemas", props)
+    pats = s.get("patternProperties")
+    if pats is not None and not (isinstance(pats, dict) and all(isinstance(k, str) for k in pats)):
+        _bad("patternProperties", path, "an object mapping patterns to schemas", pats)
     if "uniqueItems" in s and not isinstance(s["uniqueItems"], bool):
         _bad("uniqueItems", path, "true or false", s["uniqueItems"])
 
@@ -77,17 +80,31 @@ def _bad(key: str, path: str, want: str, got: Any) -> None:
 
 
 def bounds(s: dict) -> tuple[float | None, float | None]:
-    """Inclusive (lo, hi); exclusive integer bounds become inclusive ones."""
+    """Inclusive (lo, hi) for integers: exclusive bounds become the next integer inward."""
+    lo, lo_ex, hi, hi_ex = number_bounds(s)
+    if lo is not None and lo_ex:
+        lo = math.floor(lo) + 1
+    elif lo is not None:
+        lo = math.ceil(lo)
+    if hi is not None and hi_ex:
+        hi = math.ceil(hi) - 1
+    elif hi is not None:
+        hi = math.floor(hi)
+    return lo, hi
+
+
+def number_bounds(s: dict) -> tuple[float | None, bool, float | None, bool]:
+    """(lo, lo_exclusive, hi, hi_exclusive): the tightest of minimum/exclusiveMinimum
+    (draft 4's boolean exclusiveMinimum flags read too) and likewise for the top."""
     lo, hi = s.get("minimum"), s.get("maximum")
     ex_lo, ex_hi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
-    if isinstance(ex_lo, bool):  # draft 4: a flag on minimum
-        ex_lo = lo if ex_lo else None
-        lo = None if ex_lo is not None else lo
+    lo_ex = hi_ex = False
+    if isinstance(ex_lo, bool):   # draft 4: a flag on minimum
+        lo_ex, ex_lo = ex_lo and lo is not None, None
     if isinstance(ex_hi, bool):
-        ex_hi = hi if ex_hi else None
-        hi = None if ex_hi is not None else hi
-    if ex_lo is not None:  # only reached for integers: the least integer above ex_lo
-        lo = max(math.floor(ex_lo) + 1, lo) if lo is not None else math.floor(ex_lo) + 1
-    if ex_hi is not None:
-        hi = min(math.ceil(ex_hi) - 1, hi) if hi is not None else math.ceil(ex_hi) - 1
-    return lo, hi
+        hi_ex, ex_hi = ex_hi and hi is not None, None
+    if ex_lo is not None and (lo is None or ex_lo >= lo):
+        lo, lo_ex = ex_lo, True
+    if ex_hi is not None and (hi is None or ex_hi <= hi):
+        hi, hi_ex = ex_hi, True
+    return lo, lo_ex, hi, hi_ex

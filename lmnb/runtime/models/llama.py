@@ -104,6 +104,8 @@ class LlamaForCausalLM(nn.Module):
         """The step after the backend has planned it (what a CUDA graph captures);
         `logits_rows=None` means every row."""
         x, residual = self.embed_tokens(batch.input_ids), None
+        if batch.embed_override is not None:
+            x = batch.embed_override.apply(x)
         for layer in self.layers:
             x, residual = layer(x, residual, batch.positions, self.rotary, backend, batch, pool)
         if batch.logits_rows is not None:

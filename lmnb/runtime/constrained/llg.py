@@ -1,0 +1,280 @@
+"""The default mask engine: lmnb's patterns run by llguidance, behind lmnb's cursor contract.
+
+lmnb turns a JSON schema (or a `regex=`) into one regex (`json_schema.py`: the schema
+semantics, sound string escaping and every error message are lmnb's); llguidance (Rust,
+MIT, used by vLLM, SGLang and llama.cpp) compiles that regex lazily into a lexer over the
+token trie and computes each step's allowed-token bitmask in microseconds. Why this engine
+and not lmnb's own byte FSM (`guide.py`, still the reference the tests compare against):
+docs/constrained.md.
+
+Masks are bitsets (`int32[ceil(vocab/32)]`, bit `i % 32` of word `i // 32` set when
+token `i` is allowed): 6 KiB per cursor on a 49k vocabulary, never a per-state cache,
+so mask memory is bounded by the number of live requests.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmnb.errors import LmnbError
+from lmnb.runtime.constrained.json_schema import Whitespace, build_regex_from_schema
+from lmnb.runtime.constrained.vocab import token_bytes
+
+GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
+
+
+def _llguidance():
+    try:
+        import llguidance
+    except ImportError as e:   # a hard dependency: only a broken install gets here
+        raise LmnbError("constrained decoding needs the llguidance package; "
+                        "pip install llguidance") from e
+    return llguidance
+
+
+class _Bytes:
+    """The tokenizer as llguidance's TokenizerWrapper wants it: token bytes plus encode."""
+
+    def __init__(self, tokenizer, tokens: list[bytes | None], eos_id: int):
+        self.eos_token_id = eos_id
+        self.bos_token_id = None
+        self.tokens = [t or b"" for t in tokens]
+        self.special_token_ids = [i for i, t in enumerate(tokens) if t is None]
+        self._tok = tokenizer
+
+    def __call__(self, data: bytes | str) -> list[int]:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+
+class LlgVocabulary:
+    """One tokenizer prepared for llguidance (built once per runtime: ~0.5 s on 49k tokens)."""
+
+    def __init__(self, tokenizer, vocab_size: int | None, eos_token_ids: Iterable[int] | None):
+        llg = _llguidance()
+        self.tokens = token_bytes(tokenizer)
+        self.vocab_size = int(vocab_size) if vocab_size is not None else len(self.tokens)
+        if self.vocab_size < len(self.tokens):
+            raise LmnbError(
+                f"vocab_size {self.vocab_size} is smaller than the tokenizer's {len(self.tokens)} "
+                "tokens; pass the model's vocab_size")
+        if eos_token_ids is None:
+            eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.eos_ids = np.array(sorted({int(i) for i in eos_token_ids}), np.int64)
+        self.eos_set = frozenset(self.eos_ids.tolist())
+        if not len(self.eos_ids):
+            raise LmnbError("constrained decoding needs an end-of-sequence token id; "
+                            "pass eos_token_ids")
+        wrapper = llg.TokenizerWrapper(_Bytes(tokenizer, self.tokens, int(self.eos_ids[0])))
+        # llguidance's default "slices" (token subsets precomputed for common lexeme shapes,
+        # e.g. string contents) cost ~0.15 s here and cut the slow tail of first-visit masks
+        self.lltok = llg.LLTokenizer(wrapper, n_vocab=self.vocab_size,
+                                     eos_token=[int(i) for i in self.eos_ids])
+        self.words = (self.vocab_size + 31) // 32
+        self.llg_words = (self.lltok.vocab_size + 31) // 32   # the buffer llguidance fills
+        if self.llg_words > self.words:
+            raise LmnbError(f"the tokenizer has {self.lltok.vocab_size} ids, more than "
+                            f"vocab_size {self.vocab_size}; pass the model's vocab_size")
+
+    def bytes_of(self, token_id: int) -> bytes | None:
+        return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else None
+
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """Some tokenization of `data` (used to advance a matcher over forced text)."""
+        return list(self.lltok.tokenize_bytes(data))
+
+
+class LlgGuide:
+    """One pattern compiled against one vocabulary; `cursor()` copies a compiled matcher."""
+
+    def __init__(self, pattern: str, vocab: LlgVocabulary):
+        llg = _llguidance()
+        self.pattern = pattern
+        self.vocab = vocab
+        grammar = llg.LLMatcher.grammar_from_regex(pattern)
+        self._proto = llg.LLMatcher(vocab.lltok, grammar, log_level=0)
+        if self._proto.is_error():
+            raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
+                            f"decoding: {self._proto.get_error().splitlines()[0][:200]}")
+        self._fsm = None
+
+    def cursor(self) -> LlgCursor:
+        """A fresh cursor at the start."""
+        return LlgCursor(self, self._proto.deep_copy())
+
+    @property
+    def fsm(self):
+        """lmnb's own byte automaton of the same pattern (built on first use; for tests and
+        tools that need states, e.g. the distance to acceptance)."""
+        if self._fsm is None:
+            from lmnb.runtime.constrained.regex_fsm import compile_regex
+
+            self._fsm = compile_regex(self.pattern)
+        return self._fsm
+
+
+class LlgCursor:
+    """A request's position in an `LlgGuide` (see `interface.GuideCursor`)."""
+
+    __slots__ = ("_bits", "_mask", "eos_seen", "guide", "matcher", "text_bytes")
+
+    def __init__(self, guide: LlgGuide, matcher):
+        self.guide = guide
+        self.matcher = matcher
+        self.eos_seen = False
+        self.text_bytes = bytearray()   # what the cursor has accepted so far
+        self._bits: np.ndarray | None = None
+        self._mask: torch.Tensor | None = None
+
+    def bitmask(self) -> np.ndarray:
+        """int32 [ceil(vocab_size / 32)] of allowed tokens (bit i%32 of word i//32); the
+        cursor's own buffer: read it before the next accept."""
+        if self._bits is None:
+            bits = np.zeros(self.guide.vocab.words, np.int32)
+            if not self.eos_seen:
+                self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, self.guide.vocab.llg_words * 4)
+            self._raise_if_error()
+            self._bits = bits
+        return self._bits
+
+    def allowed_mask(self) -> torch.Tensor:
+        """Bool tensor [vocab_size] (CPU; do not modify) of tokens allowed next."""
+        if self._mask is None:
+            bits = np.unpackbits(self.bitmask().view(np.uint8), bitorder="little")
+            self._mask = torch.from_numpy(bits[: self.guide.vocab.vocab_size].view(np.bool_))
+        return self._mask
+
+    def accept_token(self, token_id: int) -> None:
+        """Advance over one sampled token; raises LmnbError if it was not allowed."""
+        token_id = int(token_id)
+        vocab = self.guide.vocab
+        if token_id in vocab.eos_set and not self.eos_seen:
+            if not self.matcher.is_accepting():
+                raise LmnbError(f"end of sequence before the output matches {_short(self.guide.pattern)}")
+            self.eos_seen = True
+            self._changed()
+            return
+        data = vocab.bytes_of(token_id)
+        if self.eos_seen or not data or not self._allows(token_id):
+            raise LmnbError(f"token id {token_id} is not allowed here by {_short(self.guide.pattern)}; "
+                            "apply allowed_mask() before sampling")
+        if not self.matcher.consume_token(token_id):
+            self._raise_if_error()
+        self.text_bytes += data
+        self._changed()
+
+    def accept_text(self, text: str) -> None:
+        """Advance over forced text (the string `jump_forward` returned)."""
+        data = text.encode("utf-8")
+        if self.eos_seen or not data:
+            raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
+        forced = self.matcher.compute_ff_bytes()
+        if not forced.startswith(data):
+            raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
+        ok = self.matcher.consume_tokens(self.guide.vocab.encode_bytes(data))
+        if not ok:
+            self._raise_if_error()
+        self.text_bytes += data
+        self._changed()
+
+    def is_terminated(self) -> bool:
+        """True after EOS, or when nothing but the end can follow."""
+        return self.eos_seen or self.matcher.is_stopped()
+
+    def is_accepting(self) -> bool:
+        """True when the text so far fully matches the pattern."""
+        return self.eos_seen or self.matcher.is_accepting()
+
+    def jump_forward(self) -> str | None:
+        """The text forced from here (whole characters only), or None."""
+        if self.eos_seen:
+            return None
+        forced = self.matcher.compute_ff_bytes()
+        if not forced or _mid_character(self.text_bytes):
+            return None
+        try:
+            text = forced.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = forced[: e.start].decode("utf-8")
+        return text or None
+
+    def _allows(self, token_id: int) -> bool:
+        bits = self.bitmask()
+        return bool((int(bits[token_id >> 5]) >> (token_id & 31)) & 1)
+
+    def _changed(self) -> None:
+        self._bits = None
+        self._mask = None
+
+    def _raise_if_error(self) -> None:
+        if self.matcher.is_error():
+            raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)} failed: "
+                            f"{self.matcher.get_error().splitlines()[0][:200]}")
+
+
+def _mid_character(data: bytearray) -> bool:
+    """True when `data` ends inside a multi-byte UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return False
+        if b >= 0xC0:   # lead byte: complete when the character's length is all there
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return back < need
+    return False
+
+
+def _short(pattern: str) -> str:
+    return repr(pattern if len(pattern) <= 60 else pattern[:57] + "...")
+
+
+class LlgBackend:
+    """Compiles regexes and JSON schemas into `LlgGuide`s for one tokenizer (LRU by pattern).
+
+    Same contract as `guide.GrammarBackend`: `vocab_size` is the model's logit width,
+    `eos_token_ids` are allowed exactly where the output may end.
+    """
+
+    engine = "llguidance"
+
+    def __init__(self, tokenizer, vocab_size: int | None = None,
+                 eos_token_ids: Iterable[int] | None = None, whitespace: Whitespace = "compact"):
+        self.vocab = LlgVocabulary(tokenizer, vocab_size, eos_token_ids)
+        self.whitespace = whitespace
+        self._guides: OrderedDict[str, LlgGuide] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compile(self, regex: str | None = None, json_schema: Any = None) -> LlgGuide:
+        """Compile (cached by pattern) or raise LmnbError naming the unsupported feature."""
+        if (regex is None) == (json_schema is None):
+            raise LmnbError("pass exactly one of regex= or json_schema= to constrain generation")
+        if json_schema is not None:
+            regex = build_regex_from_schema(json_schema, whitespace=self.whitespace)
+        elif isinstance(regex, str):
+            regex = canonical_regex(regex)
+        if not isinstance(regex, str):
+            raise LmnbError(f"regex must be a string, got {type(regex).__name__}")
+        with self._lock:
+            guide = self._guides.get(regex)
+            if guide is not None:
+                self._guides.move_to_end(regex)
+                return guide
+        guide = LlgGuide(regex, self.vocab)
+        with self._lock:
+            guide = self._guides.setdefault(regex, guide)
+            while len(self._guides) > GUIDE_CACHE:
+                self._guides.popitem(last=False)
+        return guide
+
+
+def canonical_regex(pattern: str) -> str:
+    """A user regex (Python `re` syntax, full match) rewritten with explicit classes so that
+    llguidance reads exactly Python's language (see `regex_emit.py`)."""
+    from lmnb.runtime.constrained.regex_emit import emit_regex
+
+    return emit_regex(pattern)
