@@ -34,7 +34,6 @@ import torch
 from lmnb.errors import LmnbError
 
 MAX_BACK = 3          # prompt tokens removed at most (" Fran" may be " Fr" + "an")
-_MAX_CHECKED = 4096   # tails checked one by one against an inner constraint, at most
 
 
 class HealingTable:
@@ -161,28 +160,21 @@ class HealingCursor:
         return self._with_inner(m)
 
     def _with_inner(self, m: torch.Tensor) -> torch.Tensor:
-        """Of the tokens longer than the removed bytes, keep those whose extra bytes the
-        inner constraint accepts from where it is."""
+        """Tokens that are a prefix of the removed bytes, and tokens that are the removed
+        bytes followed by the bytes of one token the inner constraint allows now (read from
+        its mask: the inner cursor is never advanced to probe)."""
         out = torch.zeros_like(m)
         rest = self.rest
         for i in range(1, len(rest) + 1):
             for t in self.table.by_bytes.get(rest[:i], ()):
                 out[t] = True
-        lo, hi = self.table.starting_with(rest)
         inner_mask = self.inner.allowed_mask()
-        firsts = {b[0] for t in np.flatnonzero(inner_mask.numpy()).tolist()
-                  if (b := self.table.tokens[t] if t < len(self.table.tokens) else None)}
-        checked = 0
-        for j in range(lo, hi):
-            b = self.table.sorted_bytes[j]
-            tail = b[len(rest):]
-            if not tail or tail[0] not in firsts:
-                continue
-            if checked >= _MAX_CHECKED:
-                break
-            checked += 1
-            if _accepts(self.inner, tail):
-                out[int(self.table.sorted_ids[j])] = True
+        tokens = self.table.tokens
+        for u in torch.nonzero(inner_mask).flatten().tolist():
+            b = tokens[u] if u < len(tokens) else None
+            if b:
+                for t in self.table.by_bytes.get(rest + b, ()):
+                    out[t] = True
         return out
 
     def accept_token(self, token_id: int) -> None:
@@ -209,22 +201,6 @@ class HealingCursor:
 
     def jump_forward(self) -> str | None:
         return None if self.rest or self.inner is None else self.inner.jump_forward()
-
-
-def _accepts(inner, tail: bytes) -> bool:
-    """Whether the inner cursor can advance over `tail` (tried on a copy)."""
-    import copy
-
-    try:
-        text = tail.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    probe = copy.copy(inner)
-    try:
-        probe.accept_text(text)
-    except LmnbError:
-        return False
-    return True
 
 
 class HealedHandle:
