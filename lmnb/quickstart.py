@@ -36,8 +36,11 @@ def main(path: str | Path = NOTEBOOK) -> int:
         print(f"notebook not found: {path}", file=sys.stderr)
         return 1
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}}, allow_errors=True)
+    # the kernel's own log (e.g. its notice that it talks over local TCP) is not the notebook's
+    # output: only errors of the kernel process reach this terminal
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     client.execute()
     for cell in nb.cells:
         if cell.cell_type == "markdown":

@@ -1,4 +1,4 @@
-"""Write the tutorial notebooks and execute them (outputs and widget state stored).
+"""Write the tutorial notebooks and execute them (outputs stored: plain HTML and text).
 
     python notebooks/build.py            # all of them
     python notebooks/build.py 02         # the ones whose name contains "02"
@@ -23,13 +23,17 @@ def md(src: str):
     return nbformat.v4.new_markdown_cell(src.strip())
 
 
-def code(src: str, check: bool = False):
+def code(src: str, check: bool = False, raises: bool = False):
+    """A code cell; `raises`: the cell fails on purpose (nbclient and nbval expect it)."""
     src = src.strip()
     cell = nbformat.v4.new_code_cell(src)
+    tags = ["raises-exception"] if raises else []
     if check and src.startswith("%%"):
-        cell.metadata["tags"] = ["nbval-check-output"]
+        tags.append("nbval-check-output")
     elif check:
         cell.source = CHECK + src
+    if tags:
+        cell.metadata["tags"] = tags
     return cell
 
 
@@ -61,6 +65,16 @@ What is {{ city }} famous for?
 @assistant
 {{ gen("answer", max_tokens=24) }}''', check=True),
     code('st["answer"]', check=True),
+    md("""
+A prompt that ends in a space (or half a word) stops where the model would have read one
+token, e.g. `" Paris"`. lmnb *heals* that boundary: it backs off the last prompt token and
+lets the model regenerate it, so the hole continues as if the prompt had not been cut.
+`token_healing=False` shows what happens without it:
+"""),
+    code('''%%lm -o healed
+The capital of France is {{ gen("city", max_tokens=4, stop=".") }}''', check=True),
+    code('''%%lm -o unhealed
+The capital of France is {{ gen("city", max_tokens=4, stop=".", token_healing=False) }}''', check=True),
     md("`select` scores each option by its likelihood and appends the best one:"),
     code('''%%lm -o mood
 @user
@@ -112,10 +126,11 @@ Year: {{ gen("year", regex=r"1[0-9]{3}") }}
 Height: {{ gen("height", regex=r"[1-9][0-9]{1,2}") }} metres
 Material: {{ select("material", ["iron", "stone", "wood"]) }}''', check=True),
     code('facts["year"], facts["height"], facts["material"]', check=True),
-    md("A mistake in a cell is reported as one line with its position (the `%%lm` line is line 1):"),
+    md("""A mistake in a cell fails the cell with one line giving its position (the `%%lm` line
+is line 1), so *Run All* stops there:"""),
     code('''%%lm
 @user
-Pick a number: {{ gen("n", regex="[0-9") }}''', check=True),
+Pick a number: {{ gen("n", regex="[0-9") }}''', check=True, raises=True),
 ]
 
 FORK_BATCH = [
@@ -184,8 +199,6 @@ ingredients and kitchen techniques in one or two short sentences, without preamb
 What can I use instead of butter in a cake?
 @assistant
 {{ gen("answer", max_tokens=20) }}''', check=True),
-    md("The live radix tree: each node holds a run of tokens; the shared system prompt is one node with two children."),
-    code("%lm cache", check=True),
     md("Running the first cell again reads almost its whole prompt from the cache:"),
     code('''%%lm -o a2
 @system
@@ -196,9 +209,13 @@ How long should I boil an egg for a soft yolk?
 @assistant
 {{ gen("answer", max_tokens=20) }}''', check=True),
     code('a2["answer"] == a["answer"]', check=True),
+    md("""The live radix tree: each node holds a run of tokens; the shared system prompt is one
+node with a child per question. (While the kernel runs, `%lm cache` and `%lm stats` redraw
+themselves after every `%%lm` cell; the saved notebook keeps their last picture.)"""),
+    code("%lm cache", check=True),
     md("Throughput of the engine so far (prefill and decode tokens/s, hit rate, KV pool use):"),
     code("%lm stats"),
-    code("%lm cache clear", check=True),
+    md("`%lm cache clear` frees every cached prefix (the views above would redraw as empty)."),
 ]
 
 REMOTE = [
@@ -259,7 +276,7 @@ def build(name: str, cells: list) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}},
-                   store_widget_state=True).execute()
+                   extra_arguments=["--IPKernelApp.log_level=ERROR"]).execute()
     path = HERE / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path

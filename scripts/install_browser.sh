@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# What the browser test (tests/browser) needs besides Python packages: Debian's headless
-# Chromium, and the Jupyter widget manager + require.js from the npm registry (nbconvert's
-# HTML loads them from a CDN, which tests cannot reach). Quiet and idempotent; a failing
-# install prints a warning and the browser test then skips, so this script never fails CI.
+# What the browser test (tests/browser) needs besides the test extra: JupyterLab (the
+# `lab` extra), Playwright's Python package (it drives the browser; it cannot download
+# browsers here, so it runs Debian's) and Debian's Chromium. Quiet and idempotent; a
+# failing install prints a warning and the browser test then skips, so this script never
+# fails CI.
 set -uo pipefail
-
-JS_DIR="${LMNB_BROWSER_JS_DIR:-${LMNB_CACHE_DIR:-$HOME/.cache/lmnb}/browser-js}"
-# html-manager 1.x is the embedder of ipywidgets 8 (widget protocol 2.x)
-PACKAGES=("@jupyter-widgets/html-manager@1.0.15:html-manager" "requirejs@2.3.8:requirejs")
+cd "$(dirname "$0")/.."
 
 warn() { echo "install_browser: warning: $*; the browser test will skip" >&2; }
+
+install_python() {
+    if ! timeout 900 python -m pip install -q --disable-pip-version-check -e ".[lab]" playwright \
+            >/dev/null 2>&1; then
+        warn "pip install jupyterlab playwright failed"
+    fi
+}
 
 install_chromium() {
     [ -x /usr/bin/chromium ] && return 0
@@ -23,24 +28,6 @@ install_chromium() {
     fi
 }
 
-# npm pack fetches one tarball per package (no dependency tree): both files are bundles.
-install_js() {
-    local spec dir tmp
-    if ! command -v npm >/dev/null; then warn "npm is absent, the widget manager cannot be fetched"; return 0; fi
-    for entry in "${PACKAGES[@]}"; do
-        spec="${entry%:*}" dir="$JS_DIR/${entry##*:}"
-        [ -f "$dir/.installed-$(basename "$spec")" ] && continue
-        tmp="$(mktemp -d)"
-        if (cd "$tmp" && timeout 300 npm pack --silent "$spec" >/dev/null 2>&1 && tar xzf ./*.tgz); then
-            rm -rf "$dir" && mkdir -p "$JS_DIR" && mv "$tmp/package" "$dir" \
-                && touch "$dir/.installed-$(basename "$spec")"
-        else
-            warn "npm pack $spec failed"
-        fi
-        rm -rf "$tmp"
-    done
-}
-
+install_python
 install_chromium
-install_js
 exit 0

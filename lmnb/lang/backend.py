@@ -60,10 +60,12 @@ class RuntimeBackend(Backend):
         self._template: ChatTemplate | None | bool = False
 
     def generate(self, prompt: str, stream: bool = False, **sampling):
+        sampling.setdefault("token_healing", True)   # programs heal prompt boundaries by default
         return self.runtime.submit(prompt, stream=stream, **sampling)
 
-    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
-        return score_choices(self.runtime, prompt, list(choices), method)
+    def select(self, prompt: str, choices: Sequence[str], method: str,
+               token_healing: bool = True) -> SelectResult:
+        return score_choices(self.runtime, prompt, list(choices), method, token_healing)
 
     def token_text(self, token_id: int) -> str:
         """One token's text (for logprob entries with text)."""
@@ -110,9 +112,9 @@ class PrefixGate(Backend):
         self._pass(prompt)
         return self.inner.generate(prompt, stream=stream, **sampling)
 
-    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str, **options) -> SelectResult:
         self._pass(prompt)
-        return self.inner.select(prompt, choices, method)
+        return self.inner.select(prompt, choices, method, **options)
 
     def chat_template(self) -> ChatTemplate | None:
         return self.inner.chat_template()

@@ -5,9 +5,11 @@ at the first token of the option, all at once, so the engine batches them and th
 cache computes the shared prefix a single time: the shared part is cached first by a zero-token request (as
 SGLang does), since the runtime shares a request's KV only once it has finished.
 
-Tokenization at the boundary: prefix + option is encoded as one text (what the model
-would see) and the option starts at the first token where it differs from the encoded
-prefix; one start is used for all options so they are scored over the same span.
+Tokenization at the boundary (token healing): prefix + option is encoded as one text
+(what the model would see) and the option starts at the first token where it differs
+from the encoded prefix, so a prompt ending in a space is scored as " option", not as
+" " + "option"; one start is used for all options so they are scored over the same span.
+With `token_healing=False` each option is encoded alone after the prompt's own tokens.
 """
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ from collections.abc import Sequence
 from lmnb.runtime.results import SelectResult
 
 
-def score_choices(rt, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+def score_choices(rt, prompt: str, choices: Sequence[str], method: str,
+                  token_healing: bool = True) -> SelectResult:
     prefix_ids = rt.encode(prompt) if prompt else []
-    full = [rt.encode(prompt + c) for c in choices]
-    start = min(_common_len(prefix_ids, f) for f in full)
+    if token_healing or not prefix_ids:
+        full = [rt.encode(prompt + c) for c in choices]
+        start = min(_common_len(prefix_ids, f) for f in full)
+    else:
+        full = [prefix_ids + list(rt.tokenizer.encode(c, add_special_tokens=False)) for c in choices]
+        start = len(prefix_ids)
     warm = 0
     if start > 1:  # cache the shared part first, so every option reads it from the cache
         warm = rt.submit(full[0][:start], max_new_tokens=0).result()["meta"]["computed_tokens"]

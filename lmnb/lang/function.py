@@ -151,7 +151,7 @@ class Function:
                   **defaults) -> list[ProgramState] | Iterator[ProgramState]:
         """Run once per dict of arguments (or tuple of positional ones), all together;
         states in order, failures in `state.error`. `progress_bar=True` shows a tqdm bar
-        (a widget in notebooks). `generator_style=True` returns at once an iterator that
+        (text, so saved notebooks show it). `generator_style=True` returns at once an iterator that
         yields the states in order as they finish."""
         batch_kwargs = self._batch_args(batch_kwargs)
         defaults, extra = self._split_options(defaults)

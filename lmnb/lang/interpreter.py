@@ -47,7 +47,8 @@ def _text(state: ProgramState, node: ir.Text) -> None:
 
 
 def _select(state: ProgramState, node: ir.Select) -> None:
-    res = state.backend.select(_prompt(state, node), node.choices, node.method)
+    extra = {} if node.healed else {"token_healing": False}
+    res = state.backend.select(_prompt(state, node), node.choices, node.method, **extra)
     state.append(res.text, node.name)
     state.capture(node.name, res.text, res.meta)
 
@@ -99,7 +100,8 @@ def _gen(state: ProgramState, node: ir.Gen) -> None:
         state.append(text[len(shown):], node.name)
     else:  # re-tokenization changed text already streamed: the state keeps the final text
         state.rewrite_from(start, text)
-    if meta.get("finish_reason") == "abort":
+    if meta.get("finish_reason") == "abort":   # interrupted: the variable keeps the partial text
+        state.capture(node.name, text, meta)
         raise RequestAborted("the request was aborted")
     if node.text_in_logprobs:
         from lmnb.lang.compat import add_logprob_texts
@@ -241,7 +243,7 @@ def run_program(program, backend=None, stream: bool = False, on_state: Callable 
     return state
 
 
-def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_bar: bool = False,
+def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_bar=False,
                  args_list: Sequence[dict] | None = None, **defaults) -> list[ProgramState]:
     """Run several programs at once (the engine batches their requests); the states come
     back in order, a failed one with `state.error` set. Ctrl-C aborts them all."""
@@ -253,17 +255,22 @@ def run_programs(programs: Sequence, backend=None, num_threads="auto", progress_
     _check_defaults(defaults)
     out: list[ProgramState | None] = [None] * n
     started: list[ProgramState] = []
-    from tqdm.auto import tqdm
+    # a text bar (tqdm.auto would be a widget: a saved notebook cannot show it without
+    # its kernel); a callable progress_bar(finished, total) draws its own
+    from tqdm import tqdm
 
+    report = progress_bar if callable(progress_bar) else None
     with ThreadPoolExecutor(workers, thread_name_prefix="lmnb-batch") as pool, \
-            tqdm(total=n, disable=not progress_bar, desc="programs") as bar:
+            tqdm(total=n, disable=not progress_bar or report is not None, desc="programs") as bar:
         futs = {pool.submit(start, _as_body(p), backend, False, defaults, (),
                             args_list[i] if args_list else None, started.append): i
                 for i, p in enumerate(programs)}
         try:
-            for f in as_completed(futs):
+            for finished, f in enumerate(as_completed(futs), 1):
                 out[futs[f]] = f.result()
                 bar.update(1)
+                if report is not None:
+                    report(finished, n)
         except BaseException:
             for f in futs:
                 f.cancel()

@@ -139,6 +139,7 @@ class Select(Expr):
     name: str | None
     choices: tuple[str, ...]
     method: str = "token_length_normalized"
+    healed: bool = True   # select(token_healing=...): score options from the last whole token on
 
     def describe(self) -> str:
         return f"select({self.name!r})"
@@ -220,7 +221,8 @@ def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = 
     where = f"gen({name!r})"
     _check_name(name, where)
     if choices is not None:
-        return select(name, choices, choices_method=choices_method)
+        return select(name, choices, choices_method=choices_method,
+                      token_healing=sampling.get("token_healing") is not False)
     if choices_method is not None:
         raise LmnbError(f"{where}: choices_method needs choices=[...]")
     sampling = {k: v for k, v in sampling.items() if v is not None}
@@ -274,11 +276,14 @@ def gen_string(name: str | None = None, **kw) -> Expr:
 
 
 def select(name: str | None = None, choices: Sequence[str] | None = None,
-           method: str = "token_length_normalized", choices_method=None, **ignored) -> Expr:
+           method: str = "token_length_normalized", choices_method=None, token_healing: bool = True,
+           **ignored) -> Expr:
     """Choose one of `choices` by its likelihood after the current text (all options are
     scored in one batched pass); the chosen text is appended and captured under `name`.
     `choices_method` (SGLang's name for `method`) takes `lm.token_length_normalized`,
-    `lm.greedy_token_selection` or `lm.unconditional_likelihood_normalized`."""
+    `lm.greedy_token_selection` or `lm.unconditional_likelihood_normalized`. With
+    `token_healing` (the default) a prompt ending in a space is scored as " option" (the
+    model's own tokens), not as " " + "option"."""
     where = f"select({name!r})"
     _check_name(name, where)
     if choices_method is not None:
@@ -294,8 +299,10 @@ def select(name: str | None = None, choices: Sequence[str] | None = None,
         raise LmnbError(f"{where}: method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
     unknown = sorted(set(ignored) - {"temperature"})   # SGLang passes temperature; scoring ignores it
     if unknown:
-        raise LmnbError(f"{where}: unknown argument {unknown[0]!r}; select takes name, choices and method")
-    return Select(name, tuple(choices), method)
+        raise LmnbError(f"{where}: unknown argument {unknown[0]!r}; select takes name, choices, method and token_healing")
+    if not isinstance(token_healing, bool):
+        raise LmnbError(f"{where}: token_healing must be True or False, got {token_healing!r}")
+    return Select(name, tuple(choices), method, token_healing)
 
 
 def _role(role: str, expr=None) -> Expr:

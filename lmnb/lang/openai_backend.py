@@ -111,7 +111,8 @@ class OpenAI(Backend):
         req = build_request(self, prompt, sampling, mode)
         return ApiCall(self, req, stream, [self.usage] + ([usage] if usage is not None else []))
 
-    def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str, usage: dict | None = None,
+               token_healing: bool = True) -> SelectResult:
         from lmnb.lang.openai_select import select_by_generation, select_completion
 
         counters = [self.usage] + ([usage] if usage is not None else [])

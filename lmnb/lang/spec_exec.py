@@ -93,7 +93,7 @@ class ProgramView(Backend):
         h.req.fallback = True
         return h
 
-    def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
+    def select(self, prompt: str, choices: Sequence[str], method: str, **options) -> SelectResult:
         with self._lock:
             spec = self._find(prompt)
             hit = self._option(prompt, spec, choices) if spec is not None else None
@@ -101,7 +101,7 @@ class ProgramView(Backend):
             self._count(spec_fields=1)
             return hit
         self._forget(prompt)
-        return self.backend.select(prompt, choices, method, usage=self.usage)
+        return self.backend.select(prompt, choices, method, usage=self.usage, **options)
 
     def chat_template(self):
         return self.backend.chat_template()

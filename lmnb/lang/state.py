@@ -33,6 +33,7 @@ class StateSnapshot:
     meta: dict
     branches: list[list[tuple[str | None, str]]] = field(default_factory=list)
     error: str | None = None
+    branch_starts: list[int] = field(default_factory=list)   # parent text length at each fork
 
 
 class ProgramState(SGLangStateMixin):
@@ -210,6 +211,8 @@ class ProgramState(SGLangStateMixin):
         for b in branches:
             with b._cond:
                 snap.branches.append(list(b._chunks))
+                # a branch starts as the parent's text at the fork; its chunks are what it added
+                snap.branch_starts.append(max(0, len(b._text) - sum(len(t) for _, t in b._chunks)))
         if err is not None and not isinstance(err, RequestAborted):
             snap.error = str(err)
         return snap

@@ -67,7 +67,7 @@ def run_cell(text: str, namespace: Mapping, opts: CellOptions,
             if opts.dry_run:
                 return _dry(res, progs[0] if progs else compile_template(text, namespace, None, opts.line_offset),
                             chat_template)
-            return _run_batch(res, progs, opts)
+            return _run_batch(res, progs, opts, on_update)
         prog = compile_template(text, namespace, line_offset=opts.line_offset)
         res.holes = holes(prog)
         if opts.dry_run:
@@ -126,12 +126,16 @@ def _run_one(res: CellResult, prog, opts: CellOptions, on_update) -> CellResult:
     return res
 
 
-def _run_batch(res: CellResult, progs: list, opts: CellOptions) -> CellResult:
+def _run_batch(res: CellResult, progs: list, opts: CellOptions, on_update=None) -> CellResult:
     from lmnb.lang.interpreter import run_programs
-    from lmnb.widgets import BatchView
+    from lmnb.widgets import BatchProgress, BatchView
 
+    progress = BatchProgress(len(progs))
+    if on_update is not None:
+        progress.refresh = lambda: on_update(progress)
+        progress.refresh()
     try:
-        states = run_programs(progs, opts.backend, progress_bar=True, **opts.defaults())
+        states = run_programs(progs, opts.backend, progress_bar=progress, **opts.defaults())
     except KeyboardInterrupt:
         res.interrupted = True
         res.view = BatchView([], res.holes, status="interrupted")

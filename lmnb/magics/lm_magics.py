@@ -1,14 +1,13 @@
 """`%%lm` and `%lm`: thin IPython glue over `cell.run_cell` and `KernelSession`."""
 from __future__ import annotations
 
-import sys
-
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 from traitlets import Bool, Float, HasTraits, Int, Unicode, observe
 
 from lmnb.magics.cell import CellOptions, one_line, run_cell
+from lmnb.magics.errors import CellError
 from lmnb.magics.session import KernelSession, kernel_session
 from lmnb.runtime.sampling_params import PARAMS
 
@@ -119,8 +118,8 @@ class LmMagics(Magics, _CellDefaults):
             sampling=sampling, batch=args.batch,
             stream=self.stream and not args.no_stream, dry_run=args.dry_run, backend=backend,
             api_spec_tokens=args.api_spec_tokens)
-        live = display(_PLACEHOLDER, raw=True, display_id=True) if opts.stream and not opts.dry_run \
-            and opts.batch is None else None
+        live = display(_PLACEHOLDER, raw=True, display_id=True) \
+            if (opts.stream or opts.batch is not None) and not opts.dry_run else None
         res = run_cell(cell, ns, opts, on_update=(live.update if live else None),
                        chat_template=getattr(backend, "chat_template", None))
         if live is not None:   # the live display ends as it began, so saved outputs compare equal
@@ -130,21 +129,44 @@ class LmMagics(Magics, _CellDefaults):
         if args.out and res.value is not None:
             ns[args.out] = res.value
         self.session.refresh_views()
-        if res.interrupted:
-            print("lmnb: interrupted; the partial text is kept and its KV slots are free", file=sys.stderr)
+        if res.interrupted:   # a notice on stdout: the partial text is a result, not a failure
+            print("lmnb: interrupted; the text generated so far is kept in the view and its variable")
         if res.error:
             return self._fail(res.error)
         return None
 
     def _backend(self, model: str | None, ns):
+        s = self.session
         if model is None:
-            return self.session.backend()
+            if not s.needs_load():
+                return s.backend()
+            spec = s.spec if s.spec and s.runtime is not None else s.default_spec
+            return self._loading(spec, lambda progress: s.backend(progress=progress))
         from lmnb.lang.backend import Backend, as_backend, is_runtime
 
         value = ns.get(model) if model.isidentifier() else None
         if is_runtime(value) or isinstance(value, Backend):
             return as_backend(value)
-        return self.session.load(model)
+        if model == s.spec and not s.needs_load():
+            return s.backend()
+        return self._loading(model, lambda progress: s.load(model, progress=progress))
+
+    def _loading(self, spec: str, load, announce: bool = True):
+        """Run `load(progress)` with its phases drawn live in the cell; the live display
+        ends empty, as it began (saved outputs compare equal), and one line says it is done."""
+        from lmnb.widgets import LoadProgress
+
+        if spec.startswith("openai:"):
+            return load(None)
+        view = LoadProgress(spec)
+        view._handle = display(_PLACEHOLDER, raw=True, display_id=True)
+        try:
+            backend = load(view)
+        finally:
+            view._handle.update(_PLACEHOLDER, raw=True)
+        if announce:
+            print(f"lmnb: model {spec} loaded")
+        return backend
 
     # -- %lm --------------------------------------------------------------------
     def _line(self, args):
@@ -156,6 +178,8 @@ class LmMagics(Magics, _CellDefaults):
                     return self._fail("--tp N goes with %lm model SPEC (a local model)")
                 return self._command(cmd[0], cmd[1:], {**remote, "tp_size": args.tp})
             return self._command(cmd[0], cmd[1:], remote)
+        except CellError:
+            raise
         except Exception as e:
             if self.show_traceback:
                 raise
@@ -168,21 +192,25 @@ class LmMagics(Magics, _CellDefaults):
         if set(remote or ()) - {"tp_size"} and not (name == "model" and rest and rest[0].startswith("openai:")):
             return self._fail("--base-url / --api-key / --completion go with %lm model openai:NAME")
         if name == "model" and len(rest) == 1:
-            s.load(rest[0], **(remote or {}))
+            if remote or rest[0].strip() == s.spec and not s.needs_load():
+                s.load(rest[0], **(remote or {}))
+            else:
+                self._loading(rest[0].strip(), lambda progress: s.load(rest[0], progress=progress),
+                              announce=False)
             print(s.status().splitlines()[0])
         elif name == "status" and not rest:
             print(s.status())
         elif name == "cache" and not rest:
             view = CacheTreeView(s.require_runtime("%lm cache"))
             s.views.append(view)
-            display(view)
+            view.show()
         elif name == "cache" and rest == ["clear"]:
             print(s.clear_cache())
             s.refresh_views()
         elif name == "stats" and not rest:
             view = ThroughputMeter(s.require_runtime("%lm stats"))
             s.views.append(view)
-            display(view)
+            view.show()
         elif name == "help" and not rest:
             print(HELP)
         else:
@@ -191,9 +219,10 @@ class LmMagics(Magics, _CellDefaults):
         return None
 
     def _fail(self, message: str):
+        """Fail the cell with one line (IPython shows no traceback for a CellError)."""
         if self.show_traceback:
             raise RuntimeError(message)
-        print(f"lmnb: {message}", file=sys.stderr)
+        raise CellError(message)
 
 
 def _remote_options(args) -> dict:

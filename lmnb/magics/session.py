@@ -21,8 +21,9 @@ class KernelSession:
         self.views: deque = deque(maxlen=8)   # the latest live views, refreshed after each cell
 
     # -- loading ------------------------------------------------------------------
-    def load(self, spec: str, **options):
-        """Make `spec` the kernel's model (loading it only when it is not already)."""
+    def load(self, spec: str, progress=None, **options):
+        """Make `spec` the kernel's model (loading it only when it is not already).
+        `progress(phase, status, note)` hears the phases convert, load and warm."""
         if not isinstance(spec, str) or not spec.strip():
             raise LmnbError("give a model spec, e.g. %lm model smollm2")
         spec = spec.strip()
@@ -36,11 +37,8 @@ class KernelSession:
             self.close()
             self.runtime, self.spec, self._backend = None, spec, lm.set_default_backend(backend)
             return self._backend
-        from lmnb.runtime import loader
-
-        loader.load(spec)  # a bad spec fails here, while the current model is still loaded
-        self.close()       # free the old model before loading the new one
-        rt = lm.Runtime(spec, **{**self.runtime_options, **options})
+        report = progress or (lambda phase, status, note="": None)
+        rt = _load_runtime(spec, {**self.runtime_options, **options}, report, self.close)
         return self.attach(rt)
 
     def attach(self, runtime):
@@ -63,11 +61,16 @@ class KernelSession:
             raise LmnbError("the OpenAI backend is not available in this version of lmnb") from None
         return openai_backend(model, **options)
 
-    def backend(self):
+    def backend(self, progress=None):
         """The current backend, loading the default model on first use."""
         if not self._usable():
-            self.load(self.spec if self.spec and self.runtime is not None else self.default_spec)
+            self.load(self.spec if self.spec and self.runtime is not None else self.default_spec,
+                      progress=progress)
         return self._backend
+
+    def needs_load(self) -> bool:
+        """True when `backend()` would load a model first."""
+        return not self._usable()
 
     def _usable(self) -> bool:
         if self._backend is None:
@@ -122,6 +125,39 @@ class KernelSession:
                 v.refresh()
             except Exception:  # noqa: BLE001 - a stale view must not break a cell
                 self.views.remove(v)
+
+
+def _load_runtime(spec: str, options: dict, report, close):
+    """convert (a GGUF file, once) → load → warm, each phase reported as it runs. A bad
+    spec fails in the first phase, while the current model is still loaded; the old
+    model is freed (`close`) just before the new one is read."""
+    import lmnb as lm
+    from lmnb.runtime import loader
+
+    phase = "convert"
+    try:
+        if loader.needs_conversion(spec):
+            report("convert", "running")
+            loader.load(spec)
+            report("convert", "done")
+        else:
+            loader.load(spec)
+            report("convert", "skipped", "cached" if spec == "smollm2" or spec.startswith("gguf:")
+                   else "not needed")
+        phase = "load"
+        report("load", "running")
+        close()
+        with loader.quiet_transformers():
+            rt = lm.Runtime(spec, **options)
+        report("load", "done")
+        phase = "warm"
+        report("warm", "running")
+        rt.grammars()   # the vocabulary's byte table: constraints and token healing read it
+        report("warm", "done")
+    except BaseException:
+        report(phase, "failed")
+        raise
+    return rt
 
 
 def _failure(rt) -> str:

@@ -10,6 +10,7 @@ GGUF files are converted once (tokenizer + safetensors) into a cache directory
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import importlib.util
@@ -63,6 +64,54 @@ def load(spec: str) -> LoadedModel:
         f"(archs: {', '.join(DUMMY_SHAPES)})")
 
 
+def needs_conversion(spec: str) -> bool:
+    """True when loading `spec` will first convert a GGUF file (once per file)."""
+    spec = spec.strip() if isinstance(spec, str) else ""
+    kind, _, arg = spec.partition(":")
+    try:
+        path = embedded_gguf_path() if spec == "smollm2" else (arg if kind == "gguf" else None)
+    except LmnbError:
+        return False
+    return bool(path) and os.path.isfile(path) and not (converted_dir(path) / "done").exists()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' progress bars and warnings off while a model is converted or read:
+    in a notebook its tqdm bars are widgets whose saved text is a frozen `0%| 0/272`."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    gguf_utils, gguf_bar = _silence_gguf_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if gguf_utils is not None:
+            gguf_utils.tqdm = gguf_bar
+
+
+def _silence_gguf_bar():
+    """transformers' GGUF reader draws its own `tqdm.auto` bar, deaf to the switch above;
+    give that module a bar that is disabled (restored by the caller)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        return None, None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        return None, None
+    gguf_utils.tqdm = lambda *a, **k: bar(*a, **{**k, "disable": True})
+    return gguf_utils, bar
+
+
 def embedded_gguf_path() -> str:
     """Path of the embedded model file, found without importing its package."""
     found = importlib.util.find_spec(EMBEDDED_PACKAGE)
@@ -92,7 +141,8 @@ def converted_dir(gguf_path: str) -> Path:
 def _load_converted(gguf_path: str, name: str) -> LoadedModel:
     out = converted_dir(gguf_path)
     if not (out / "done").exists():
-        _convert_gguf(gguf_path, out)
+        with quiet_transformers():
+            _convert_gguf(gguf_path, out)
     return _load_hf(out, name)
 
 

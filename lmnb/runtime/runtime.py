@@ -117,13 +117,19 @@ class Runtime:
         """Queue one request and return its handle at once. With `n` > 1 the handle is a
         `RequestGroup` of n samples; they share the prompt's KV (the first computes it,
         the others wait one step and hit the radix cache). `images` (paths, bytes, PIL
-        images, arrays) fill the prompt's image placeholders (`<image>`) in order."""
+        images, arrays) fill the prompt's image placeholders (`<image>`) in order.
+        `token_healing=True` backs off a prompt that ends mid-token and regenerates its
+        tail first (see healing.py)."""
         self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
         _held = None   # the images, alive until the request holds them
         if images is not None:
             prompt, _held = self._with_images(prompt, images)
         ids = self._prompt_ids(prompt)
+        healed = self._heal_plan(ids, params)
+        if healed is not None:   # the regenerated prompt tokens do not eat the output budget
+            ids = healed.ids
+            params = params.replace(max_new_tokens=params.max_new_tokens + healed.removed_tokens)
         mm = self.images.inputs(ids) if self.images is not None else None
         if mm is not None and params.logprob_start_len >= 0 and max(params.logprob_start_len, 1) < mm.end:
             raise LmnbError(f"prompt logprobs cannot cover image positions; set logprob_start_len "
@@ -145,7 +151,7 @@ class Runtime:
                 lead = handles[0].req if handles and self.config.enable_radix_cache else None
                 if j > 0 and mm is not None:   # each sample its own image items
                     mm = self.images.inputs(ids)
-                handles.append(self._submit_one(ids, params, seed, guide, stream, lead, mm))
+                handles.append(self._submit_one(ids, params, seed, guide, stream, lead, mm, healed))
         except BaseException:
             for h in handles:
                 h.abort()
@@ -153,7 +159,7 @@ class Runtime:
         return handles[0] if len(handles) == 1 else RequestGroup(handles)
 
     def _submit_one(self, ids: list[int], params: SamplingParams, seed: int, guide,
-                    stream: bool, leader: Req | None = None, mm=None) -> RequestHandle:
+                    stream: bool, leader: Req | None = None, mm=None, healed=None) -> RequestHandle:
         req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter(),
                   prompt_leader=leader)
         req.mm = mm
@@ -161,8 +167,20 @@ class Runtime:
         req.generator.manual_seed(seed)
         if guide is not None:
             req.guide = guide.cursor()
+        if healed is not None:
+            from lmnb.runtime.healing import HealedHandle, HealingCursor, table_for
+
+            req.guide = HealingCursor(table_for(self.grammars().vocab), healed.removed, req.guide, req)
         self.engine.submit(req)
-        return RequestHandle(self.engine, req, ids)
+        handle = RequestHandle(self.engine, req, ids)
+        return HealedHandle(handle, healed) if healed is not None else handle
+
+    def _heal_plan(self, ids: list[int], params: SamplingParams):
+        if not params.token_healing or params.max_new_tokens == 0 or params.logprob_start_len >= 0:
+            return None   # off, or nothing generated (cache warm-up, select's scoring)
+        from lmnb.runtime.healing import plan, table_for
+
+        return plan(table_for(self.grammars().vocab), ids, params.stop)
 
     def generate(self, prompts, images=None, **sampling) -> list[GenResult]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of

@@ -67,6 +67,8 @@ class SamplingParams:
     regex: str | None = _param(None, "constrain the output to this regex")
     json_schema: str | None = _param(None, "constrain the output to this JSON schema (a JSON string)")
     skip_special_tokens: bool = _param(True, "leave special tokens out of the text")
+    token_healing: bool = _param(False, "back off a prompt that ends mid-token (a trailing space, half a "
+                                 "word) and regenerate its tail (programs: on by default)")
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 0)
@@ -96,7 +98,7 @@ class SamplingParams:
         _check_int("n", self.n, 1, MAX_N)
         _check_int("logprob_start_len", self.logprob_start_len, -1)
         _check_int("top_logprobs_num", self.top_logprobs_num, 0)
-        for name in ("ignore_eos", "return_logprob", "skip_special_tokens"):
+        for name in ("ignore_eos", "return_logprob", "skip_special_tokens", "token_healing"):
             if not isinstance(getattr(self, name), bool):
                 raise LmnbError(f"{name} must be True or False, got {_short(getattr(self, name))}")
         if self.regex is not None and self.json_schema is not None:

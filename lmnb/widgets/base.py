@@ -3,9 +3,15 @@
 A view renders itself twice, from the same data: `text()` is a deterministic
 `text/plain` (no addresses, no timings, so nbval can compare it) and `html()` is
 self-contained HTML (inline styles and SVG, no scripts). `_repr_mimebundle_` offers
-both, and with `live=True` an `ipywidgets.HTML` as well, whose value `refresh()`
-updates in place (JupyterLab and VS Code show the widget; headless runs and saved
-notebooks fall back to the HTML or to the stored widget state).
+exactly those two and nothing else.
+
+Live views are display outputs, not widgets: `show()` displays a view with a display
+id and `refresh()` re-renders it in place (`update_display_data`), which JupyterLab,
+classic Notebook and VS Code apply while the kernel runs and which nbclient applies to
+the stored output. A saved notebook therefore holds each view's last state as plain
+HTML, which every viewer renders without a kernel. (An output that carried a widget
+view as well would show "Error displaying widget: model not found" in JupyterLab once
+the kernel is gone: JupyterLab prefers the widget mimetype over the HTML beside it.)
 """
 from __future__ import annotations
 
@@ -59,33 +65,22 @@ class View:
     def update(self) -> None:
         """Re-read the data the view shows (views of live objects override it)."""
 
-    def widget(self):
-        """The `ipywidgets.HTML` showing this view (made on first use)."""
-        w = getattr(self, "_widget", None)
-        if w is None:
-            import ipywidgets
+    def show(self):
+        """Display the view with a display id, so `refresh()` can redraw it in place."""
+        from IPython.display import display
 
-            w = self._widget = ipywidgets.HTML(value=self.html())
-        return w
+        self._handle = display(self, display_id=True)
+        return self._handle
 
     def refresh(self) -> None:
-        """Re-read the data and update the widget in place, if one was made."""
+        """Re-read the data and redraw the displayed output in place, if it was shown."""
         self.update()
-        w = getattr(self, "_widget", None)
-        if w is not None:
-            w.value = self.html()
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.update(self)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        bundle = {"text/plain": self.text(), "text/html": self.html()}
-        if self.live:
-            try:
-                wb = self.widget()._repr_mimebundle_()
-            except Exception:  # noqa: BLE001 - no widget support: the HTML is enough
-                wb = None
-            if wb and "application/vnd.jupyter.widget-view+json" in wb:
-                bundle["application/vnd.jupyter.widget-view+json"] = \
-                    wb["application/vnd.jupyter.widget-view+json"]
-        return bundle
+        return {"text/plain": self.text(), "text/html": self.html()}
 
     def _repr_html_(self) -> str:
         return self.html()

@@ -17,6 +17,10 @@ _PROMPT, _GEN, _FORCED = "color: #57606a", "background: #dafbe1; color: #116329"
     "background: #fff1c2; color: #7d4e00; font-weight: 600"
 _CONSTRAINED = "border-bottom: 2px dotted #8250df"
 _MAX_VALUE = 80
+_BRANCH = "border-left: 3px solid #8250df; padding-left: 8px; margin: 4px 0"
+_BRANCH_LABEL = "color: #8250df; font-size: 11px"
+_INTERRUPTED_TAG = ('<span style="margin-left: 4px; padding: 0 4px; border: 1px solid #bf8700; '
+                    'border-radius: 3px; color: #7d4e00; font-size: 11px">interrupted</span>')
 
 
 Snapshot = StateSnapshot   # what a view reads: ProgramState.snapshot()
@@ -24,6 +28,55 @@ Snapshot = StateSnapshot   # what a view reads: ProgramState.snapshot()
 
 def snapshot(state) -> StateSnapshot:
     return state.snapshot()
+
+
+def layout(snap: Snapshot) -> list[tuple[int | None, list]]:
+    """The state's text in reading order: [(None, parent chunks) | (i, branch i's chunks)].
+    Each fork's branches come, in order, right where they forked off the parent's text,
+    so text after `@join` follows them."""
+    out: list[tuple[int | None, list]] = []
+    pos, chunks = 0, list(snap.chunks)
+    starts = list(snap.branch_starts) + [0] * (len(snap.branches) - len(snap.branch_starts))
+    for i, (base, bchunks) in sorted(enumerate(zip(starts, snap.branches)), key=lambda x: (x[1][0], x[0])):
+        if base > pos:
+            piece, chunks = _take(chunks, base - pos)
+            pos = base
+            if piece:
+                out.append((None, piece))
+        out.append((i, bchunks))
+    if chunks:
+        out.append((None, chunks))
+    return out
+
+
+def _take(chunks: list, n: int) -> tuple[list, list]:
+    """The first `n` characters of `chunks` and the rest (a chunk may be split)."""
+    head, rest = [], list(chunks)
+    while n > 0 and rest:
+        var, t = rest.pop(0)
+        if len(t) > n:
+            head.append((var, t[:n]))
+            rest.insert(0, (var, t[n:]))
+            n = 0
+        else:
+            head.append((var, t))
+            n -= len(t)
+    return head, rest
+
+
+def distinct_holes(holes) -> int:
+    """How many different holes a program has: a hole repeated by `@fork N` counts once."""
+    return len(_count_holes(holes))
+
+
+def interrupted(meta: dict, var: str) -> bool:
+    m = meta.get(var)
+    return _is_meta(m) and m.get("finish_reason") == "abort"
+
+
+def _is_meta(m) -> bool:
+    """A hole's meta (a dict or a typed `GenMeta`), not a list of them."""
+    return isinstance(m, Mapping)
 
 
 def cache_counts(meta: dict) -> tuple[int, int]:
@@ -73,7 +126,7 @@ class OutputView(View):
     def __init__(self, state, holes: list | tuple = (), status: str | None = None, title: str = "lm") -> None:
         self.state, self.status, self.title = state, status, title
         self.kinds = {h.name: h.kind for h in holes if h.name}
-        self.nholes = len(holes)
+        self.nholes = distinct_holes(holes)
         self.update()
 
     def update(self) -> None:
@@ -94,31 +147,42 @@ class OutputView(View):
     # -- text/plain ---------------------------------------------------------------
     def text(self) -> str:
         s = self.snap
-        lines = [f"── {self.header()} ──", self._plain(s.chunks)]
-        for i, b in enumerate(s.branches):
-            lines.append(f"── branch {i} ──")
-            lines.append(self._plain(b))
+        lines, prev = [f"── {self.header()} ──"], None
+        for i, chunks in layout(s):
+            if i is not None:
+                lines.append(f"── branch {i} ──")
+            elif prev is not None:
+                lines.append("── join ──")
+            lines.append(self._plain(chunks, s.meta if i is None else {}))
+            prev = i
         if s.variables:
             lines.append("── variables ──")
-            lines += [f"{k} = {_clip(v)}" for k, v in s.variables.items()]
+            lines += [f"{k} = {_clip(v)}" + (" (interrupted)" if interrupted(s.meta, k) else "")
+                      for k, v in s.variables.items()]
         if s.error:
             lines.append(f"error: {s.error}")
         return "\n".join(lines)
 
     @staticmethod
-    def _plain(chunks) -> str:
-        return "".join(_plain_images(t) if v is None else f"«{t}»" for v, t in _segments(chunks))
+    def _plain(chunks, meta=None) -> str:
+        return "".join(_plain_images(t) if v is None else
+                       f"«{t}»" + (" [interrupted]" if meta and interrupted(meta, v) else "")
+                       for v, t in _segments(chunks))
 
     # -- text/html ----------------------------------------------------------------
     def html(self) -> str:
         s = self.snap
-        body = [self._html_text(s.chunks, s.meta)]
-        for i, b in enumerate(s.branches):
-            body.append(f'<div style="margin-top: 4px; color: #8250df">⑂ branch {i}</div>')
-            body.append(self._html_text(b, {}))
+        body = []
+        for i, chunks in layout(s):
+            if i is None:
+                body.append(self._html_text(chunks, s.meta))
+            else:   # a branch: a labelled block with a coloured rule (CSS, no special glyph)
+                body.append(f'<div style="{_BRANCH}"><div style="{_BRANCH_LABEL}">branch {i}</div>'
+                            f'{self._html_text(chunks, {})}</div>')
         if s.variables:
             rows = "".join(f'<tr>{td(esc(k), "color: #0550ae")}{td(esc(_clip(v)))}'
-                           f'{td(esc(self.kinds.get(k, "")), "color: #8c959f")}</tr>'
+                           f'{td(esc(self.kinds.get(k, "")), "color: #8c959f")}'
+                           f'{td(_INTERRUPTED_TAG) if interrupted(s.meta, k) else ""}</tr>'
                            for k, v in s.variables.items())
             body.append(table(rows, "border-top: 1px solid #d0d7de"))
         if s.error:
@@ -135,6 +199,8 @@ class OutputView(View):
             style = _GEN + ("; " + _CONSTRAINED if kind in ("regex", "json", "select") else "")
             title = f"{var} ({kind})"
             out.append(f'<span style="{style}" title="{esc(title)}">{_gen_html(t, _forced(meta, var))}</span>')
+            if interrupted(meta, var):
+                out.append(_INTERRUPTED_TAG)
         out.append("</div>")
         return "".join(out)
 
@@ -251,7 +317,7 @@ class DryRunView(View):
         self.pieces = _dry_pieces(program, chat_template)
 
     def header(self) -> str:
-        n = len(self.holes)
+        n = len(self.rows)
         return f"lm dry run · {n} hole{'s' if n != 1 else ''} · nothing was run"
 
     def text(self) -> str:
@@ -296,9 +362,9 @@ def _dry_pieces(program, tmpl) -> list[tuple[str, str]]:
             out.append(("text", tmpl.end(n.role) if tmpl else "\n"))
         elif isinstance(n, ir.Fork):
             for i, b in enumerate(n.branches):
-                out.append(("text", f"\n⑂ branch {i}: "))
+                out.append(("text", f"\n[branch {i}] "))
                 walk(b)
-            out.append(("text", "\n⑂ join\n"))
+            out.append(("text", "\n[join]\n"))
         elif isinstance(n, (ir.Gen, ir.Select)):
             out.append(("hole", repr(n) if isinstance(n, ir.Gen) else
                         f"select({n.name!r}, {list(n.choices)!r})"))

@@ -46,5 +46,7 @@ def test_openai_model_with_base_url_and_speculation(remote_shell, capsys):
 
 def test_remote_options_need_an_openai_spec(remote_shell, capsys):
     sh, server = remote_shell
-    sh.run_line_magic("lm", f"model smollm2 --base-url {server.url}")
-    assert "go with %lm model openai:NAME" in capsys.readouterr().err
+    from lmnb.magics.errors import CellError
+
+    with pytest.raises(CellError, match="go with %lm model openai:NAME"):   # the cell fails
+        sh.run_line_magic("lm", f"model smollm2 --base-url {server.url}")
