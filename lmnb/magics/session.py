@@ -96,7 +96,7 @@ class KernelSession:
             return f"model: {self.spec} — stopped{_failure(rt)}; %lm model {self.spec} or the next cell loads it again"
         st = rt.cache_stats()
         c = rt.stats()
-        dtype = str(rt.dtype).removeprefix("torch.")
+        dtype = getattr(rt, "weights_label", None) or str(rt.dtype).removeprefix("torch.")
         lines = [
             (f"model: {rt.spec} on {rt.device.type} ({dtype}), attention {rt.attention_backend}, "
              f"context {rt.context_len} tokens"),

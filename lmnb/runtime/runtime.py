@@ -96,7 +96,9 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed).
+    overlap, attention, dtype, quantization, schedule_policy, seed). On the CPU a GGUF model
+    (the default smollm2) runs with int4 weights unless `dtype` or `quantization` says
+    otherwise; `dtype="float32"` is the exact fp32 path. `describe()` says what was chosen.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -109,6 +111,9 @@ class Runtime:
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
         self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
         self.model.load_weights(lm.weights(self.device, self.dtype))
+        self.quantization = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
+        if self.quantization is not None:
+            self.model.quantize(self.quantization)
         self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
         pool_size = rc.pool_tokens(cfg, self.dtype)
@@ -235,6 +240,20 @@ class Runtime:
     def stats(self) -> dict:
         return self.engine.call(lambda: dict(self.engine.counters))
 
+    @property
+    def weights_label(self) -> str:
+        """'float32', or 'q4 weights, float32' when the weights are quantized."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return dtype if self.quantization is None else f"{self.quantization} weights, {dtype}"
+
+    def describe(self) -> str:
+        """One line: model, device, weight format and the kernels chosen."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        q = self.model.quantization if self.model is not None else None
+        weights = f"weights {q['summary']}, {q['weight_mb']} MiB" if q else f"weights {dtype}"
+        return (f"{self.spec} on {self.device.type}: {weights}; activations and KV cache {dtype}; "
+                f"attention {self.attention_backend}")
+
     def shutdown(self) -> None:
         """Stop the engine and free the model (idempotent)."""
         if self.engine is not None:
@@ -250,7 +269,8 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+        q = f", quantization={self.quantization!r}" if self.quantization else ""
+        return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')}{q})"
 
 
 def _shutdown_ref(ref) -> None:

@@ -86,6 +86,8 @@ class LlamaForCausalLM(nn.Module):
                         else empty_linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device))
         self.rotary = Rotary(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling,
                              dtype, device)
+        self.quant_head: nn.Module | None = None   # set by quantize()
+        self.quantization: dict | None = None
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, pool: KVPool) -> torch.Tensor:
@@ -107,8 +109,23 @@ class LlamaForCausalLM(nn.Module):
         return self.logits(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        if self.quant_head is not None:
+            return self.quant_head(hidden).float()
+        return F.linear(hidden, self.head_weight()).float()
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    # -- quantization (lmnb.runtime.quant) -------------------------------------
+    def quantize(self, mode: str) -> dict:
+        """After load_weights: swap the linear layers and the LM head for quantized ones."""
+        from lmnb.runtime.quant import quantize_model
+
+        self.quantization = quantize_model(self, mode)
+        return self.quantization
+
+    def set_quantized_head(self, head: nn.Module) -> None:
+        self.quant_head, self.lm_head = head, None
 
     # -- weights -------------------------------------------------------------
     @torch.no_grad()

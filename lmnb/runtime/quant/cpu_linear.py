@@ -1,0 +1,107 @@
+"""Weight-only quantized linear layers for the CPU.
+
+The weights stay packed in memory and each matmul reads them packed: a decode step on the
+CPU is a chain of GEMVs bound by memory bandwidth, so fewer weight bytes is the speed-up.
+The kernels are torch's own CPU weight-only ops (the ones torchao builds on):
+
+    int8  per-output-channel symmetric      aten._weight_int8pack_mm
+    int4  groups of 32 along the input dim,  aten._weight_int4pack_mm_for_cpu
+          scale + zero point per group       (weights packed by _convert_weight_to_int4pack_for_cpu)
+
+Both run their inner loop in bfloat16 activations (their fp32-activation paths are several
+times slower, see bench/cpu_quant_kernels.py); a layer casts its input to bf16 and its
+output back to the model dtype. Int4 with 32-wide groups and a per-group min is exactly
+the grid of GGUF Q4_1, so the embedded model's Q4_1 layers come back as the same 4-bit codes
+(only the per-group scale and zero are rounded to bf16).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INT4_GROUP = 32
+_ACT = torch.bfloat16
+
+
+def int4_fits(n_out: int, n_in: int, group: int = INT4_GROUP) -> bool:
+    """The int4 CPU kernel packs rows in 16s and needs whole groups along the input."""
+    return n_out % 16 == 0 and n_in % group == 0
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (int8 codes [N, K], bf16 scales [N]); w ~= codes * scale[:, None].
+    The codes are rounded with the bf16 scale the kernel will use."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).to(_ACT)
+    q = torch.round(w / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (codes 0..15 int32 [N, K], scales_and_zeros bf16 [K/group, N, 2]);
+    w ~= (code - 8) * scale + zero per group (asymmetric: zero = min + 8 * scale)."""
+    n, k = w.shape
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).to(_ACT)
+    scale = torch.where(scale.float() > 0, scale, torch.ones_like(scale))
+    zero = (lo + 8.0 * scale.float()).to(_ACT)
+    s, z = scale.float()[..., None], zero.float()[..., None]
+    q = torch.round((g - z) / s + 8.0).clamp_(0, 15).to(torch.int32).reshape(n, k)
+    sz = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # [K/g, N, 2]
+    return q, sz
+
+
+def dequantize_int4(q: torch.Tensor, sz: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    n, k = q.shape
+    s = sz[..., 0].transpose(0, 1).float()[..., None]  # [N, K/g, 1]
+    z = sz[..., 1].transpose(0, 1).float()[..., None]
+    return ((q.reshape(n, k // group, group).float() - 8.0) * s + z).reshape(n, k)
+
+
+class QuantLinear(nn.Module):
+    """y = x @ W.T (+ bias) with W held as int8 or int4 codes. Same call signature as
+    nn.Linear; the output has the input's dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.bits = bits
+        if bits == 8:
+            q, scale = quantize_int8(weight)
+            self.register_buffer("qweight", q)
+            self.register_buffer("scales", scale)
+        elif bits == 4:
+            if not int4_fits(self.out_features, self.in_features):
+                raise ValueError(f"int4 needs out % 16 == 0 and in % {INT4_GROUP} == 0, "
+                                 f"got {tuple(weight.shape)}")
+            q, sz = quantize_int4(weight)
+            self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            self.register_buffer("scales", sz)
+        else:
+            raise ValueError(f"bits must be 8 or 4, got {bits}")
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xa = x.reshape(-1, self.in_features)
+        if xa.dtype != _ACT:
+            xa = xa.to(_ACT)
+        if self.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(xa, self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(xa, self.qweight, INT4_GROUP, self.scales)
+        y = y.to(x.dtype).view(*shape[:-1], self.out_features)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}"
