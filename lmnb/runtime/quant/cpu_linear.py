@@ -8,6 +8,11 @@ The kernels are torch's own CPU weight-only ops (the ones torchao builds on):
     int4  groups of 32 along the input dim,  aten._weight_int4pack_mm_for_cpu
           scale + zero point per group       (weights packed by _convert_weight_to_int4pack_for_cpu)
 
+Both are GEMV kernels: fast for a few rows, several times slower than a dense GEMM for a
+prefill chunk. So a layer also keeps a dense copy of its *quantized* weights for steps of `DENSE_ROWS`
+rows or more: fp16 packed for fbgemm (`quantized.linear_dynamic_fp16`, fp32 activations), or
+the fp32 weight where fbgemm is missing. Decode steps never read it.
+
 Both run their inner loop in bfloat16 activations (their fp32-activation paths are several
 times slower, see bench/cpu_quant_kernels.py); a layer casts its input to bf16 and its
 output back to the model dtype. Int4 with 32-wide groups and a per-group min is exactly
@@ -20,7 +25,31 @@ import torch
 from torch import nn
 
 INT4_GROUP = 32
+DENSE_ROWS = 16   # steps with at least this many rows use the dense copy
 _ACT = torch.bfloat16
+
+
+def _has_fbgemm() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+class DenseCopy:
+    """The weight for many-row steps: fbgemm fp16-packed, else fp32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.bias = None if bias is None else bias.detach().float().clone()
+        self.packed = self.weight = None
+        if _has_fbgemm():
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), self.bias)
+        else:
+            self.weight = weight.detach().float().clone()
+        self.nbytes = weight.numel() * (2 if self.packed is not None else 4)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if self.packed is not None:
+            return torch.ops.quantized.linear_dynamic_fp16(xf, self.packed)
+        return torch.nn.functional.linear(xf, self.weight, self.bias)
 
 
 def int4_fits(n_out: int, n_in: int, group: int = INT4_GROUP) -> bool:
@@ -67,7 +96,8 @@ class QuantLinear(nn.Module):
     """y = x @ W.T (+ bias) with W held as int8 or int4 codes. Same call signature as
     nn.Linear; the output has the input's dtype."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
+                 dense: bool = True) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bits = bits
@@ -75,6 +105,7 @@ class QuantLinear(nn.Module):
             q, scale = quantize_int8(weight)
             self.register_buffer("qweight", q)
             self.register_buffer("scales", scale)
+            approx = dequantize_int8(q, scale) if dense else None
         elif bits == 4:
             if not int4_fits(self.out_features, self.in_features):
                 raise ValueError(f"int4 needs out % 16 == 0 and in % {INT4_GROUP} == 0, "
@@ -82,13 +113,19 @@ class QuantLinear(nn.Module):
             q, sz = quantize_int4(weight)
             self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
             self.register_buffer("scales", sz)
+            approx = dequantize_int4(q, sz) if dense else None
         else:
             raise ValueError(f"bits must be 8 or 4, got {bits}")
+        # the dense copy holds the quantized weights, so both paths compute with the same
+        # weights (up to fp16 rounding there and bf16 activations here)
+        self.dense = DenseCopy(approx, bias) if dense else None
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         xa = x.reshape(-1, self.in_features)
+        if self.dense is not None and xa.shape[0] >= DENSE_ROWS:
+            return self.dense(xa).to(x.dtype).view(*shape[:-1], self.out_features)
         if xa.dtype != _ACT:
             xa = xa.to(_ACT)
         if self.bits == 8:
@@ -101,7 +138,12 @@ class QuantLinear(nn.Module):
         return y
 
     def nbytes(self) -> int:
+        """Bytes a few-row step reads (the packed codes and scales)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def dense_nbytes(self) -> int:
+        return 0 if self.dense is None else self.dense.nbytes
+
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int{self.bits}"
+        dense = "" if self.dense is None else (", dense fp16" if self.dense.packed is not None else ", dense fp32")
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}{dense}"
