@@ -30,7 +30,16 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rotary: Rotary, backend: AttentionBackend,
                 batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if self.q_norm is None and not qkv.is_cuda:
+            # CPU: rotate q and k heads in one pass (fewer small ops per layer)
+            qk = rotary.rotate_cpu(qkv[:, : self.q_size + self.kv_size].view(-1, self.h + self.kvh, self.d),
+                                   positions)
+            q, k = qk[:, : self.h], qk[:, self.h:]
+            v = qkv[:, self.q_size + self.kv_size:].view(-1, self.kvh, self.d)
+            o = backend.forward(q, k, v, self.layer, batch, pool)
+            return self.o_proj(o.reshape(-1, self.q_size))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.h, self.d)
         k = k.view(-1, self.kvh, self.d)
         v = v.view(-1, self.kvh, self.d)
@@ -101,6 +110,8 @@ class LlamaForCausalLM(nn.Module):
         """The step after the backend has planned it (what a CUDA graph captures);
         `logits_rows=None` means every row."""
         x, residual = self.embed_tokens(batch.input_ids), None
+        if not x.is_cuda:
+            self.rotary.prepare_cpu(batch.positions)
         for layer in self.layers:
             x, residual = layer(x, residual, batch.positions, self.rotary, backend, batch, pool)
         if batch.logits_rows is not None:

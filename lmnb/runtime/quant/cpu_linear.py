@@ -122,20 +122,19 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        xa = x.reshape(-1, self.in_features)
-        if self.dense is not None and xa.shape[0] >= DENSE_ROWS:
-            return self.dense(xa).to(x.dtype).view(*shape[:-1], self.out_features)
-        if xa.dtype != _ACT:
-            xa = xa.to(_ACT)
+        if x.dim() != 2:
+            return self.forward(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        if self.dense is not None and x.shape[0] >= DENSE_ROWS:
+            y = self.dense(x)
+            return y if y.dtype == x.dtype else y.to(x.dtype)
+        xa = x if x.dtype == _ACT else x.to(_ACT)
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(xa, self.qweight, self.scales)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xa, self.qweight, INT4_GROUP, self.scales)
-        y = y.to(x.dtype).view(*shape[:-1], self.out_features)
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def nbytes(self) -> int:
         """Bytes a few-row step reads (the packed codes and scales)."""
