@@ -10,7 +10,7 @@ llama.cpp runs through `llama-cpp-python` on the very GGUF file lmnb embeds, whe
 package is installed (bench-only; case (a) only: it serves one sequence at a time).
 Every number carries the 1-minute load average at the time it was taken: on a shared
 machine they are noisy.
-Usage: python bench/cpu_generate.py [--modes fp32,q8,q4] [--repeats 3] [--skip b] [--tag x]
+Usage: python bench/cpu_generate.py [--modes fp32,q8,q4[,bf16]] [--repeats 3] [--skip b] [--tag x]
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ def workloads(vocab: int, seed: int = 0):
 
 
 def mode_options(mode: str) -> dict:
-    return {"dtype": "float32"} if mode == "fp32" else {"quantization": mode}
+    """fp32 / bf16: unquantized weights in that dtype; q8 / q4: the quantized CPU modes."""
+    if mode in ("fp32", "bf16"):
+        return {"dtype": {"fp32": "float32", "bf16": "bfloat16"}[mode]}
+    return {"quantization": mode}
 
 
 def run_lmnb(rt, prompts, new, cache: bool = False):
