@@ -6,11 +6,13 @@ set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-if ls .whl/interegular-*.whl >/dev/null 2>&1 && ! python3 -c "import interegular" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/interegular-*.whl \
+# wheels the device image lacks travel in .whl/ (interegular, pytest-xdist, execnet, ...)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/gpu tests/runtime/test_overlap.py -q -m gpu -n 6 \
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/gpu tests/runtime/test_overlap.py \
+  tests/runtime/test_lifecycle.py -q -m gpu -n 6 \
   -p no:cacheprovider --ignore=tests/gpu/test_gpu_flashinfer.py -rs 2>&1 | tee "$OUT/pytest.log" | tail -15
 m=${1:-llama3-8b}
 timeout ${SUITE_TIMEOUT:-300} python3 bench/gpu_suite.py --model "dummy:$m" --kv-gb 24 \

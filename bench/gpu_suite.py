@@ -356,13 +356,13 @@ def json_decode(s: Suite) -> None:
 def _mask_overhead(rt, docs, kw) -> tuple[float, float]:
     """(ms per step spent building and applying grammar masks, median decode step ms), from
     one extra run with apply_masks timed (synchronised around it)."""
-    from lmnb.runtime import output
+    from lmnb.runtime import device_sampling as output
 
     spent: list[float] = []
     orig = output.apply_masks
 
-    def timed_masks(logits, reqs):
-        spent.append(timed(lambda: orig(logits, reqs)))
+    def timed_masks(*args):
+        spent.append(timed(lambda: orig(*args)))
 
     t0 = time.time()
     output.apply_masks = timed_masks

@@ -13,6 +13,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Runtime": "lmnb.runtime.runtime",
     "SamplingParams": "lmnb.runtime.sampling_params",
+    "GenResult": "lmnb.runtime.results",
+    "GenMeta": "lmnb.runtime.results",
+    "StreamEvent": "lmnb.runtime.results",
+    "SelectResult": "lmnb.runtime.results",
     "LmnbError": "lmnb.errors",
     "EngineError": "lmnb.errors",
     "RequestAborted": "lmnb.errors",

@@ -35,3 +35,12 @@ def hf_smollm2(smollm2):
     model = AutoModelForCausalLM.from_pretrained(converted_dir(embedded_gguf_path()), dtype=torch.float32)
     model.eval()
     return model
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The suite's memory peak, so CI shows it (goal: under 6 GB)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    terminalreporter.write_line(f"peak RSS: test process {own:.2f} GiB, largest child process {kids:.2f} GiB")

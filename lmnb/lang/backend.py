@@ -15,20 +15,16 @@ concurrent calls from many threads must be safe (the engine batches them).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 from lmnb.errors import LmnbError
 from lmnb.lang.chat_template import ChatTemplate
-
-
-@dataclass
-class SelectResult:
-    index: int
-    text: str
-    meta: dict = field(default_factory=dict)
+from lmnb.lang.choices import score_choices
+from lmnb.runtime.results import SelectResult
 
 
 class Backend(ABC):
@@ -67,8 +63,6 @@ class RuntimeBackend(Backend):
         return self.runtime.submit(prompt, stream=stream, **sampling)
 
     def select(self, prompt: str, choices: Sequence[str], method: str) -> SelectResult:
-        from lmnb.lang.choices import score_choices
-
         return score_choices(self.runtime, prompt, list(choices), method)
 
     def cache_prefix(self, prompt: str) -> None:
@@ -137,14 +131,22 @@ class StreamHandle:
 
 
 _default: Backend | None = None
-_wrapped: dict[int, RuntimeBackend] = {}
+# one wrapper per live runtime, held weakly: the table never keeps a runtime alive
+_wrapped: weakref.WeakValueDictionary[int, RuntimeBackend] = weakref.WeakValueDictionary()
+
+
+def is_runtime(obj) -> bool:
+    """True for an in-process `lmnb.Runtime` (the one test every layer uses; it imports
+    nothing, so a process that never loaded a model never pays for torch here)."""
+    mod = sys.modules.get("lmnb.runtime.runtime")
+    return mod is not None and isinstance(obj, mod.Runtime)
 
 
 def as_backend(obj) -> Backend:
-    """A Backend as is; an `lmnb.Runtime` (anything with `submit` and `tokenizer`) wrapped."""
+    """A Backend as is; an `lmnb.Runtime` wrapped (the same wrapper while it lives)."""
     if isinstance(obj, Backend):
         return obj
-    if hasattr(obj, "submit") and hasattr(obj, "tokenizer"):
+    if is_runtime(obj):
         b = _wrapped.get(id(obj))
         if b is None or b.runtime is not obj:
             b = _wrapped[id(obj)] = RuntimeBackend(obj)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from lmnb.lang.backend import SelectResult
+from lmnb.runtime.results import SelectResult
 
 
 def score_choices(rt, prompt: str, choices: Sequence[str], method: str) -> SelectResult:

@@ -14,10 +14,11 @@ from lmnb.errors import EngineError, LmnbError, RequestAborted
 from lmnb.lang import ir
 from lmnb.lang.backend import PrefixGate, resolve_backend
 from lmnb.lang.state import ProgramState
+from lmnb.runtime.sampling_params import NAMES
 
-# run()/run_batch() keywords that set program-wide sampling defaults (runtime names)
-DEFAULT_KEYS = ("max_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p",
-                "seed", "ignore_eos", "return_logprob", "top_logprobs_num")
+# run()/run_batch() keywords that set program-wide sampling defaults: the table's runtime
+# names, as SGLang's run() takes them (max_new_tokens, temperature, ...)
+DEFAULT_KEYS = NAMES
 # run options for the program as a whole (given to `Backend.for_program`), not sampling
 PROGRAM_KEYS = ("num_api_spec_tokens",)
 
@@ -42,19 +43,19 @@ def execute(state: ProgramState, node: ir.Expr) -> None:
 
 
 def _text(state: ProgramState, node: ir.Text) -> None:
-    state._append(node.value)
+    state.append(node.value)
 
 
 def _select(state: ProgramState, node: ir.Select) -> None:
     res = state.backend.select(_prompt(state, node), node.choices, node.method)
-    state._append(res.text, node.name)
-    state._capture(node.name, res.text, res.meta)
+    state.append(res.text, node.name)
+    state.capture(node.name, res.text, res.meta)
 
 
 def _var(state: ProgramState, node: ir.Var) -> None:
-    if node.name not in state._vars:
+    if not state.has_var(node.name):
         raise LmnbError(f"no variable {node.name!r} was captured before it is used")
-    state._append(str(state._vars[node.name]))
+    state.append(str(state[node.name]))
 
 
 def _call(state: ProgramState, node: ir.Call) -> None:
@@ -64,41 +65,46 @@ def _call(state: ProgramState, node: ir.Call) -> None:
 
 
 def _prompt(state: ProgramState, node: ir.Expr) -> str:
-    if not state._text:
+    text = state.text()
+    if not text:
         raise LmnbError("there is no text before it to continue; add a prompt (or a role) first")
-    return state._text
+    return text
 
 
 def _gen(state: ProgramState, node: ir.Gen) -> None:
     params = {**state.defaults, **node.sampling()}
     h = state.backend.generate(_prompt(state, node), stream=state.stream, **params)
-    state._handle = h
-    start = len(state._text)
-    try:
-        if state.error is not None:  # aborted while the request was being submitted
-            raise RequestAborted("the request was aborted")
-        if state.stream:
-            _stream_into(state, h, node.name, tuple(params.get("stop") or ()))
-        res = h.result()
-    except BaseException:
-        h.abort()
-        raise
-    finally:
-        state._handle = None
+    start = len(state.text())
+    with state.in_flight(h):
+        try:
+            if state.error is not None:  # aborted while the request was being submitted
+                raise RequestAborted("the request was aborted")
+            if state.stream:
+                _stream_into(state, h, node.name, tuple(params.get("stop") or ()))
+            res = h.result()
+        except BaseException:
+            h.abort()
+            raise
     text, meta = res["text"], res["meta"]
-    shown = state._text[start:]
+    shown = state.text()[start:]
     if text.startswith(shown):
-        state._append(text[len(shown):], node.name)
+        state.append(text[len(shown):], node.name)
     else:  # re-tokenization changed text already streamed: the state keeps the final text
-        state._text = state._text[:start] + text
+        state.rewrite_from(start, text)
     if meta.get("finish_reason") == "abort":
         raise RequestAborted("the request was aborted")
-    value = text
-    if node.parse is not None:
-        from lmnb.runtime.constrained import parse_value
+    samples = res.get("samples") or [res]   # n > 1: the variable is the list of samples
+    values = [_parsed(node, s["text"]) for s in samples]
+    state.capture(node.name, values[0] if len(values) == 1 else values,
+                   meta if len(values) == 1 else [s["meta"] for s in samples])
 
-        value = parse_value(node.parse, text)
-    state._capture(node.name, value, meta)
+
+def _parsed(node: ir.Gen, text: str):
+    if node.parse is None:
+        return text
+    from lmnb.runtime.constrained import parse_value
+
+    return parse_value(node.parse, text)
 
 
 def _stream_into(state: ProgramState, handle, name: str | None, stops: tuple[str, ...]) -> None:
@@ -109,7 +115,7 @@ def _stream_into(state: ProgramState, handle, name: str | None, stops: tuple[str
         buf += delta
         safe = len(buf) - _stop_overlap(buf, stops)
         if safe > shown:
-            state._append(buf[shown:safe], name)
+            state.append(buf[shown:safe], name)
             shown = safe
 
 
@@ -127,27 +133,22 @@ def _role_begin(state: ProgramState, role: str) -> None:
     tmpl = state.backend.chat_template()
     if tmpl is None:
         raise LmnbError("this model has no chat template; write raw text without system/user/assistant")
-    if state._role is not None:
-        raise LmnbError(f"the {state._role[0]} turn is still open; close it first ({state._role[0]}_end())")
-    first = not state._messages and not state._text
-    state._append(tmpl.begin(role, first))
-    state._role = (role, len(state._text))
+    turn = state.open_turn()
+    if turn is not None:
+        raise LmnbError(f"the {turn[0]} turn is still open; close it first ({turn[0]}_end())")
+    state.begin_turn(role, tmpl.begin(role, state.at_start()))
 
 
 def _role_end(state: ProgramState, role: str) -> None:
-    if state._role is None or state._role[0] != role:
-        open_ = f"the open turn is {state._role[0]!r}" if state._role else "no turn is open"
+    turn = state.open_turn()
+    if turn is None or turn[0] != role:
+        open_ = f"the open turn is {turn[0]!r}" if turn else "no turn is open"
         raise LmnbError(f"{role}_end() without {role}_begin() ({open_})")
-    state._messages.append({"role": role, "content": state._text[state._role[1]:]})
-    state._role = None
-    state._append(state.backend.chat_template().end(role))
+    state.end_turn(state.backend.chat_template().end(role))
 
 
 def _fork(state: ProgramState, node: ir.Fork) -> None:
-    from lmnb.lang.state import ForkGroup
-
-    state.backend.cache_prefix(state._text)
-    group = ForkGroup(state, [state._branch() for _ in node.branches])
+    group = state.fork(len(node.branches))
     for b, body in zip(group.states, node.branches):
         b += body
     group.join(node.join)
@@ -189,9 +190,9 @@ def start(body: Callable, backend=None, stream: bool = False, defaults: dict | N
     body runs on a thread and the state is returned at once. Errors land in state.error."""
     defaults = _check_defaults(defaults or {})
     options = {k: defaults.pop(k) for k in PROGRAM_KEYS if k in defaults}
-    state = ProgramState(resolve_backend(backend), defaults, stream)
+    state = ProgramState(resolve_backend(backend), defaults, stream, executor=execute)
     state.backend = state.backend.for_program(state, **options)
-    state._open = True
+    state.set_open(True)
     if on_state is not None:
         on_state(state)
 
@@ -204,9 +205,7 @@ def start(body: Callable, backend=None, stream: bool = False, defaults: dict | N
             if isinstance(e, KeyboardInterrupt) and not stream:
                 raise
         finally:
-            with state._cond:
-                state._open = False
-                state._cond.notify_all()
+            state.set_open(False)
 
     if stream:
         import threading
@@ -274,6 +273,8 @@ def _check_defaults(defaults: dict) -> dict:
     unknown = sorted(set(defaults) - set(DEFAULT_KEYS) - set(PROGRAM_KEYS))
     if unknown:
         raise LmnbError(f"unknown run option {unknown[0]!r}; valid: {', '.join(DEFAULT_KEYS + PROGRAM_KEYS)}")
+    if {"regex", "json_schema"} & set(defaults):
+        raise LmnbError("regex and json_schema constrain one gen; give them to gen(), not to run()")
     d = {k: v for k, v in defaults.items() if v is not None}
     n = d.get("num_api_spec_tokens")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):

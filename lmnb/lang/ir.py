@@ -33,13 +33,15 @@ becomes a list in branch order in the parent (`join="gather_variable"`), or
 """
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from lmnb.errors import LmnbError
-from lmnb.runtime.sampling_params import as_tuple
+from lmnb.runtime.sampling_params import USER_NAMES, as_tuple, check_user, user_name
 
 ROLES = ("system", "user", "assistant")
 SELECT_METHODS = ("token_length_normalized", "greedy_token", "unconditional_likelihood_normalized")
@@ -98,44 +100,36 @@ class Seq(Expr):
 
 @dataclass(frozen=True, eq=False)
 class Gen(Expr):
-    """A generation hole. Sampling fields left None take the program's defaults.
-
-    `regex` / `json_schema` (a JSON string here) constrain the output; `parse` is the
-    dtype or schema the captured text is parsed with (`parse_value`), or None for text."""
+    """A generation hole. `params` holds the sampling parameters this node sets, by
+    runtime name (see `runtime.sampling_params.PARAMS`); the rest take the program's
+    defaults. `regex` / `json_schema` (a JSON string here) constrain the output; `parse`
+    is the dtype or schema the captured text is parsed with (`parse_value`), or None."""
 
     name: str | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] | None = None
-    stop_token_ids: tuple[int, ...] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = None
-    ignore_eos: bool | None = None
-    return_logprob: bool | None = None
-    top_logprobs_num: int | None = None
-    regex: str | None = None
-    json_schema: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
     parse: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
     def describe(self) -> str:
         return f"gen({self.name!r})"
 
     def __repr__(self) -> str:
-        set_ = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)[1:]
-                if getattr(self, f.name) is not None and f.name != "parse"]
+        set_ = [f"{user_name(k)}={v!r}" for k, v in self.params.items()]
         return f"gen({', '.join([repr(self.name), *set_])})"
 
     def sampling(self) -> dict:
-        """The sampling fields this node sets, by runtime name (`max_new_tokens`...)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None or f.name in ("name", "parse"):
-                continue
-            out["max_new_tokens" if f.name == "max_tokens" else f.name] = v
-        return out
+        """The sampling parameters this node sets, by runtime name (`max_new_tokens`...)."""
+        return dict(self.params)
+
+    @property
+    def regex(self) -> str | None:
+        return self.params.get("regex")
+
+    @property
+    def json_schema(self) -> str | None:
+        return self.params.get("json_schema")
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +137,6 @@ class Select(Expr):
     name: str | None
     choices: tuple[str, ...]
     method: str = "token_length_normalized"
-    temperature: float | None = None  # accepted for SGLang compatibility; scoring ignores it
 
     def describe(self) -> str:
         return f"select({self.name!r})"
@@ -203,34 +196,44 @@ class Call(Expr):
 
 
 # -- constructors (the SGLang names) -------------------------------------------------
-def gen(name: str | None = None, max_tokens: int | None = None, stop=None, stop_token_ids=None,
-        temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-        min_p: float | None = None, seed: int | None = None, ignore_eos: bool | None = None,
-        regex: str | None = None, json_schema=None, dtype=None, choices: Sequence[str] | None = None,
-        return_logprob: bool | None = None, top_logprobs_num: int | None = None) -> Expr:
-    """Generate text and capture it under `name`. `choices=[...]` behaves like `select`;
-    `regex=`, `json_schema=` (dict, JSON string or pydantic model) and `dtype=` (int,
-    float, bool, str) constrain the output and parse the captured value."""
+def gen(name: str | None = None, *, dtype=None, choices: Sequence[str] | None = None,
+        **sampling) -> Expr:
+    """Generate text and capture it under `name`. Keyword arguments are the sampling
+    parameters of the table (`max_tokens`, `temperature`, `stop`, `regex`, `json_schema`
+    as a dict, JSON string or pydantic model, ...; see `lm.SamplingParams`). `choices=[...]`
+    behaves like `select`; `dtype=` (int, float, bool, str) constrains the output and
+    parses the captured value."""
     where = f"gen({name!r})"
     _check_name(name, where)
     if choices is not None:
-        return select(name, choices, temperature=temperature)
-    if sum(x is not None for x in (regex, json_schema, dtype)) > 1:
+        return select(name, choices)
+    sampling = {k: v for k, v in sampling.items() if v is not None}
+    if dtype is not None and ("regex" in sampling or "json_schema" in sampling):
         raise LmnbError(f"{where}: give only one of regex=, json_schema= and dtype=")
     parse = None
     if dtype is not None:
         from lmnb.runtime.constrained import regex_for_dtype
 
-        regex, parse = _wrap(where, regex_for_dtype, dtype), dtype
-    if json_schema is not None:
-        parse, json_schema = json_schema, _schema_json(json_schema, where)
-    if regex is not None:
-        _check_regex(regex, where)
-    node = Gen(name, max_tokens, _tuple(stop, where, "stop"), _tuple(stop_token_ids, where, "stop_token_ids"),
-               temperature, top_p, top_k, min_p, seed, ignore_eos, return_logprob, top_logprobs_num,
-               regex, json_schema, parse)
-    _check_sampling(node.sampling(), where)
-    return node
+        sampling["regex"], parse = _wrap(where, regex_for_dtype, dtype), dtype
+    if "json_schema" in sampling:
+        parse = sampling["json_schema"]
+        sampling["json_schema"] = _schema_json(parse, where)
+    if "regex" in sampling:
+        _check_regex(sampling["regex"], where)
+    for key in ("stop", "stop_token_ids"):
+        if key in sampling:
+            sampling[key] = _tuple(sampling[key], where, key)
+    try:
+        params = check_user(sampling)
+    except LmnbError as e:
+        raise LmnbError(f"{where}: {e}") from None
+    return Gen(name, params, parse)
+
+
+gen.__signature__ = inspect.Signature(
+    [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)]
+    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
+       for k in ("dtype", "choices", *USER_NAMES)])
 
 
 def gen_int(name: str | None = None, **kw) -> Expr:
@@ -242,7 +245,7 @@ def gen_string(name: str | None = None, **kw) -> Expr:
 
 
 def select(name: str | None = None, choices: Sequence[str] | None = None,
-           method: str = "token_length_normalized", temperature: float | None = None) -> Expr:
+           method: str = "token_length_normalized", **ignored) -> Expr:
     """Choose one of `choices` by its likelihood after the current text (all options are
     scored in one batched pass); the chosen text is appended and captured under `name`."""
     where = f"select({name!r})"
@@ -254,7 +257,10 @@ def select(name: str | None = None, choices: Sequence[str] | None = None,
         raise LmnbError(f"{where}: choices must not be empty strings")
     if method not in SELECT_METHODS:
         raise LmnbError(f"{where}: method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
-    return Select(name, tuple(choices), method, temperature)
+    unknown = sorted(set(ignored) - {"temperature"})   # SGLang passes temperature; scoring ignores it
+    if unknown:
+        raise LmnbError(f"{where}: unknown argument {unknown[0]!r}; select takes name, choices and method")
+    return Select(name, tuple(choices), method)
 
 
 def _role(role: str, expr=None) -> Expr:
@@ -358,12 +364,3 @@ def _check_regex(regex, where: str) -> None:
     from lmnb.runtime.constrained import normalize_regex
 
     _wrap(where, normalize_regex, regex)
-
-
-def _check_sampling(params: dict, where: str) -> None:
-    from lmnb.runtime.sampling_params import SamplingParams
-
-    try:
-        SamplingParams.make(**params)
-    except LmnbError as e:
-        raise LmnbError(f"{where}: {str(e).replace('max_new_tokens', 'max_tokens')}") from None

@@ -15,12 +15,16 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from lmnb.errors import LmnbError
+from lmnb.runtime.results import GenMeta, GenResult
+from lmnb.runtime.sampling_params import BY_NAME, PARAMS
 
-DEFAULT_MAX_TOKENS = 128   # the runtime's default max_new_tokens
+DEFAULT_MAX_TOKENS = BY_NAME["max_new_tokens"].default
 _TURN = re.compile(r"<\|im_start\|>(system|user|assistant)\n")
 _END = "<|im_end|>\n"
-# sampling keywords only lmnb serve / SGLang / vLLM accept, sent in extra_body
-_EXTRAS = ("top_k", "min_p", "stop_token_ids", "regex")
+# the table's parameters by how a request carries them: standard keys in the body,
+# server extensions (lmnb serve / SGLang / vLLM) in extra_body; both by their user names
+_STANDARD = tuple(p for p in PARAMS if p.api == "std")
+_EXTRAS = tuple(p for p in PARAMS if p.api == "extra")
 
 
 def new_usage() -> dict:
@@ -68,25 +72,23 @@ def build_request(backend, prompt: str, sampling: dict, mode: str = "continue") 
 
 
 def _params(backend, s: dict) -> dict:
-    kw: dict = {"model": backend.model}
-    n = s.pop("max_new_tokens", DEFAULT_MAX_TOKENS)
-    kw["max_tokens"] = n
-    for k in ("temperature", "top_p", "seed"):
-        if s.get(k) is not None:
-            kw[k] = s.pop(k)
-    stop = s.pop("stop", None)
-    if stop:
-        kw["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    extra = {k: s.pop(k) for k in _EXTRAS if s.get(k) is not None}
-    if s.pop("ignore_eos", False):
-        extra["ignore_eos"] = True
+    """Runtime-named sampling parameters -> keyword arguments of the SDK call. Values at
+    their table default are not sent (the server's default is the same)."""
+    s = {k: v for k, v in s.items() if v is not None and v != BY_NAME[k].default} \
+        if all(k in BY_NAME for k in s) else _unknown(s)
+    kw: dict = {"model": backend.model, "max_tokens": s.pop("max_new_tokens", DEFAULT_MAX_TOKENS)}
+    for p in _STANDARD:
+        if p.name in s:
+            v = s.pop(p.name)
+            kw[p.user] = list(v) if isinstance(v, tuple) else v
     schema = s.pop("json_schema", None)
-    if schema is not None:
-        if backend.is_chat:
-            kw["response_format"] = {"type": "json_schema",
-                                     "json_schema": {"name": "output", "schema": json.loads(schema)}}
-        else:
-            extra["json_schema"] = schema
+    if schema is not None and backend.is_chat:   # chat APIs take a schema as response_format
+        kw["response_format"] = {"type": "json_schema",
+                                 "json_schema": {"name": "output", "schema": json.loads(schema)}}
+    elif schema is not None:
+        s["json_schema"] = schema
+    extra = {p.user: (list(v) if isinstance(v, tuple) else v)
+             for p in _EXTRAS if (v := s.pop(p.name, None)) is not None}
     if extra and not backend.server_extras:
         raise LmnbError(f"{', '.join(extra)}: {backend.base_url} is the OpenAI API, which does not take "
                         "this option; use a server that does (lmnb serve, SGLang, vLLM) or drop it")
@@ -99,11 +101,14 @@ def _params(backend, s: dict) -> dict:
             kw.update(logprobs=True, top_logprobs=top or 0)
         else:
             kw["logprobs"] = top or 0
-    for k in [k for k, v in s.items() if v is None]:
-        s.pop(k)
     if s:
         raise LmnbError(f"lm.OpenAI does not support the sampling option {min(s)!r}")
     return kw
+
+
+def _unknown(s: dict):
+    bad = min(k for k in s if k not in BY_NAME)
+    raise LmnbError(f"lm.OpenAI does not support the sampling option {bad!r}")
 
 
 def chat_messages(prompt: str, model: str) -> tuple[list[dict], str]:
@@ -137,13 +142,21 @@ class ApiCall:
         self._fut = None if stream else backend._pool.submit(self._call)
 
     # non-streamed ------------------------------------------------------------------
-    def _call(self) -> dict:
+    def _call(self) -> GenResult:
         resp = send(self.backend, self.req.chat, **self.req.kwargs)
-        c = resp.choices[0]
-        text = (c.message.content or "") if self.req.chat else (c.text or "")
-        return self._finish(text, c.finish_reason, resp.usage, _logprobs(c, self.req.chat))
+        results = []
+        for c in resp.choices or []:
+            text = (c.message.content or "") if self.req.chat else (c.text or "")
+            results.append(self._finish(text, c.finish_reason, resp.usage if not results else None,
+                                        _logprobs(c, self.req.chat)))
+        if not results:
+            raise LmnbError(f"{self.backend.endpoint()} answered with no choices")
+        first = results[0]
+        if len(results) > 1:   # n > 1: one call, every sample
+            return GenResult(first.text, first.meta, samples=results)
+        return first
 
-    def result(self) -> dict:
+    def result(self) -> GenResult:
         if self._out is not None:
             return self._out
         if self.stream:
@@ -156,7 +169,7 @@ class ApiCall:
                 return self._out
             except FutureTimeout:
                 if self._aborted.is_set():
-                    return {"text": "", "meta": {"finish_reason": "abort", "api_calls": 1}}
+                    return GenResult("", GenMeta("abort", extra={"api_calls": 1}))
 
     # streamed -----------------------------------------------------------------------
     def __iter__(self):
@@ -209,17 +222,16 @@ class ApiCall:
             return text[len(t):]
         return text
 
-    def _finish(self, text: str, finish, usage, logprobs) -> dict:
+    def _finish(self, text: str, finish, usage, logprobs) -> GenResult:
         p = getattr(usage, "prompt_tokens", 0) or 0
         n = getattr(usage, "completion_tokens", 0) or 0
-        self.backend.add_usage(self.counters, calls=1, prompt_tokens=p, completion_tokens=n)
-        meta = {"prompt_tokens": p, "completion_tokens": n, "cached_tokens": _cached(usage),
-                "finish_reason": finish or "stop", "api_calls": 1}
-        if logprobs is not None:
-            meta["output_token_logprobs"] = logprobs
+        if usage is not None:
+            self.backend.add_usage(self.counters, calls=1, prompt_tokens=p, completion_tokens=n)
+        meta = GenMeta(finish or "stop", prompt_tokens=p, completion_tokens=n, cached_tokens=_cached(usage),
+                       output_token_logprobs=logprobs, extra={"api_calls": 1})
         if self.req.fallback:
-            meta["fallback"] = "per_field" if not self.req.strip_restated else "per_field_best_effort"
-        return {"text": self._strip(text), "meta": meta}
+            meta.extra["fallback"] = "per_field" if not self.req.strip_restated else "per_field_best_effort"
+        return GenResult(self._strip(text), meta)
 
 
 def send(backend, chat: bool, **kw):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from lmnb.errors import RequestAborted
 from lmnb.lang.backend import Backend, SelectResult
 from lmnb.lang.openai_requests import DEFAULT_MAX_TOKENS, new_usage
+from lmnb.runtime.results import GenMeta
 
 _TURN_MARK = "<|im_start|>"
 _UNSPECULABLE = ("regex", "json_schema", "stop_token_ids", "ignore_eos", "return_logprob", "top_logprobs_num")
@@ -145,8 +146,7 @@ class ProgramView(Backend):
                 ends = None if spec.ends is None else [e - rest_at for e in spec.ends if e > rest_at]
                 self._specs.append(Speculation(prompt + value, spec.text[rest_at:], spec.finish, ends))
         self._count(spec_fields=1)
-        meta = {"prompt_tokens": 0, "completion_tokens": ntok, "cached_tokens": 0,
-                "finish_reason": finish, "api_calls": 0, "speculative": True}
+        meta = GenMeta(finish, completion_tokens=ntok, extra={"api_calls": 0, "speculative": True})
         return Filled(value, meta)
 
     def _option(self, prompt: str, spec: Speculation, choices: Sequence[str]) -> SelectResult | None:

@@ -9,10 +9,13 @@ requests are in flight at the same time and the engine batches them. Reading a v
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from typing_extensions import Self
 
@@ -20,9 +23,27 @@ from lmnb.errors import LmnbError, RequestAborted
 from lmnb.lang.ir import Expr, as_expr
 
 
+@dataclass
+class StateSnapshot:
+    """What a view shows of a program, copied under the state's lock."""
+
+    chunks: list[tuple[str | None, str]]
+    variables: dict
+    meta: dict
+    branches: list[list[tuple[str | None, str]]] = field(default_factory=list)
+    error: str | None = None
+
+
 class ProgramState:
-    def __init__(self, backend, defaults: dict | None = None, stream: bool = False) -> None:
+    """A running or finished program. Readers (`text()`, `s["x"]`, `messages()`,
+    `text_iter()`, `snapshot()`) and control (`sync()`, `abort()`, `wait_stopped()`) are
+    for anyone; the methods under "the interpreter's interface" run on the worker.
+    `executor(state, node)` runs one node (the interpreter gives it)."""
+
+    def __init__(self, backend, defaults: dict | None = None, stream: bool = False,
+                 executor: Callable[[ProgramState, Expr], None] | None = None) -> None:
         self.backend, self.defaults, self.stream = backend, dict(defaults or {}), stream
+        self.executor = executor
         self.error: BaseException | None = None
         self.ret_value = None
         self._text = ""
@@ -47,9 +68,7 @@ class ProgramState:
 
     def submit(self, node: Expr) -> None:
         if self._in_worker():
-            from lmnb.lang.interpreter import execute
-
-            execute(self, node)
+            self.executor(self, node)
             return
         with self._cond:
             if self.error is not None:
@@ -60,8 +79,6 @@ class ProgramState:
                 self._worker.start()
 
     def _work(self) -> None:
-        from lmnb.lang.interpreter import execute, named_error
-
         while True:
             with self._cond:
                 if not self._queue or self.error is not None:
@@ -71,9 +88,9 @@ class ProgramState:
                     return
                 node = self._queue.popleft()
             try:
-                execute(self, node)
+                self.executor(self, node)
             except BaseException as e:  # noqa: BLE001 - kept on the state, raised to readers
-                self.fail(named_error(node, e))
+                self.fail(e)
 
     def fail(self, error: BaseException) -> None:
         with self._cond:
@@ -181,8 +198,35 @@ class ProgramState:
     def _ended(self) -> bool:
         return self.error is not None or (not self._open and self._worker is None)
 
-    # -- used by the interpreter (on the worker thread) -------------------------------
-    def _append(self, text: str, var: str | None = None) -> None:
+    # -- views and control ----------------------------------------------------------
+    def snapshot(self) -> StateSnapshot:
+        """The text pieces (with the variable each belongs to), variables, metas and the
+        fork branches' pieces as they are now; safe while the program runs."""
+        with self._cond:
+            snap = StateSnapshot(list(self._chunks), dict(self._vars), dict(self._meta))
+            branches, err = list(self._branches), self.error
+        for b in branches:
+            with b._cond:
+                snap.branches.append(list(b._chunks))
+        if err is not None and not isinstance(err, RequestAborted):
+            snap.error = str(err)
+        return snap
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait (up to `timeout` s) until no node runs or can be added, here and in the
+        fork branches; True when stopped."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._worker is None and not self._open, timeout=timeout):
+                return False
+        for b in list(self._branches):
+            if not b.wait_stopped(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    # -- the interpreter's interface (on the worker thread) ---------------------------
+    def append(self, text: str, var: str | None = None) -> None:
+        """Add generated or constant text (`var`: the variable it belongs to)."""
         if not text:
             return
         with self._cond:
@@ -190,12 +234,55 @@ class ProgramState:
             self._chunks.append((var, text))
             self._cond.notify_all()
 
-    def _capture(self, name: str | None, value, meta: dict | None) -> None:
+    def rewrite_from(self, start: int, text: str) -> None:
+        """Replace the text from char `start` on (re-tokenization changed text already
+        streamed: the state keeps the final text)."""
+        with self._cond:
+            self._text = self._text[:start] + text
+            self._cond.notify_all()
+
+    def capture(self, name: str | None, value, meta) -> None:
         if name is None:
             return
         with self._cond:
             self._vars[name] = value
             self._meta[name] = meta
+            self._cond.notify_all()
+
+    def has_var(self, name: str) -> bool:
+        return name in self._vars
+
+    def open_turn(self) -> tuple[str, int] | None:
+        """The open chat turn's role and the char where its content starts, or None."""
+        return self._role
+
+    def begin_turn(self, role: str, prefix: str) -> None:
+        self.append(prefix)
+        self._role = (role, len(self._text))
+
+    def end_turn(self, suffix: str) -> None:
+        role, start = self._role
+        self._messages.append({"role": role, "content": self._text[start:]})
+        self._role = None
+        self.append(suffix)
+
+    def at_start(self) -> bool:
+        """No text and no turn yet."""
+        return not self._messages and not self._text
+
+    @contextlib.contextmanager
+    def in_flight(self, handle):
+        """The backend request being waited for, so `abort()` can stop it."""
+        self._handle = handle
+        try:
+            yield handle
+        finally:
+            self._handle = None
+
+    def set_open(self, is_open: bool) -> None:
+        """While open, the program body may still add nodes (the program has not ended)."""
+        with self._cond:
+            self._open = is_open
             self._cond.notify_all()
 
     # -- fork / join --------------------------------------------------------------------
@@ -207,10 +294,11 @@ class ProgramState:
         if self.error is not None:
             raise self.error
         self.backend.cache_prefix(self._text)  # the branches then share its KV
-        return ForkGroup(self, [self._branch() for _ in range(n)])
+        return ForkGroup(self, [self.branch() for _ in range(n)])
 
-    def _branch(self) -> ProgramState:
-        b = ProgramState(self.backend, self.defaults, self.stream)
+    def branch(self) -> ProgramState:
+        """A new state that continues from this one's text (a fork branch)."""
+        b = ProgramState(self.backend, self.defaults, self.stream, self.executor)
         b._text, b._role = self._text, self._role
         b._messages = copy.deepcopy(self._messages)
         b._vars, b._meta = dict(self._vars), dict(self._meta)
@@ -261,7 +349,7 @@ class ForkGroup:
         p.sync()
         if mode == "concate_and_append":
             base = len(p._text)
-            p._append("".join(b._text[base:] for b in self.states))
+            p.append("".join(b._text[base:] for b in self.states))
             return p
         names: dict[str, None] = {}
         for b in self.states:
@@ -269,7 +357,7 @@ class ForkGroup:
                 if k not in b._fork_base or b._fork_base[k] is not v:
                     names[k] = None
         for k in names:
-            p._capture(k, [b._vars.get(k) for b in self.states], [b._meta.get(k) for b in self.states])
+            p.capture(k, [b._vars.get(k) for b in self.states], [b._meta.get(k) for b in self.states])
         return p
 
 

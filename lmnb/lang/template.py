@@ -306,16 +306,17 @@ def holes(node: ir.Expr) -> list[Hole]:
 
 def run_template(text: str, namespace: Mapping | None = None, *, backend=None, batch=None,
                  stream: bool = False, progress_bar: bool = True, line_offset: int = 0,
-                 max_tokens: int | None = None, **defaults):
+                 **options):
     """Compile and run a `%%lm` cell; returns the finished ProgramState (raising its
     error), or with `stream=True` the running state. `batch=[...]` runs the cell once
     per item (a dict's keys become names, anything else is `item`) together and returns
     the list of states. Keyword options (`temperature`, `max_tokens`, `seed`, `stop`,
-    ...) are defaults for every hole."""
-    from lmnb.lang.interpreter import run_program, run_programs
+    ...: the names gen() takes) are defaults for every hole."""
+    from lmnb.lang.interpreter import PROGRAM_KEYS, run_program, run_programs
+    from lmnb.runtime.sampling_params import to_runtime
 
-    if max_tokens is not None:
-        defaults["max_new_tokens"] = max_tokens
+    defaults = to_runtime({k: v for k, v in options.items() if k not in PROGRAM_KEYS})
+    defaults.update({k: v for k, v in options.items() if k in PROGRAM_KEYS})
     if batch is None:
         prog = compile_template(text, namespace, line_offset=line_offset)
         return run_program(prog, backend, stream=stream, **defaults)

@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lmnb.errors import EngineError, LmnbError, RequestAborted
+from lmnb.runtime.sampling_params import to_runtime
 
 
 @dataclass
 class CellOptions:
-    temperature: float | None = 0.0
-    max_tokens: int | None = None
-    seed: int | None = None
+    # the cell's sampling options by user name (`max_tokens`, `temperature`, ...): the
+    # table's `cell` parameters; None values are left to the program's defaults
+    sampling: dict = field(default_factory=lambda: {"temperature": 0.0})
     batch: str | None = None
     stream: bool = True
     dry_run: bool = False
@@ -28,9 +29,11 @@ class CellOptions:
     update_every: float = 0.1     # seconds between live view updates
 
     def defaults(self) -> dict:
-        d = {"temperature": self.temperature, "max_new_tokens": self.max_tokens, "seed": self.seed,
-             "num_api_spec_tokens": self.api_spec_tokens}
-        return {k: v for k, v in d.items() if v is not None}
+        """Program defaults by runtime name (what run_program takes)."""
+        d = to_runtime({k: v for k, v in self.sampling.items() if v is not None})
+        if self.api_spec_tokens is not None:
+            d["num_api_spec_tokens"] = self.api_spec_tokens
+        return d
 
 
 @dataclass
@@ -148,9 +151,5 @@ def stop_program(state, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state.abort()
-        with state._cond:
-            if state._cond.wait_for(lambda: state._worker is None and not state._open, timeout=0.05):
-                break
-    for b in getattr(state, "_branches", ()):
-        with b._cond:
-            b._cond.wait_for(lambda b=b: b._worker is None, timeout=max(0.0, deadline - time.monotonic()))
+        if state.wait_stopped(0.05):
+            return

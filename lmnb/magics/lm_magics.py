@@ -6,10 +6,34 @@ import sys
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Bool, Float, Int, Unicode, observe
+from traitlets import Bool, Float, HasTraits, Int, Unicode, observe
 
 from lmnb.magics.cell import CellOptions, one_line, run_cell
 from lmnb.magics.session import KernelSession, kernel_session
+from lmnb.runtime.sampling_params import PARAMS
+
+# the table's parameters that are %%lm options; cells are greedy unless told otherwise
+CELL_PARAMS = tuple(p for p in PARAMS if p.cell)
+CELL_DEFAULTS = {"temperature": 0.0}
+_TRAITS = {int: Int, float: Float, bool: Bool, str: Unicode}
+
+
+def _option(p) -> str:
+    return "--" + p.user.replace("_", "-")
+
+
+def _cell_options(fn):
+    """One %%lm option per cell parameter of the table."""
+    for p in reversed(CELL_PARAMS):
+        fn = argument(_option(p), type=p.type, default=None, dest=p.user, help=p.doc)(fn)
+    return fn
+
+
+# `%config LmMagics.max_tokens = 64`: a configurable default per cell parameter
+_CellDefaults = type("_CellDefaults", (HasTraits,), {
+    p.user: _TRAITS[p.type](CELL_DEFAULTS.get(p.user, p.default), allow_none=True,
+                            help=f"default of cells: {p.doc}").tag(config=True)
+    for p in CELL_PARAMS})
 
 HELP = """\
 %%lm cell language
@@ -18,23 +42,24 @@ HELP = """\
                                  ... become holes, other values are inserted as str(value)
   @fork [N] ... @join            branches (N copies) run in parallel from the shared prefix;
                                  a name captured in several branches becomes a list
-%%lm options: -m MODEL  -o NAME  --temperature T  --max-tokens N  --seed S  --batch VAR
+%%lm options: -m MODEL  -o NAME  {cell_options}  --batch VAR
               --no-stream  --dry-run  --api-spec-tokens N (remote models)
 %lm model SPEC | status | cache | cache clear | stats | help
 %lm model openai:NAME [--base-url URL] [--api-key KEY] [--completion]
-defaults: %config LmMagics.temperature = 0.0 (also model, max_tokens, seed, stream)"""
+defaults: %config LmMagics.temperature = 0.0 (also model, {cell_names}, stream)"""
+
+HELP = HELP.replace("{cell_options}", "  ".join(
+    f"{_option(p)} {'N' if p.type is int else 'X'}" for p in CELL_PARAMS)).replace(
+    "{cell_names}", ", ".join(p.user for p in CELL_PARAMS if p.user != "temperature"))
 
 _PLACEHOLDER = {"text/plain": ""}
 
 
 @magics_class
-class LmMagics(Magics):
+class LmMagics(Magics, _CellDefaults):
     """`%%lm` runs a cell of the lmnb prompt language; `%lm` manages the kernel's model."""
 
     model = Unicode("smollm2", help="model the first %%lm cell loads").tag(config=True)
-    temperature = Float(0.0, help="sampling temperature of cells (0: greedy)").tag(config=True)
-    max_tokens = Int(128, help="default max_tokens of each gen").tag(config=True)
-    seed = Int(None, allow_none=True, help="sampling seed of cells").tag(config=True)
     stream = Bool(True, help="show tokens as they arrive").tag(config=True)
     show_traceback = Bool(False, help="raise errors with a traceback (for debugging)").tag(config=True)
 
@@ -51,9 +76,7 @@ class LmMagics(Magics):
     @magic_arguments()
     @argument("-m", "--model", default=None, help="model spec, or the name of a Runtime/backend variable")
     @argument("-o", "--out", default=None, help="store the ProgramState (list with --batch) in this variable")
-    @argument("--temperature", type=float, default=None, help="sampling temperature (default: 0, greedy)")
-    @argument("--max-tokens", type=int, default=None, help="default max_tokens of each gen")
-    @argument("--seed", type=int, default=None, help="sampling seed")
+    @_cell_options
     @argument("--batch", default=None, metavar="VAR", help="run once per item of VAR (dict keys become names)")
     @argument("--no-stream", action="store_true", help="show the result only when done")
     @argument("--dry-run", action="store_true", help="show the compiled prompt and holes; run nothing")
@@ -88,10 +111,10 @@ class LmMagics(Magics):
             backend = self._backend(args.model, ns)
         except Exception as e:  # noqa: BLE001
             return self._fail(one_line(e))
+        sampling = {p.user: getattr(args, p.user) if getattr(args, p.user) is not None
+                    else getattr(self, p.user) for p in CELL_PARAMS}
         opts = CellOptions(
-            temperature=args.temperature if args.temperature is not None else self.temperature,
-            max_tokens=args.max_tokens if args.max_tokens is not None else self.max_tokens,
-            seed=args.seed if args.seed is not None else self.seed, batch=args.batch,
+            sampling=sampling, batch=args.batch,
             stream=self.stream and not args.no_stream, dry_run=args.dry_run, backend=backend,
             api_spec_tokens=args.api_spec_tokens)
         live = display(_PLACEHOLDER, raw=True, display_id=True) if opts.stream and not opts.dry_run \
@@ -114,10 +137,10 @@ class LmMagics(Magics):
     def _backend(self, model: str | None, ns):
         if model is None:
             return self.session.backend()
-        value = ns.get(model) if model.isidentifier() else None
-        if value is not None and (hasattr(value, "submit") or hasattr(value, "chat_template")):
-            from lmnb.lang.backend import as_backend
+        from lmnb.lang.backend import Backend, as_backend, is_runtime
 
+        value = ns.get(model) if model.isidentifier() else None
+        if is_runtime(value) or isinstance(value, Backend):
             return as_backend(value)
         return self.session.load(model)
 

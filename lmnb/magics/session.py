@@ -45,8 +45,9 @@ class KernelSession:
     def attach(self, runtime):
         """Use an already loaded `lm.Runtime` (or backend) as the kernel's model."""
         import lmnb as lm
+        from lmnb.lang.backend import is_runtime
 
-        self.runtime = runtime if hasattr(runtime, "cache_stats") else None
+        self.runtime = runtime if is_runtime(runtime) else None
         self.spec = getattr(runtime, "spec", None) or repr(runtime)
         self._backend = lm.set_default_backend(runtime)
         return self._backend

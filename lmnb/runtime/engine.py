@@ -23,16 +23,22 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import torch
 
 from lmnb.errors import EngineError
+from lmnb.runtime import run_ahead
+from lmnb.runtime.device_sampling import DeviceSampler, SampledStep
 from lmnb.runtime.model_runner import ModelRunner
-from lmnb.runtime.output import OutputProcessor, SampledStep
+from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.request import Req, Status
+from lmnb.runtime.results import StreamEvent
 from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
 
 
 class Engine:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner, outputs: OutputProcessor,
-                 overlap: bool = False) -> None:
-        self.sched, self.runner, self.outputs = scheduler, runner, outputs
+    """One step reads: schedule -> run the model -> sample on the device -> (launch the
+    next step when overlapping) -> settle on the host -> apply rollbacks and finishes."""
+
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, sampler: DeviceSampler,
+                 outputs: OutputProcessor, overlap: bool = False) -> None:
+        self.sched, self.runner, self.sampler, self.outputs = scheduler, runner, sampler, outputs
         self.overlap = overlap
         self._inflight: SampledStep | None = None   # launched, not yet settled
         self.inbox: queue.Queue = queue.Queue()
@@ -80,6 +86,18 @@ class Engine:
         self.inbox.put(("wake", None))
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)
+
+    def release(self) -> None:
+        """After `stop`: drop everything the engine holds (model, pools, cache, graphs),
+        so a stopped engine that is still referenced keeps no memory."""
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=30)
+        if self.runner is not None:
+            self.runner.release()
+        self._inflight = None
+        self.reqs.clear()
+        self.history.clear()
+        self.sched = self.runner = self.sampler = self.outputs = None
 
     def alive(self) -> bool:
         return self.thread.is_alive() and self.error is None
@@ -146,7 +164,7 @@ class Engine:
             torch.set_num_threads(1 if small else self._cpu_threads)
         before, t0 = self._inflight, time.perf_counter()
         out = self.runner.run(batch, before.tokens if before is not None else None)
-        step = self.outputs.sample_step(batch, out)
+        step = self.sampler.sample(batch, out)
         step.launched = t0
         self._count(batch, sum(batch.lens))
         if not batch.is_decode:
@@ -160,14 +178,18 @@ class Engine:
             self._settle()
         self._inflight = step
         if self.overlap:
-            self.outputs.run_ahead(step)
+            run_ahead.hold(step.reqs, self.outputs.context_len)
         else:
             self._settle()
 
     def _settle(self) -> None:
         step, self._inflight = self._inflight, None
         batch = step.batch
-        for r, reason in self.outputs.settle(step):
+        settled = self.outputs.settle(step)
+        for r, keep in settled.rollbacks:    # before any finish caches the request's KV
+            if not r.finished():
+                self.sched.rollback(r, keep)
+        for r, reason in settled.finished:
             self._finish(r, reason)
         now = time.perf_counter()
         # with overlap a step's time is the time since the one before it was settled
@@ -193,9 +215,7 @@ class Engine:
                 r.decode_steps += 1
 
     def _finish(self, r: Req, reason: dict) -> None:
-        if r.ahead:  # its token in flight will not be used
-            r.output_ids.pop()
-            r.ahead = False
+        run_ahead.release(r)   # its token in flight will not be used
         if r.status is Status.WAITING:
             self.sched.drop_waiting(r)
         else:
@@ -206,13 +226,13 @@ class Engine:
         if reason["type"] == "abort":
             self.counters["aborted_requests"] += 1
         self.reqs.pop(r.rid, None)
-        r.events.put(("done", self.outputs.result(r)))
+        r.events.put(StreamEvent("done", result=self.outputs.result(r)))
 
     def _fail_all(self, e: BaseException) -> None:
         err = EngineError(f"engine failure: {error_line(e)}; load the model again "
                           "(lm.Runtime(...) or %lm model ...)")
         for r in list(self.reqs.values()):
-            r.events.put(("error", err))
+            r.events.put(StreamEvent("error", error=err))
         self.reqs.clear()
         self._empty_inbox(err, run_calls=False)
 
@@ -221,7 +241,7 @@ class Engine:
             try:
                 self._finish(r, {"type": "abort"})
             except Exception:  # noqa: BLE001 - shutting down; deliver what we can
-                r.events.put(("done", self.outputs.result(r)))
+                r.events.put(StreamEvent("done", result=self.outputs.result(r)))
         self.reqs.clear()
         self._empty_inbox(EngineError("the runtime was shut down"), run_calls=True)
 
@@ -234,7 +254,7 @@ class Engine:
             except queue.Empty:
                 return
             if kind == "submit":
-                arg.events.put(("error", err))
+                arg.events.put(StreamEvent("error", error=err))
             elif kind == "call":
                 fn, fut = arg
                 if not run_calls:

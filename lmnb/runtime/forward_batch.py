@@ -49,7 +49,7 @@ class ForwardBatch:
     @classmethod
     def build(cls, mode: Mode, input_ids: list[int], req_pool_indices: list[int],
               prefix_lens: list[int], extend_lens: list[int], out_cache_loc: torch.Tensor,
-              req_to_token: torch.Tensor, logits_rows: list[int]) -> "ForwardBatch":
+              req_to_token: torch.Tensor, logits_rows: list[int]) -> ForwardBatch:
         dev = req_to_token.device
         seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
         positions = torch.cat([torch.arange(p, s) for p, s in zip(prefix_lens, seq_lens)])

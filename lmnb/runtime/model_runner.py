@@ -13,6 +13,7 @@ from lmnb.runtime.attention.base import AttentionBackend
 from lmnb.runtime.cuda_graph import DecodeGraphRunner, cuda_graph_enabled
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
+from lmnb.runtime.run_ahead import reads_device_token
 from lmnb.runtime.sampler import to_device
 from lmnb.runtime.scheduler import ScheduledBatch
 
@@ -54,7 +55,7 @@ class ModelRunner:
         tok_off = 0
         for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
             input_ids += r.fill_slice(pre, pre + n)
-            if r.ahead and pre + n == r.fill_len:
+            if reads_device_token(r, pre + n):
                 input_ids[-1] = 0
                 ahead_at.append(tok_off + n - 1)
                 ahead_src.append(r.ahead_row)
@@ -99,6 +100,13 @@ class ModelRunner:
         if len(rows) == len(input_ids) and rows == list(range(len(rows))):
             return logits
         return logits[to_device(rows, logits.device)]
+
+    def release(self) -> None:
+        """Drop the model, the KV pool and the captured graphs (their memory pool too)."""
+        if self.graphs is not None:
+            self.graphs.release()
+        self.graphs = self.model = self.backend = self.pool = self.req_pool = None
+        self.cuda_graph = False
 
     def _graph_ready(self, bs: int) -> bool:
         if not self.cuda_graph:

@@ -1,102 +1,52 @@
-"""After a model step: logprobs, sampling, stop conditions, constraint cursors,
-jump-forward with re-tokenization, streaming deltas, and the final result dict."""
+"""The host half of a step's post-processing: a settled step's tokens -> stops, text,
+streaming deltas, constraint cursors, jump-forward with re-tokenization, and results.
+
+`OutputProcessor.settle` never touches the KV bookkeeping: it returns a `Settled` with
+the requests that finished and the rollbacks jump-forward needs, and the engine applies
+them (rollbacks first), so only the engine talks to the scheduler.
+"""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
-import torch
-
-from lmnb.runtime.model_runner import StepOutput
-from lmnb.runtime.request import PLACEHOLDER, Req, Status
-from lmnb.runtime.sampler import apply_masks, sample_tensor, to_device, token_logprobs, top_logprobs
-from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
+from lmnb.runtime import run_ahead
+from lmnb.runtime.device_sampling import SampledStep
+from lmnb.runtime.request import Req
+from lmnb.runtime.results import GenMeta, GenResult, StreamEvent
 from lmnb.runtime.tokenizer import IncrementalDetokenizer
 
 
 @dataclass
-class SampledStep:
-    """A launched step's sampling, queued on the device: `OutputProcessor.settle` waits for
-    it and applies the tokens. Between the two the engine may launch the next step."""
+class Settled:
+    """What the engine must do after a step: roll back KV (keep the first `keep` tokens of
+    each request, jump-forward re-tokenized them), then finish requests."""
 
-    batch: ScheduledBatch
-    reqs: list[Req]                      # the requests that sampled, in row order
-    tokens: torch.Tensor | None          # [len(reqs)] on the device
-    done: list[tuple[Req, dict]]         # finished before sampling (max_new_tokens reached)
-    host: object = None                  # (tokens, logprobs, top ids, top values) on the host
-    ready: object = None                 # CUDA event: the host copies have landed
-    logprob_rows: list[int] = field(default_factory=list)
-    prompt: tuple | None = None          # ([(req, pos, prompt ids)], their logprobs on device)
-    launched: float = 0.0
+    finished: list[tuple[Req, dict]] = field(default_factory=list)
+    rollbacks: list[tuple[Req, int]] = field(default_factory=list)
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, scheduler: Scheduler, eos_ids: tuple[int, ...],
-                 context_len: int, jump_forward: bool = True) -> None:
-        self.tok, self.sched, self.eos_ids = tokenizer, scheduler, set(eos_ids)
+    def __init__(self, tokenizer, eos_ids: tuple[int, ...], context_len: int,
+                 jump_forward: bool = True) -> None:
+        self.tok, self.eos_ids = tokenizer, set(eos_ids)
         self.context_len, self.jump_forward = context_len, jump_forward
+        self._stop_res: dict[str, re.Pattern] = {}
 
-    def sample_step(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
-        """Prompt logprobs, constraint masks and sampling, queued on the device; the
-        tokens (and output logprobs) start copying to the host without waiting."""
-        done: list[tuple[Req, dict]] = []
-        idx = [i for i in out.sample_rows if not self._done_before_sampling(batch.reqs[i], done)]
-        step = SampledStep(batch, [batch.reqs[i] for i in idx], None, done)
-        if out.logprob_rows:
-            self._prompt_logprobs(step, out)
-        if not idx:
-            self._to_host(step, [])
-            return step
-        rows = [out.sample_rows[i] for i in idx]
-        reqs = step.reqs
-        logits = out.logits
-        # a copy when rows are picked, or when masks write into it (the model's logits are
-        # an inference tensor, or a CUDA graph's output buffer)
-        if rows != list(range(logits.shape[0])) or any(r.guide is not None for r in reqs):
-            logits = logits[to_device(rows, logits.device)]
-        step.logprob_rows = [j for j, r in enumerate(reqs) if r.params.return_logprob]
-        raw = logits.clone() if step.logprob_rows else logits
-        apply_masks(logits, reqs)
-        step.tokens = sample_tensor(logits, reqs)
-        on_device = [step.tokens]
-        if step.logprob_rows:
-            lp_rows = to_device(step.logprob_rows, raw.device)
-            lp_raw = raw[lp_rows]
-            on_device.append(token_logprobs(lp_raw, step.tokens[lp_rows]))
-            k = max(r.params.top_logprobs_num for r in reqs)
-            if k:
-                vals, ids = top_logprobs(lp_raw, k)
-                on_device += [ids, vals]
-        self._to_host(step, on_device)
-        return step
-
-    @staticmethod
-    def _to_host(step: SampledStep, on_device: list[torch.Tensor]) -> None:
-        """Start the copies of what settle needs; an event marks when they have landed."""
+    def settle(self, step: SampledStep) -> Settled:
+        """Apply a step's tokens (waiting for them once). A request that holds a
+        placeholder for its token (run ahead) gets the real one."""
+        out = Settled(list(step.done))
+        host = step.host_values()
         if step.prompt is not None:
-            on_device = on_device + [step.prompt[1]]
-        step.host = [t.to("cpu", non_blocking=True) for t in on_device]
-        if any(t.is_cuda for t in on_device):
-            step.ready = torch.cuda.Event()
-            step.ready.record()
-
-    def settle(self, step: SampledStep) -> list[tuple[Req, dict]]:
-        """Wait for the step's tokens and apply them: stops, text, streaming, jump-forward.
-        A request that holds a placeholder for this token (run ahead) gets the real one."""
-        finished = list(step.done)
-        if step.ready is not None:
-            step.ready.synchronize()
-        host = [t.tolist() for t in step.host]
-        if step.prompt is not None:
-            self._apply_prompt_logprobs(step.prompt[0], host.pop())
+            self._apply_prompt_logprobs(step.prompt, host.pop())
         if step.tokens is None:
-            return finished
+            return out
         lps = dict(zip(step.logprob_rows, host[1])) if len(host) > 1 else {}
         tops = dict(zip(step.logprob_rows, zip(host[2], host[3]))) if len(host) > 3 else {}
         for j, (r, t) in enumerate(zip(step.reqs, host[0])):
-            if r.ahead:
-                r.output_ids.pop()
-                r.ahead = False
+            run_ahead.release(r)
             if r.finished():
                 continue  # aborted while the step ran
             if j in lps:
@@ -105,43 +55,10 @@ class OutputProcessor:
                     ids, vals = tops[j]
                     k = r.params.top_logprobs_num
                     r.output_top_logprobs.append(list(zip(ids[:k], vals[:k])))
-            reason = self._append(r, t)
+            reason = self._append(r, t, out)
             if reason is not None:
-                finished.append((r, reason))
-        return finished
-
-    def run_ahead(self, step: SampledStep) -> None:
-        """Give each request of a launched step that will surely go on a placeholder for
-        the token being sampled, so the scheduler can put it in the next step before the
-        token is known (the model reads the token from the device). Requests whose next
-        token depends on host state (grammars) or may be their last do not run ahead."""
-        for j, r in enumerate(step.reqs):
-            if (r.guide is None and r.status is Status.RUNNING
-                    and len(r.output_ids) + 1 < r.params.max_new_tokens
-                    and r.fill_len + 1 < self.context_len):
-                r.output_ids.append(PLACEHOLDER)
-                r.ahead, r.ahead_row = True, j
-
-    def _done_before_sampling(self, r: Req, finished: list) -> bool:
-        if len(r.output_ids) >= r.params.max_new_tokens:
-            finished.append((r, {"type": "length"}))
-            return True
-        return False
-
-    # -- logprobs -------------------------------------------------------------
-    def _prompt_logprobs(self, step: SampledStep, out: StepOutput) -> None:
-        """Logprobs of prompt tokens for every request that asked, in one gather on the
-        device (read back with the step's tokens)."""
-        plan, rows, targets = [], [], []
-        for i, (row, pos, count) in out.logprob_rows.items():
-            r = step.batch.reqs[i]
-            ids = r.input_ids[pos + 1 : pos + 1 + count]
-            plan.append((r, pos, ids))
-            rows += range(row, row + count)
-            targets += ids
-        dev = out.logits.device
-        lps = token_logprobs(out.logits[to_device(rows, dev)], to_device(targets, dev))
-        step.prompt = (plan, lps)
+                out.finished.append((r, reason))
+        return out
 
     @staticmethod
     def _apply_prompt_logprobs(plan: list, values: list[float]) -> None:
@@ -153,14 +70,15 @@ class OutputProcessor:
                 r.input_logprobs, r.pending_prompt_lps = r.pending_prompt_lps, []
 
     # -- one new token ----------------------------------------------------------
-    def _append(self, r: Req, t: int) -> dict | None:
+    def _append(self, r: Req, t: int, out: Settled) -> dict | None:
         if r.first_token_time is None:
             r.first_token_time = time.perf_counter()
         r.output_ids.append(t)
         p = r.params
-        if not p.ignore_eos and t in self.eos_ids:
+        early = len(r.output_ids) <= p.min_new_tokens   # stops do not count yet
+        if not early and not p.ignore_eos and t in self.eos_ids:
             return {"type": "stop", "matched": t}
-        if t in p.stop_token_ids:
+        if not early and t in p.stop_token_ids:
             return {"type": "stop", "matched": t}
         if r.guide is not None:
             r.guide.accept_token(t)
@@ -169,7 +87,7 @@ class OutputProcessor:
             if r.guide.is_terminated():
                 return {"type": "stop", "matched": None}
             if self.jump_forward:
-                reason = self._jump(r)
+                reason = self._jump(r, out)
         if reason is None and len(r.output_ids) >= p.max_new_tokens:
             reason = {"type": "length"}
         if reason is None and r.fill_len >= self.context_len:
@@ -188,24 +106,56 @@ class OutputProcessor:
         return reason
 
     def _emit(self, r: Req, final: bool) -> None:
-        """Stream new text, holding back a tail that could still become a stop string."""
+        """Stream new text, holding back a tail that could still become a stop string;
+        the event carries the output tokens (and logprobs) whose text is now out."""
         end = len(r.text)
         if not final and r.params.stop:
             end -= max(len(s) for s in r.params.stop) - 1
-        if end > r.streamed_len:
-            r.events.put(("delta", r.text[r.streamed_len : end]))
-            r.streamed_len = end
+        if end <= r.streamed_len:
+            return
+        ev = StreamEvent("delta", r.text[r.streamed_len : end])
+        upto = self._tokens_out(r)
+        if upto > r.streamed_tokens:
+            ev.token_ids = r.output_ids[r.streamed_tokens : upto]
+            if r.params.return_logprob:
+                ev.logprobs = r.output_logprobs[r.streamed_tokens : upto]
+                ev.top_logprobs = r.output_top_logprobs[r.streamed_tokens : upto]
+            r.streamed_tokens = upto
+        r.streamed_len = end
+        r.events.put(ev)
+
+    def _tokens_out(self, r: Req) -> int:
+        """Output tokens whose text is out: all but a final EOS / stop token (no text)."""
+        n = len(r.output_ids)
+        if r.params.return_logprob:
+            n = min(n, len(r.output_logprobs))
+            if r.params.top_logprobs_num:
+                n = min(n, len(r.output_top_logprobs))
+        if n and (r.output_ids[n - 1] in self.eos_ids or r.output_ids[n - 1] in r.params.stop_token_ids):
+            n -= 1
+        return n
 
     def _check_stop_strings(self, r: Req, before: int) -> dict | None:
-        for s in r.params.stop:
+        p = r.params
+        if len(r.output_ids) < p.min_new_tokens:
+            return None
+        for s in p.stop:
             k = r.text.find(s, max(0, before - len(s) + 1))
             if k >= 0:
                 r.text = r.text[:k]
                 return {"type": "stop", "matched": s}
+        if p.stop_regex is not None:
+            pat = self._stop_res.get(p.stop_regex)
+            if pat is None:
+                pat = self._stop_res[p.stop_regex] = re.compile(p.stop_regex)
+            m = pat.search(r.text)
+            if m is not None:
+                r.text = r.text[: m.start()]
+                return {"type": "stop", "matched": m.group(0)}
         return None
 
     # -- jump-forward ------------------------------------------------------------
-    def _jump(self, r: Req) -> dict | None:
+    def _jump(self, r: Req, out: Settled) -> dict | None:
         forced = r.guide.jump_forward()
         if not forced or r.text.endswith("\ufffd"):
             return None
@@ -216,7 +166,8 @@ class OutputProcessor:
         while common < min(len(old), len(new)) and old[common] == new[common]:
             common += 1
         r.output_ids = new
-        self.sched.rollback(r, len(r.input_ids) + common)
+        r.output_version += 1
+        out.rollbacks.append((r, len(r.input_ids) + common))
         r.guide.accept_text(forced)
         start = len(r.text)
         r.detok.reset(new)
@@ -231,33 +182,27 @@ class OutputProcessor:
         return reason
 
     # -- result ------------------------------------------------------------------
-    def result(self, r: Req) -> dict:
+    def result(self, r: Req) -> GenResult:
         reason = r.finish_reason or {"type": "abort"}
-        if reason["type"] == "abort" or r.params.stop or r.guide is not None:
+        p = r.params
+        if reason["type"] == "abort" or p.stop or p.stop_regex or r.guide is not None:
             text = r.text
         else:
-            text = self.tok.decode(self._visible_ids(r), skip_special_tokens=r.params.skip_special_tokens)
-        meta = {
-            "id": r.rid,
-            "prompt_tokens": len(r.input_ids),
-            "cached_tokens": max(r.cached_tokens, 0),
-            "completion_tokens": len(r.output_ids),
-            "finish_reason": reason["type"],
-            "matched_stop": reason.get("matched"),
-            "computed_tokens": r.computed_tokens,
-            "decode_steps": r.decode_steps,
-            "jump_forward_tokens": r.jump_tokens,
-            "forced_spans": list(r.forced_spans),
-            "retractions": r.retractions,
-            "e2e_latency": time.perf_counter() - r.created,
-            "ttft": (r.first_token_time - r.created) if r.first_token_time else None,
-        }
-        if r.params.return_logprob or r.params.logprob_start_len >= 0:
-            meta["input_token_logprobs"] = list(r.input_logprobs)
-            meta["output_token_logprobs"] = list(r.output_logprobs)
-            if r.params.top_logprobs_num:
-                meta["output_top_logprobs"] = list(r.output_top_logprobs)
-        return {"text": text, "output_ids": list(r.output_ids), "meta": meta}
+            text = self.tok.decode(self._visible_ids(r), skip_special_tokens=p.skip_special_tokens)
+        meta = GenMeta(
+            finish_reason=reason["type"], id=r.rid, prompt_tokens=len(r.input_ids),
+            cached_tokens=max(r.cached_tokens, 0), completion_tokens=len(r.output_ids),
+            matched_stop=reason.get("matched"), computed_tokens=r.computed_tokens,
+            decode_steps=r.decode_steps, jump_forward_tokens=r.jump_tokens,
+            forced_spans=list(r.forced_spans), retractions=r.retractions,
+            e2e_latency=time.perf_counter() - r.created,
+            ttft=(r.first_token_time - r.created) if r.first_token_time else None)
+        if p.return_logprob or p.logprob_start_len >= 0:
+            meta.input_token_logprobs = list(r.input_logprobs)
+            meta.output_token_logprobs = list(r.output_logprobs)
+            if p.top_logprobs_num:
+                meta.output_top_logprobs = list(r.output_top_logprobs)
+        return GenResult(text, meta, list(r.output_ids))
 
     def _visible_ids(self, r: Req) -> list[int]:
         ids = r.output_ids

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -26,9 +26,9 @@ _EMPTY = torch.empty(0, dtype=torch.int64)
 class TreeNode:
     _ids = itertools.count()
 
-    __slots__ = ("id", "parent", "children", "key", "value", "lock_ref", "last_access", "hits")
+    __slots__ = ("children", "hits", "id", "key", "last_access", "lock_ref", "parent", "value")
 
-    def __init__(self, parent: "TreeNode | None" = None) -> None:
+    def __init__(self, parent: TreeNode | None = None) -> None:
         self.id = next(TreeNode._ids)
         self.parent = parent
         self.children: dict[int, TreeNode] = {}
@@ -38,7 +38,7 @@ class TreeNode:
         self.last_access = time.monotonic()
         self.hits = 0
 
-    def __lt__(self, other: "TreeNode") -> bool:
+    def __lt__(self, other: TreeNode) -> bool:
         return self.last_access < other.last_access
 
 

@@ -20,10 +20,6 @@ from lmnb.runtime.sampling_params import SamplingParams
 _rid_counter = itertools.count()
 
 
-# an output token still being sampled on the device (see OutputProcessor.run_ahead)
-PLACEHOLDER = -1
-
-
 def new_rid() -> str:
     return f"r{next(_rid_counter)}"
 
@@ -49,14 +45,18 @@ class Req:
     cache_len: int = 0
     last_node: object = None
     prefix_slots: object = None      # matched cache slots, between match and admission
+    prompt_leader: Req | None = None   # n > 1: admitted once this sample's prompt is cached
     cached_tokens: int = -1          # prompt tokens served from the cache at first admission
     computed_tokens: int = 0         # tokens this request really ran through the model
     # sampling / decoding state
     generator: torch.Generator | None = None
     guide: object = None             # constrained.GuideCursor or None
+    penalty: object = None           # penalties.PenaltyState while penalties apply
+    output_version: int = 0          # bumped when the host rewrites output_ids (jump-forward)
     detok: object = None             # IncrementalDetokenizer
     text: str = ""
     streamed_len: int = 0            # chars of text already sent as deltas
+    streamed_tokens: int = 0         # output tokens already sent with deltas
     stop_scan_from: int = 0
     forced_spans: list = field(default_factory=list)   # (start, end) char spans of jumped text
     input_logprobs: list = field(default_factory=list)   # (token_id, logprob) for prompt tokens
@@ -68,10 +68,10 @@ class Req:
     retractions: int = 0
     created: float = 0.0
     first_token_time: float | None = None
-    events: "queue.Queue" = field(default_factory=queue.Queue)
+    events: queue.Queue = field(default_factory=queue.Queue)
     abort_requested: bool = False
-    # run ahead: output_ids[-1] is PLACEHOLDER, the token in row `ahead_row` of the step
-    # in flight; the next step reads it from the device
+    # run ahead (runtime/run_ahead.py): output_ids[-1] is a placeholder for the token in
+    # row `ahead_row` of the step in flight; the next step reads it from the device
     ahead: bool = False
     ahead_row: int = 0
 

@@ -2,92 +2,29 @@
 from __future__ import annotations
 
 import atexit
-import queue
 import time
 import weakref
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from lmnb.errors import EngineError, LmnbError
 from lmnb.runtime import loader
 from lmnb.runtime.attention import create_backend
+from lmnb.runtime.device_sampling import DeviceSampler
 from lmnb.runtime.engine import Engine
+from lmnb.runtime.handle import RequestGroup, RequestHandle
 from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.model_runner import ModelRunner
 from lmnb.runtime.models.llama import LlamaForCausalLM
 from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
+from lmnb.runtime.results import GenResult
 from lmnb.runtime.runtime_config import RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler
 from lmnb.runtime.tokenizer import eos_token_ids
-
-
-class RequestHandle:
-    """One submitted request: wait for its result, iterate its text, or abort it."""
-
-    def __init__(self, runtime: "Runtime", req: Req) -> None:
-        self.runtime, self.req, self.rid = runtime, req, req.rid
-        self.partial_text = ""
-        self._result: dict | None = None
-
-    def _next_event(self):
-        while True:
-            try:
-                return self.req.events.get(timeout=0.1)
-            except queue.Empty:
-                if not self.runtime.engine.thread.is_alive() and self.req.events.empty():
-                    self.runtime.engine.ensure_alive()  # says why it stopped and what to do
-                    raise EngineError("the engine stopped before this request finished") from None
-
-    def _consume(self, kind: str, val):
-        if kind == "delta":
-            self.partial_text += val
-        elif kind == "done":
-            self._result = val
-        elif kind == "error":
-            raise val
-
-    def result(self) -> dict:
-        """Block until done. Ctrl-C aborts the request (its slots are freed) and re-raises."""
-        try:
-            while self._result is None:
-                self._consume(*self._next_event())
-        except KeyboardInterrupt:
-            self.abort(wait=True)
-            raise
-        return self._result
-
-    def __iter__(self) -> Iterator[str]:
-        """Yield text deltas as they arrive (the request must be submitted with stream=True)."""
-        try:
-            while self._result is None:
-                kind, val = self._next_event()
-                self._consume(kind, val)
-                if kind == "delta":
-                    yield val
-            rest = self._result["text"][len(self.partial_text):]
-            if rest and self._result["text"].startswith(self.partial_text):
-                self.partial_text += rest   # text held back while it could have been a stop string
-                yield rest
-        except (KeyboardInterrupt, GeneratorExit):
-            self.abort(wait=True)
-            raise
-
-    def abort(self, wait: bool = False) -> None:
-        self.runtime.engine.abort(self.rid)
-        if wait:
-            deadline = time.monotonic() + 10
-            while self._result is None and time.monotonic() < deadline:
-                try:
-                    self._consume(*self.req.events.get(timeout=0.1))
-                except queue.Empty:
-                    if not self.runtime.engine.thread.is_alive():
-                        break
-                except EngineError:
-                    break
 
 
 class Runtime:
@@ -112,8 +49,7 @@ class Runtime:
         self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
         self.model.load_weights(lm.weights(self.device, self.dtype))
         self.quantization = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
-        if self.quantization is not None:
-            self.model.quantize(self.quantization)
+        self.quantization_info = None if self.quantization is None else self.model.quantize(self.quantization)
         self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
         pool_size = rc.pool_tokens(cfg, self.dtype)
@@ -127,12 +63,12 @@ class Runtime:
                                  scale=cfg.head_dim ** -0.5)
         self.attention_backend = backend.name
         self.eos_token_ids = eos_token_ids(lm.tokenizer, lm.generation_config)
-        self.outputs = OutputProcessor(lm.tokenizer, self.scheduler, self.eos_token_ids,
-                                       self.context_len, rc.jump_forward)
+        self.outputs = OutputProcessor(lm.tokenizer, self.eos_token_ids, self.context_len, rc.jump_forward)
         self._grammars = None
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
-        self.engine = Engine(self.scheduler, runner, self.outputs, overlap=rc.overlap)
+        self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
+                             overlap=rc.overlap)
         atexit.register(_shutdown_ref, weakref.ref(self))
 
     # -- text <-> tokens ---------------------------------------------------------
@@ -143,8 +79,11 @@ class Runtime:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     # -- requests ---------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], *, stream: bool = False, **sampling) -> RequestHandle:
-        """Queue one request and return its handle at once."""
+    def submit(self, prompt: str | Sequence[int], *, stream: bool = False,
+               **sampling) -> RequestHandle | RequestGroup:
+        """Queue one request and return its handle at once. With `n` > 1 the handle is a
+        `RequestGroup` of n samples; they share the prompt's KV (the first computes it,
+        the others wait one step and hit the radix cache)."""
         self.engine.ensure_alive()
         params = SamplingParams.make(**sampling)
         ids = self._prompt_ids(prompt)
@@ -153,25 +92,47 @@ class Runtime:
             raise LmnbError(
                 f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new}) exceeds the KV pool "
                 f"({self.pool.size} tokens); lower max_new_tokens or give Runtime(kv_memory_gb=...) more")
-        req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter())
-        req.generator = torch.Generator(device=self.device)
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_gen))
-        req.generator.manual_seed(seed)
-        if max_new != params.max_new_tokens:
-            req.params = _replace(params, max_new_tokens=max_new)
+        params = params.replace(max_new_tokens=max_new, n=1)
+        guide = None
         if params.regex is not None or params.json_schema is not None:
-            req.guide = self.grammars().compile(regex=params.regex, json_schema=params.json_schema).cursor()
-        self.engine.submit(req)
-        return RequestHandle(self, req)
-
-    def generate(self, prompts, **sampling) -> list[dict]:
-        """Generate for one prompt or a list (texts or token-id lists); always a list of
-        dicts with `text`, `output_ids` and `meta`. All prompts are batched together."""
+            guide = self.grammars().compile(regex=params.regex, json_schema=params.json_schema)
         handles: list[RequestHandle] = []
+        try:
+            for j in range(SamplingParams.make(**sampling).n):
+                seed = params.seed + j if params.seed is not None else \
+                    int(torch.randint(0, 2**62, (1,), generator=self._seed_gen))
+                lead = handles[0].req if handles and self.config.enable_radix_cache else None
+                handles.append(self._submit_one(ids, params, seed, guide, stream, lead))
+        except BaseException:
+            for h in handles:
+                h.abort()
+            raise
+        return handles[0] if len(handles) == 1 else RequestGroup(handles)
+
+    def _submit_one(self, ids: list[int], params: SamplingParams, seed: int, guide,
+                    stream: bool, leader: Req | None = None) -> RequestHandle:
+        req = Req(new_rid(), ids, params, stream=stream, created=time.perf_counter(),
+                  prompt_leader=leader)
+        req.generator = torch.Generator(device=self.device)
+        req.generator.manual_seed(seed)
+        if guide is not None:
+            req.guide = guide.cursor()
+        self.engine.submit(req)
+        return RequestHandle(self.engine, req, ids)
+
+    def generate(self, prompts, **sampling) -> list[GenResult]:
+        """Generate for one prompt or a list (texts or token-id lists); always a list of
+        results with `text`, `output_ids` and `meta`. All prompts are batched together;
+        with `n` > 1 each prompt gives n results in a row."""
+        handles: list = []
         try:  # Ctrl-C between submissions must abort those already queued too
             for p in _as_prompt_list(prompts):
                 handles.append(self.submit(p, **sampling))
-            return [h.result() for h in handles]
+            out: list[GenResult] = []
+            for h in handles:
+                res = h.result()
+                out += res.samples if res.samples else [res]
+            return out
         except BaseException:
             for h in handles:
                 h.abort()
@@ -215,7 +176,7 @@ class Runtime:
 
     # -- inspection & control -------------------------------------------------------
     def cache_stats(self) -> dict:
-        return self.engine.call(self._cache_stats)
+        return self._call(self._cache_stats)
 
     def _cache_stats(self) -> dict:
         s, c, a = self.scheduler, self.cache, self.pool.allocator
@@ -231,11 +192,11 @@ class Runtime:
 
     def check_integrity(self) -> None:
         """Assert free + cached + in-use == pool size (runs on the engine thread)."""
-        self.engine.call(self.scheduler.check_integrity)
+        self._call(lambda: self.scheduler.check_integrity())
 
     def flush_cache(self) -> int:
         """Evict every unlocked cached prefix; returns the number of slots freed."""
-        return self.engine.call(self.cache.flush)
+        return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
         return self.engine.call(lambda: dict(self.engine.counters))
@@ -249,20 +210,31 @@ class Runtime:
     def describe(self) -> str:
         """One line: model, device, weight format and the kernels chosen."""
         dtype = str(self.dtype).removeprefix("torch.")
-        q = self.model.quantization if self.model is not None else None
+        q = self.quantization_info
         weights = f"weights {q['summary']}, {q['weight_mb']} MiB" if q else f"weights {dtype}"
         return (f"{self.spec} on {self.device.type}: {weights}; activations and KV cache {dtype}; "
                 f"attention {self.attention_backend}")
 
+    def _call(self, fn):
+        """Run fn on the engine thread; a clear error once the runtime is shut down."""
+        if self.scheduler is None:
+            raise EngineError("the runtime was shut down; create a new lm.Runtime(...)")
+        return self.engine.call(fn)
+
     def shutdown(self) -> None:
-        """Stop the engine and free the model (idempotent)."""
+        """Stop the engine and free everything this runtime holds: weights, KV pool,
+        radix cache, CUDA graphs, grammar and mask caches (idempotent). The tokenizer and
+        model config stay, so `repr` and `encode` still work."""
         if self.engine is not None:
             self.engine.stop()
-        self.model = self.pool = None
-        if torch.cuda.is_available():
+            self.engine.release()
+        self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
+        self.outputs = self.loaded = self._grammars = None
+        _return_freed_memory()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
 
-    def __enter__(self) -> "Runtime":
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -271,6 +243,19 @@ class Runtime:
     def __repr__(self) -> str:
         q = f", quantization={self.quantization!r}" if self.quantization else ""
         return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')}{q})"
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so a process that
+    re-creates runtimes would look as if it leaked the old weights)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _shutdown_ref(ref) -> None:
@@ -287,9 +272,3 @@ def _as_prompt_list(prompts) -> list:
     if isinstance(prompts, Sequence) and prompts:
         return list(prompts)
     raise LmnbError("prompts must be a str, a list of str, or (lists of) token ids, and not empty")
-
-
-def _replace(params: SamplingParams, **kw) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, **kw)

@@ -50,7 +50,7 @@ class RuntimeConfig:
     quantization: str | None = "auto"
 
     @classmethod
-    def make(cls, device: str | None = None, **kw) -> "RuntimeConfig":
+    def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
         names = {f.name for f in fields(cls)}
         bad = sorted(set(kw) - names)
         if bad:

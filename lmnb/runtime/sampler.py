@@ -9,7 +9,7 @@ import torch
 from lmnb.runtime.request import Req
 
 
-class _DeviceMasks:
+class DeviceMasks:
     """Device copies of the grammar's per-state masks, as 'disallowed' rows as wide as the
     logits. The grammar caches one CPU mask per FSM state and hands out that same tensor,
     so its identity keys this cache (the entry holds it, so the id is never reused)."""
@@ -34,17 +34,14 @@ class _DeviceMasks:
         return dev_row
 
 
-_masks = _DeviceMasks()
-
-
-def apply_masks(logits: torch.Tensor, reqs: list[Req]) -> None:
+def apply_masks(logits: torch.Tensor, reqs: list[Req], masks: DeviceMasks) -> None:
     """Set disallowed tokens to -inf for requests with a grammar (in place): one stacked
-    fill over device-resident masks, no per-request copies."""
+    fill over device-resident masks (`masks`: the runtime's cache), no per-request copies."""
     rows = [i for i, r in enumerate(reqs) if r.guide is not None]
     if not rows:
         return
     width, dev = logits.shape[1], logits.device
-    banned = torch.stack([_masks.get(reqs[i].guide.allowed_mask(), width, dev) for i in rows])
+    banned = torch.stack([masks.get(reqs[i].guide.allowed_mask(), width, dev) for i in rows])
     if len(rows) == logits.shape[0]:
         logits.masked_fill_(banned, float("-inf"))
     else:

@@ -99,6 +99,8 @@ class Scheduler:
         for r in candidates:
             if budget <= 0 or len(self.running) >= self.max_running:
                 break
+            if _waits_for_leader(r):
+                continue
             self._match(r)  # again: evictions for earlier picks may have cut its path
             ids = r.fill_ids[: r.fill_len - 1]
             if len(ids) > r.cache_len + 32 and new_ids.longest(ids) > r.cache_len + 32:
@@ -260,6 +262,15 @@ class Scheduler:
         assert every.min() >= 1 and every.max() <= self.alloc.size, "slot out of range"
         assert self.req_pool.available() + sum(r.req_pool_idx is not None for r in self.running) \
             == self.req_pool.max_reqs, "req_to_token rows leaked"
+
+
+def _waits_for_leader(r: Req) -> bool:
+    """A sample of an n > 1 request waits until the first sample's prompt KV is in the
+    radix cache (it is inserted when the step computing it is launched)."""
+    lead = r.prompt_leader
+    if lead is None or lead.finished():
+        return False
+    return lead.status is Status.WAITING or lead.kv_len < len(lead.input_ids) - 1
 
 
 class _PrefixSet:

@@ -180,9 +180,8 @@ class _Service:
             entries = None
             if ev.kind == "delta":
                 if fmt.wants_logprobs:
-                    r, lo, hi = handles[ev.index].req, sent[ev.index], ev.logprobs_ready
-                    entries = (r.output_logprobs[lo:hi], r.output_top_logprobs[lo:hi])
-                    sent[ev.index] = max(lo, hi)
+                    entries = (list(ev.value.logprobs), list(ev.value.top_logprobs))
+                    sent[ev.index] += len(ev.value.logprobs)
                 yield _sse(fmt.chunk(ev.index, ev.text, entries))
                 continue
             results[ev.index] = ev.value

@@ -8,33 +8,28 @@ requests reach the engine together, where they are batched and share the radix c
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from lmnb.errors import EngineError
-
 
 @dataclass(slots=True)
 class Event:
-    """index: which handle. kind: "delta" (text), "done" (value: the result dict) or
-    "error" (value: the exception). logprobs_ready: output logprob entries available
-    when the delta was taken (for streaming logprobs)."""
+    """index: which handle. kind: "delta" (text, with `value` the runtime's StreamEvent:
+    its token ids and logprobs), "done" (value: the result) or "error" (value: the
+    exception)."""
 
     index: int
     kind: str
     text: str = ""
     value: Any = None
-    logprobs_ready: int = 0
 
 
 class Bridge:
     def __init__(self, runtime, max_threads: int = 1024) -> None:
         self.runtime = runtime
         self.pool = ThreadPoolExecutor(max_threads, thread_name_prefix="lmnb-serve")
-        self.eos_ids = frozenset(runtime.eos_token_ids)
 
     async def submit(self, jobs: Sequence[tuple[Any, dict]], stream: bool) -> list:
         """Submit (prompt, sampling) pairs together; if one is refused, abort the others."""
@@ -76,32 +71,18 @@ class Bridge:
             yield ev
 
     def _pump(self, i: int, h, put) -> None:
-        req = h.req
-        while True:
-            try:
-                kind, val = req.events.get(timeout=0.5)
-            except queue.Empty:
-                if h.runtime.engine.thread.is_alive() or not req.events.empty():
-                    continue
-                kind, val = "error", EngineError("the engine stopped before this request finished")
-            ev = Event(i, kind, val if kind == "delta" else "", None if kind == "delta" else val)
-            if kind == "delta" and req.params.return_logprob:
-                ev.logprobs_ready = self._logprobs_ready(req)
+        """Forward one handle's event stream to the loop (the handle's public stream is
+        the only thing read here: no engine-side fields)."""
+        for sev in h.events():
+            if sev.kind == "delta":
+                ev = Event(i, "delta", sev.text, sev)
+            elif sev.kind == "done":
+                ev = Event(i, "done", value=sev.result)
+            else:
+                ev = Event(i, "error", value=sev.error)
             if not put(ev):
                 h.abort()
                 return
-            if kind != "delta":
-                return
-
-    def _logprobs_ready(self, req) -> int:
-        n = len(req.output_logprobs)
-        if req.params.top_logprobs_num:
-            n = min(n, len(req.output_top_logprobs))
-        # a final EOS / stop token has no text: it is not shown in the stream either
-        stops = self.eos_ids | set(req.params.stop_token_ids)
-        if n and req.output_logprobs[n - 1][0] in stops:
-            n -= 1
-        return n
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -114,5 +95,5 @@ def _abort_result(fut: asyncio.Future) -> None:
 
 def abort_unfinished(handles: Sequence) -> None:
     for h in handles:
-        if not h.req.finished():
+        if not h.done():
             h.abort()

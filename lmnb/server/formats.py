@@ -86,7 +86,7 @@ class CompletionFormat(_Format):
         lps, tops = visible_logprobs(r)
         if not self.req.echo:
             return lps, tops
-        ids = h.req.input_ids
+        ids = h.prompt_ids
         prompt = [(ids[0], None)] + list(r["meta"].get("input_token_logprobs") or [])
         return prompt + lps, [None] * len(prompt) + tops
 

@@ -1,56 +1,53 @@
 """Request bodies of the OpenAI API and their mapping to runtime sampling parameters.
 
-Parameters lmnb cannot honour (tools, logit_bias, penalties, ...) are rejected with a
-400 when set to anything but their neutral value, never silently ignored. The
-SGLang-style extras `top_k`, `min_p`, `regex`, `ignore_eos` and `stop_token_ids` are
-accepted on both endpoints.
+The sampling fields of both endpoints come from the parameter table
+(`runtime.sampling_params.PARAMS`): its standard OpenAI keys and the vLLM / SGLang-style
+extensions (`top_k`, `min_p`, `min_tokens`, `repetition_penalty`, `regex`, `stop_regex`,
+`ignore_eos`, `stop_token_ids`, ...), by their user names, validated by `SamplingParams`.
+Parameters lmnb cannot honour (tools, logit_bias, ...) are rejected with a 400 when set
+to anything but their neutral value, never silently ignored.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from lmnb.errors import LmnbError
+from lmnb.runtime.sampling_params import PARAMS, SamplingParams, user_message
 from lmnb.server.config import ServerConfig
 from lmnb.server.errors import ApiError
 
 MAX_TOP_LOGPROBS = 20
+# table parameters a body carries by their user names; values are checked by SamplingParams
+BODY_PARAMS = tuple(p for p in PARAMS if p.api in ("std", "extra"))
+# handled by the request itself: the token limit (server cap) and n (one job per sample)
+_OWN = ("max_new_tokens", "n")
+
+_SamplingFields = create_model(
+    "_SamplingFields", __base__=BaseModel,
+    **{p.user: (Any, None) for p in BODY_PARAMS if p.name not in _OWN})
 
 
-class _Request(BaseModel):
+class _Request(_SamplingFields):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
     n: int = 1
     stream: bool = False
     stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
     user: str | None = None
     # accepted only at their neutral value
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     logit_bias: dict | None = None
-    # SGLang-style extras
-    top_k: int | None = None
-    min_p: float | None = None
-    regex: str | None = None
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
 
     def check(self, cfg: ServerConfig) -> None:
         if not cfg.accepts(self.model):
             raise ApiError(404, f"model {self.model!r} is not served here; use {cfg.model_name!r} "
                                 "(or 'default'), see /v1/models", param="model", code="model_not_found")
-        if not 1 <= self.n <= cfg.max_n:
+        if isinstance(self.n, bool) or not 1 <= self.n <= cfg.max_n:
             raise ApiError(400, f"n must be in [1, {cfg.max_n}], got {self.n}", param="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} is not supported by lmnb serve; leave it 0", param=name)
         if self.logit_bias:
             raise ApiError(400, "logit_bias is not supported by lmnb serve", param="logit_bias")
 
@@ -65,11 +62,22 @@ class _Request(BaseModel):
         if isinstance(max_tokens, bool) or max_tokens < 0:
             raise ApiError(400, f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens")
         kw: dict[str, Any] = {"max_new_tokens": min(max_tokens, limit)}
-        for name in ("temperature", "top_p", "top_k", "min_p", "regex", "stop", "stop_token_ids"):
-            if getattr(self, name) is not None:
-                kw[name] = getattr(self, name)
-        if self.ignore_eos:
-            kw["ignore_eos"] = True
+        for p in BODY_PARAMS:
+            if p.name not in _OWN and getattr(self, p.user) is not None:
+                kw[p.name] = getattr(self, p.user)
+        if "json_schema" in kw:
+            kw["json_schema"] = _schema_str(kw["json_schema"])
+        return kw
+
+    @staticmethod
+    def checked(kw: dict) -> dict:
+        """Validate the runtime parameters now: a bad value is a one-line 400 naming it."""
+        try:
+            SamplingParams.make(**dict(kw))
+        except LmnbError as e:
+            msg = user_message(str(e))
+            param = next((p.user for p in BODY_PARAMS if msg.startswith(p.user)), None)
+            raise ApiError(400, msg, param=param) from None
         return kw
 
 
@@ -80,7 +88,6 @@ class CompletionRequest(_Request):
     logprobs: int | None = None
     suffix: str | None = None
     best_of: int | None = None
-    json_schema: str | dict | None = None
 
     def check(self, cfg: ServerConfig) -> None:
         super().check(cfg)
@@ -114,9 +121,7 @@ class CompletionRequest(_Request):
             kw.update(return_logprob=True, top_logprobs_num=self.logprobs)
             if self.echo:
                 kw["logprob_start_len"] = 0
-        if self.json_schema is not None:
-            kw["json_schema"] = _schema_str(self.json_schema)
-        return kw
+        return self.checked(kw)
 
 
 class ChatMessage(BaseModel):
@@ -165,10 +170,11 @@ class ChatCompletionRequest(_Request):
             kw.update(return_logprob=True, top_logprobs_num=self.top_logprobs or 0)
         schema = _response_schema(self.response_format)
         if schema is not None:
-            if self.regex is not None:
-                raise ApiError(400, "give either regex or response_format, not both", param="regex")
+            if self.regex is not None or self.json_schema is not None:
+                raise ApiError(400, "give either regex / json_schema or response_format, not both",
+                               param="response_format")
             kw["json_schema"] = schema
-        return kw
+        return self.checked(kw)
 
 
 def parse(model: type[BaseModel], body: dict) -> Any:

@@ -7,8 +7,8 @@ A view reads a snapshot of the state, so it can be drawn while the program runs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
+from lmnb.lang.state import StateSnapshot
 from lmnb.widgets.base import View, box, esc, table, td
 
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
@@ -18,27 +18,11 @@ _CONSTRAINED = "border-bottom: 2px dotted #8250df"
 _MAX_VALUE = 80
 
 
-@dataclass
-class Snapshot:
-    """What a view shows of a ProgramState, copied under its lock."""
-    chunks: list[tuple[str | None, str]]
-    variables: dict
-    meta: dict
-    branches: list[list[tuple[str | None, str]]] = field(default_factory=list)
-    error: str | None = None
+Snapshot = StateSnapshot   # what a view reads: ProgramState.snapshot()
 
 
-def snapshot(state) -> Snapshot:
-    with state._cond:
-        snap = Snapshot(list(state._chunks), dict(state._vars), dict(state._meta))
-        branches = list(getattr(state, "_branches", ()))
-        err = state.error
-    for b in branches:
-        with b._cond:
-            snap.branches.append(list(b._chunks))
-    if err is not None and type(err).__name__ != "RequestAborted":
-        snap.error = str(err)
-    return snap
+def snapshot(state) -> StateSnapshot:
+    return state.snapshot()
 
 
 def cache_counts(meta: dict) -> tuple[int, int]:

@@ -23,6 +23,11 @@ CASES = [
     {"max_new_tokens": 16, "temperature": 0.9, "top_p": 0.9, "seed": 7, "ignore_eos": True},
     {"max_new_tokens": 12, "temperature": 0, "regex": r"[a-c]{3}-\d{2}"},
     {"max_new_tokens": 30, "temperature": 0, "stop_token_ids": [101, 102, 103]},
+    {"max_new_tokens": 20, "temperature": 0, "repetition_penalty": 1.4, "frequency_penalty": 0.7,
+     "presence_penalty": 0.3, "ignore_eos": True},
+    {"max_new_tokens": 16, "temperature": 0.8, "seed": 3, "frequency_penalty": 1.5, "ignore_eos": True},
+    {"max_new_tokens": 20, "min_new_tokens": 12, "temperature": 0, "stop_token_ids": [101, 102, 103]},
+    {"max_new_tokens": 20, "temperature": 0, "stop_regex": r"[xyz]{2}"},
 ]
 
 

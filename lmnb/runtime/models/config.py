@@ -27,7 +27,7 @@ class ModelConfig:
     qk_norm: bool = False
 
     @classmethod
-    def from_hf(cls, hf: dict) -> "ModelConfig":
+    def from_hf(cls, hf: dict) -> ModelConfig:
         """From a transformers config dict (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3)."""
         mt = hf.get("model_type", "llama")
         if mt not in SUPPORTED_ARCHS:

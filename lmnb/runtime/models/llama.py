@@ -2,7 +2,7 @@
 KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on load."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

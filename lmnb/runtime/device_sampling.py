@@ -1,0 +1,130 @@
+"""The device half of a step's post-processing: logits -> tokens, queued on the device.
+
+For the rows that sample: min-token masks (EOS and stop ids banned until
+`min_new_tokens`), penalties, grammar masks, then greedy / random sampling; output and
+prompt logprobs are gathered in the same pass. Everything is queued on the logits'
+device and copied to the host without waiting; `SampledStep.host_values()` waits once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lmnb.runtime.model_runner import StepOutput
+from lmnb.runtime.penalties import apply_penalties, record
+from lmnb.runtime.request import Req
+from lmnb.runtime.sampler import (
+    DeviceMasks,
+    apply_masks,
+    sample_tensor,
+    to_device,
+    token_logprobs,
+    top_logprobs,
+)
+from lmnb.runtime.scheduler import ScheduledBatch
+
+
+@dataclass
+class SampledStep:
+    """A launched step's sampling, queued on the device: the host settles it later (the
+    engine may launch the next step in between)."""
+
+    batch: ScheduledBatch
+    reqs: list[Req]                      # the requests that sampled, in row order
+    tokens: torch.Tensor | None          # [len(reqs)] on the device
+    done: list[tuple[Req, dict]]         # finished before sampling (max_new_tokens reached)
+    host: list = field(default_factory=list)   # (tokens, logprobs, top ids, top values, prompt lps)
+    ready: object = None                 # CUDA event: the host copies have landed
+    logprob_rows: list[int] = field(default_factory=list)
+    prompt: list | None = None           # [(req, first pos, prompt ids)] whose logprobs were gathered
+    launched: float = 0.0
+
+    def host_values(self) -> list[list]:
+        """Wait for the copies and return them as lists (the only sync of a step)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return [t.tolist() for t in self.host]
+
+
+class DeviceSampler:
+    """Per runtime: owns the device copies of grammar masks (released with it)."""
+
+    def __init__(self, eos_ids: tuple[int, ...]) -> None:
+        self.eos_ids = tuple(eos_ids)
+        self.masks = DeviceMasks()
+
+    def sample(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
+        done: list[tuple[Req, dict]] = []
+        idx = []
+        for i in out.sample_rows:
+            r = batch.reqs[i]
+            if len(r.output_ids) >= r.params.max_new_tokens:
+                done.append((r, {"type": "length"}))
+            else:
+                idx.append(i)
+        step = SampledStep(batch, [batch.reqs[i] for i in idx], None, done)
+        on_device: list[torch.Tensor] = []
+        prompt_lps = self._prompt_logprobs(step, out)
+        if idx:
+            on_device = self._sample_rows(step, out, [out.sample_rows[i] for i in idx])
+        if prompt_lps is not None:
+            on_device.append(prompt_lps)
+        step.host = [t.to("cpu", non_blocking=True) for t in on_device]
+        if any(t.is_cuda for t in on_device):
+            step.ready = torch.cuda.Event()
+            step.ready.record()
+        return step
+
+    def _sample_rows(self, step: SampledStep, out: StepOutput, rows: list[int]) -> list[torch.Tensor]:
+        reqs, logits = step.reqs, out.logits
+        # a copy when rows are picked or anything writes into it (the model's logits are an
+        # inference tensor, or a CUDA graph's output buffer)
+        writes = any(r.guide is not None or r.params.penalized or r.params.min_new_tokens for r in reqs)
+        if rows != list(range(logits.shape[0])) or writes:
+            logits = logits[to_device(rows, logits.device)]
+        step.logprob_rows = [j for j, r in enumerate(reqs) if r.params.return_logprob]
+        raw = logits.clone() if step.logprob_rows else logits
+        self._ban_early_stops(logits, reqs)
+        apply_penalties(logits, reqs)
+        apply_masks(logits, reqs, self.masks)
+        step.tokens = sample_tensor(logits, reqs)
+        record(step.tokens, reqs)
+        on_device = [step.tokens]
+        if step.logprob_rows:
+            lp_rows = to_device(step.logprob_rows, raw.device)
+            lp_raw = raw[lp_rows]
+            on_device.append(token_logprobs(lp_raw, step.tokens[lp_rows]))
+            k = max(r.params.top_logprobs_num for r in reqs)
+            if k:
+                vals, ids = top_logprobs(lp_raw, k)
+                on_device += [ids, vals]
+        return on_device
+
+    def _ban_early_stops(self, logits: torch.Tensor, reqs: list[Req]) -> None:
+        """EOS and stop ids cannot be sampled before `min_new_tokens` (a grammar, which may
+        need EOS to end, decides alone)."""
+        vocab = logits.shape[1]
+        for j, r in enumerate(reqs):
+            p = r.params
+            if p.min_new_tokens and len(r.output_ids) < p.min_new_tokens and r.guide is None:
+                ids = [t for t in (() if p.ignore_eos else self.eos_ids) + p.stop_token_ids if t < vocab]
+                if ids:
+                    logits[j, to_device(ids, logits.device)] = float("-inf")
+
+    @staticmethod
+    def _prompt_logprobs(step: SampledStep, out: StepOutput) -> torch.Tensor | None:
+        """Logprobs of prompt tokens for every request that asked, in one gather on the
+        device (read back with the step's tokens)."""
+        if not out.logprob_rows:
+            return None
+        plan, rows, targets = [], [], []
+        for i, (row, pos, count) in out.logprob_rows.items():
+            r = step.batch.reqs[i]
+            ids = r.input_ids[pos + 1 : pos + 1 + count]
+            plan.append((r, pos, ids))
+            rows += range(row, row + count)
+            targets += ids
+        dev = out.logits.device
+        step.prompt = plan
+        return token_logprobs(out.logits[to_device(rows, dev)], to_device(targets, dev))
