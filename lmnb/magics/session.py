@@ -101,8 +101,8 @@ class KernelSession:
             return f"model: {self.spec} — stopped{_failure(rt)}; %lm model {self.spec} or the next cell loads it again"
         st = rt.cache_stats()
         c = rt.stats()
-        dtype = str(rt.dtype).removeprefix("torch.")
-        quant = getattr(rt, "quantization", None)
+        dtype = getattr(rt, "weights_label", None) or str(rt.dtype).removeprefix("torch.")
+        quant = getattr(rt, "quant", None) and rt.quantization
         lines = [
             (f"model: {rt.spec} on {rt.device.type} ({dtype}), attention {rt.attention_backend}, "
              f"context {rt.context_len} tokens" + (f"; weights {quant}" if quant else "")),

@@ -24,6 +24,7 @@ import torch
 
 from lmnb.errors import EngineError
 from lmnb.runtime import run_ahead
+from lmnb.runtime.guide_failure import request_error
 from lmnb.runtime.device_sampling import DeviceSampler, SampledStep
 from lmnb.runtime.model_runner import ModelRunner
 from lmnb.runtime.output import OutputProcessor
@@ -191,6 +192,9 @@ class Engine:
                 self.sched.rollback(r, keep)
         for r, reason in settled.finished:
             self._finish(r, reason)
+        for r, e in settled.failed:
+            if not r.finished():
+                self._finish(r, {"type": "abort"}, error=request_error(e))
         now = time.perf_counter()
         # with overlap a step's time is the time since the one before it was settled
         dt = now - max(step.launched, self._last_settle)
@@ -214,7 +218,8 @@ class Engine:
             if batch.is_decode:
                 r.decode_steps += 1
 
-    def _finish(self, r: Req, reason: dict) -> None:
+    def _finish(self, r: Req, reason: dict, error: BaseException | None = None) -> None:
+        """Free the request's slots and send its result (or `error`, for it alone)."""
         run_ahead.release(r)   # its token in flight will not be used
         if r.status is Status.WAITING:
             self.sched.drop_waiting(r)
@@ -226,6 +231,9 @@ class Engine:
         if reason["type"] == "abort":
             self.counters["aborted_requests"] += 1
         self.reqs.pop(r.rid, None)
+        if error is not None:
+            r.events.put(StreamEvent("error", error=error))
+            return
         r.events.put(StreamEvent("done", result=self.outputs.result(r)))
 
     def _fail_all(self, e: BaseException) -> None:

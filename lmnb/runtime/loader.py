@@ -332,3 +332,8 @@ def hf_weight_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     if not cfg.tie_word_embeddings:
         out.append(("lm_head.weight", (cfg.vocab_size, h)))
     return out
+
+
+def is_quantized_checkpoint(spec: str) -> bool:
+    """True for specs whose weights ship quantized (GGUF files, the embedded model)."""
+    return spec.strip() == "smollm2" or spec.strip().startswith("gguf:")

@@ -25,6 +25,7 @@ class Settled:
 
     finished: list[tuple[Req, dict]] = field(default_factory=list)
     rollbacks: list[tuple[Req, int]] = field(default_factory=list)
+    failed: list[tuple[Req, BaseException]] = field(default_factory=list)   # this request only
 
 
 class OutputProcessor:
@@ -55,7 +56,11 @@ class OutputProcessor:
                     ids, vals = tops[j]
                     k = r.params.top_logprobs_num
                     r.output_top_logprobs.append(list(zip(ids[:k], vals[:k])))
-            reason = self._append(r, t, out)
+            try:
+                reason = self._append(r, t, out)
+            except Exception as e:  # noqa: BLE001 - e.g. its grammar failed: it alone stops
+                out.failed.append((r, e))
+                continue
             if reason is not None:
                 out.finished.append((r, reason))
         return out

@@ -23,7 +23,7 @@ from lmnb.runtime.quant import fp8
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
 from lmnb.runtime.results import GenResult
-from lmnb.runtime.runtime_config import RuntimeConfig
+from lmnb.runtime.runtime_config import CPU_MODES, RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler
 from lmnb.runtime.tokenizer import eos_token_ids
@@ -43,6 +43,10 @@ class Runtime:
     process is rank 0 and runs the scheduler, radix cache and sampling; see
     `lmnb.runtime.distributed`. Workers are spawned, so a plain script that uses it needs
     the usual `if __name__ == "__main__":` guard (notebooks need nothing).
+
+    On the CPU a GGUF model (the default smollm2) runs with int4 weights unless `dtype` or
+    `quantization` says otherwise; `dtype="float32"` is the exact fp32 path. `describe()`
+    says what was chosen; `quantization` names what is in effect (it starts with the mode).
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -56,8 +60,10 @@ class Runtime:
         self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
         cfg, rc = lm.config, self.config
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
-        self.quant = fp8.plan_fp8(rc.quantization, lm.hf_config, cfg, self.device, self.dtype)
-        self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype)
+        mode = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
+        self.quant = fp8.plan_fp8(mode, lm.hf_config, cfg, self.device, self.dtype)
+        self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype) if mode in (None, "fp8") else mode
+        self.quantization_info = None
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
         if rc.tp_size == 1:
             runner = self._runner(lm)
@@ -89,6 +95,8 @@ class Runtime:
         model = build_model(lm, self.dtype, self.device, quant=self.quant)
         model.load_weights(fp8.model_weights(lm.weights(self.device, self.dtype), lm.hf_config))
         model.eval()
+        if self.quant is None and self.quantization in CPU_MODES:
+            self.quantization_info = model.quantize(self.quantization)
         pool = KVPool(rc.pool_tokens(cfg, self.dtype), cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
                       self.dtype, self.device)
         req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
@@ -283,6 +291,20 @@ class Runtime:
 
         return self.engine.call(read)
 
+    @property
+    def weights_label(self) -> str:
+        """'float32', or 'q4 weights, float32' when the weights are quantized."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return dtype if self.quantization is None else f"{self.quantization} weights, {dtype}"
+
+    def describe(self) -> str:
+        """One line: model, device, weight format and the kernels chosen."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        q = self.quantization_info
+        weights = f"weights {q['summary']}, {q['weight_mb']} MiB" if q else f"weights {dtype}"
+        return (f"{self.spec} on {self.device.type}: {weights}; activations and KV cache {dtype}; "
+                f"attention {self.attention_backend}")
+
     def _call(self, fn):
         """Run fn on the engine thread; a clear error once the runtime is shut down."""
         if self.scheduler is None:
@@ -309,10 +331,8 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        quant = (", quantization='fp8'" if self.quant is not None
-                 else ", fp8 checkpoint dequantized" if self.quantization else "")
-        return (f"Runtime({self.spec!r}, device={self.device.type!r}, "
-                f"dtype={str(self.dtype).removeprefix('torch.')}{quant})")
+        q = f", quantization={self.quantization!r}" if self.quantization else ""
+        return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')}{q})"
 
 
 def _return_freed_memory() -> None:

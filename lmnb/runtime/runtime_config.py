@@ -9,6 +9,18 @@ from lmnb.errors import LmnbError
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
 
+# quantization modes -> (device type they run on, what they are). "auto" picks the CPU
+# default for a checkpoint that is quantized already (a GGUF file) when no dtype is given.
+QUANTIZATIONS = {
+    "fp8": ("cuda", "FP8 e4m3 projections, per-channel scales (GPUs of capability 8.9+)"),
+    "q8": ("cpu", "int8 weight-only matmuls (per output channel)"),
+    "q4": ("cpu", "int4 weight-only matmuls (groups of 32), int8 LM head"),
+}
+CPU_DEFAULT_QUANTIZATION = "q4"
+CPU_MODES = tuple(q for q, (where, _) in QUANTIZATIONS.items() if where == "cpu")
+_QUANT_OFF = (None, "none")
+_QUANT_OPS = {"q8": "_weight_int8pack_mm", "q4": "_weight_int4pack_mm_for_cpu"}
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -18,8 +30,10 @@ class RuntimeConfig:
     """device: 'cpu' / 'cuda' / 'cuda:N' (None: cuda when available). dtype: None picks fp32
     on CPU and bf16 on CUDA. The KV pool holds `max_total_tokens` tokens when given, else
     as many as `kv_memory_gb` fits (default: 1 GiB on CPU; on CUDA `mem_fraction` of the
-    memory free after loading the weights). quantization: None, or 'fp8' (FP8 e4m3
-    projections on GPUs of compute capability 8.9+; see lmnb.runtime.quant.fp8).
+    memory free after loading the weights). quantization: 'fp8' (FP8 e4m3 projections on
+    GPUs of compute capability 8.9+; see lmnb.runtime.quant.fp8); 'q8' / 'q4' keep the
+    weights as int8 / int4 on the CPU; None or 'none' keeps them in `dtype`; 'auto'
+    (default) means q4 on the CPU for a GGUF checkpoint when no dtype is given, else none.
     kv_cache_dtype: None / 'auto' (the model dtype; an FP8 KV cache is not supported yet)."""
 
     device: str = "cpu"
@@ -37,7 +51,7 @@ class RuntimeConfig:
     overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"
     seed: int = 0
-    quantization: str | None = None
+    quantization: str | None = "auto"
     kv_cache_dtype: str | None = None
     tp_size: int = 1                 # tensor-parallel processes (GPUs); rank 0 is this process
 
@@ -62,6 +76,7 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise LmnbError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        self._check_quantization()
         for name in ("max_total_tokens", "max_running_requests", "context_length", "chunked_prefill_size"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -74,12 +89,39 @@ class RuntimeConfig:
             raise LmnbError(f"mem_fraction must be in (0, 1), got {self.mem_fraction}")
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
-        _check_quantization(self.quantization, self.kv_cache_dtype)
+        _check_kv_cache_dtype(self.kv_cache_dtype)
         is_cuda = self.device.startswith("cuda")
         object.__setattr__(self, "max_running_requests", self.max_running_requests or (256 if is_cuda else 64))
         object.__setattr__(self, "chunked_prefill_size", self.chunked_prefill_size or (8192 if is_cuda else 2048))
         if self.overlap is None:  # on the CPU every op runs in the calling thread: nothing to overlap
             object.__setattr__(self, "overlap", is_cuda)
+
+    def _check_quantization(self) -> None:
+        q = self.quantization
+        if q in _QUANT_OFF or q == "auto":
+            return
+        if q not in QUANTIZATIONS:
+            raise LmnbError(f"quantization must be one of auto, none, {', '.join(QUANTIZATIONS)}, got {q!r}")
+        where, _ = QUANTIZATIONS[q]
+        dev = "cuda" if self.device.startswith("cuda") else "cpu"
+        if where != dev:
+            raise LmnbError(f"quantization={q!r} runs on the {where.upper()} only, not on {self.device}; "
+                            f"use device={where!r} or quantization=None")
+        op = _QUANT_OPS.get(q)
+        if op is not None and not hasattr(torch.ops.aten, op):
+            raise LmnbError(f"quantization={q!r} needs torch's aten.{op} (torch >= 2.6), "
+                            f"this is torch {torch.__version__}; use quantization=None")
+
+    def resolved_quantization(self, quantized_checkpoint: bool) -> str | None:
+        """The mode to apply: 'auto' becomes the CPU default for an already-quantized
+        checkpoint (GGUF) when neither dtype nor quantization was given."""
+        q = self.quantization
+        if q in _QUANT_OFF:
+            return None
+        if q == "auto":
+            on_cpu = not self.device.startswith("cuda")
+            return CPU_DEFAULT_QUANTIZATION if on_cpu and quantized_checkpoint and self.dtype is None else None
+        return q
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -105,13 +147,7 @@ class RuntimeConfig:
         return tokens
 
 
-QUANTIZATIONS = ("fp8",)
-
-
-def _check_quantization(quantization, kv_cache_dtype) -> None:
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise LmnbError(f"quantization must be None or one of {', '.join(map(repr, QUANTIZATIONS))}, "
-                        f"got {quantization!r}")
+def _check_kv_cache_dtype(kv_cache_dtype) -> None:
     if kv_cache_dtype in (None, "auto"):
         return
     if isinstance(kv_cache_dtype, str) and kv_cache_dtype.startswith("fp8"):

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from lmnb.runtime.guide_failure import guard_masks
 from lmnb.runtime.request import Req
 
 
@@ -72,7 +73,11 @@ def apply_masks(logits: torch.Tensor, reqs: list[Req], masks: DeviceMasks) -> No
     if not rows:
         return
     width, dev = logits.shape[1], logits.device
-    banned = _banned([reqs[i].guide for i in rows], width, dev, masks)
+    try:
+        banned = _banned([reqs[i].guide for i in rows], width, dev, masks)
+    except Exception:  # noqa: BLE001 - find the failing cursors; their requests fail alone
+        guard_masks([reqs[i] for i in rows], width)
+        banned = _banned([reqs[i].guide for i in rows], width, dev, masks)
     if len(rows) == logits.shape[0]:
         logits.masked_fill_(banned, float("-inf"))
     else:

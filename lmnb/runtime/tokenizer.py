@@ -32,6 +32,15 @@ class ByteTokenizer:
     def convert_ids_to_tokens(self, ids):
         return [self.decode([i]) for i in ids]
 
+    def token_bytes(self) -> list[bytes | None]:
+        """The exact bytes of every id (None: special, or an id past the bytes, which
+        decodes to nothing). Constrained decoding needs these: a lone byte >= 0x80 is not
+        text, so reading tokens back through `decode` would turn 128 ids into U+FFFD."""
+        n = self.vocab_size
+        out: list[bytes | None] = [None] * min(3, n)
+        out += [bytes([i - 3]) for i in range(3, min(259, n))]
+        return out + [None] * (n - len(out))
+
     def convert_tokens_to_string(self, tokens) -> str:
         return "".join(tokens)
 

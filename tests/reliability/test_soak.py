@@ -112,7 +112,7 @@ def test_soak_smollm2_programs(smollm2):
     specs = make_specs(16, seed=2, lengths=(8, 16, 24))
     ref, demand, largest, _ = reference_on(smollm2, specs)
     pool = max(demand // 10, largest)
-    with lm.Runtime("smollm2", device="cpu", max_total_tokens=pool) as rt:
+    with lm.Runtime("smollm2", device="cpu", dtype="float32", max_total_tokens=pool) as rt:
         with IntegrityMonitor(rt, every=0.1) as mon:
             assert_same(specs, ref, run_all(rt, specs))
         assert not mon.failures, mon.failures[0]

@@ -74,7 +74,12 @@ def special_token_ids(tokenizer) -> set[int]:
 
 
 def token_bytes(tokenizer) -> list[bytes | None]:
-    """Bytes of every id below `len(tokenizer)`; None for special tokens."""
+    """Bytes of every id below `len(tokenizer)`; None for special tokens.
+
+    A tokenizer with its own `token_bytes()` (lmnb's ByteTokenizer) says them exactly."""
+    own = getattr(tokenizer, "token_bytes", None)
+    if callable(own):
+        return list(own())
     n = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
     specials = special_token_ids(tokenizer)

@@ -65,8 +65,23 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos().to(dtype).to(device), persistent=False)
         self.register_buffer("sin", emb.sin().to(dtype).to(device), persistent=False)
 
+        self._step: tuple | None = None   # CPU: this step's (positions, cos rows, sin rows)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
         return rotary(q, k, positions, self.cos, self.sin)
+
+    def prepare_cpu(self, positions: torch.Tensor) -> None:
+        """Gather this step's cos/sin rows once for every layer (CPU eager path)."""
+        self._step = (positions, self.cos[positions][:, None, :], self.sin[positions][:, None, :])
+
+    def rotate_cpu(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """HF rotate_half rotary of x [T, heads, D] (q and k heads side by side: the same
+        elementwise math as rotary_ref, in one pass) with the rows prepare_cpu gathered."""
+        if self._step is None or self._step[0] is not positions:
+            self.prepare_cpu(positions)
+        _, c, s = self._step
+        half = x.shape[-1] // 2
+        return x * c + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * s
 
 
 def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device, quant=None) -> nn.Module:

@@ -33,7 +33,16 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rotary: Rotary, backend: AttentionBackend,
                 batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if self.q_norm is None and not qkv.is_cuda:
+            # CPU: rotate q and k heads in one pass (fewer small ops per layer)
+            qk = rotary.rotate_cpu(qkv[:, : self.q_size + self.kv_size].view(-1, self.h + self.kvh, self.d),
+                                   positions)
+            q, k = qk[:, : self.h], qk[:, self.h:]
+            v = qkv[:, self.q_size + self.kv_size:].view(-1, self.kvh, self.d)
+            o = backend.forward(q, k, v, self.layer, batch, pool)
+            return self.o_proj(o.reshape(-1, self.q_size))
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.h, self.d)
         k = k.view(-1, self.kvh, self.d)
         v = v.view(-1, self.kvh, self.d)
@@ -91,6 +100,8 @@ class LlamaForCausalLM(nn.Module):
                         else empty_linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device))
         self.rotary = Rotary(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling,
                              dtype, device)
+        self.quant_head: nn.Module | None = None   # set by quantize()
+        self.quantization: dict | None = None
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, pool: KVPool) -> torch.Tensor:
@@ -106,6 +117,8 @@ class LlamaForCausalLM(nn.Module):
         x, residual = self.embed_tokens(batch.input_ids), None
         if batch.embed_override is not None:
             x = batch.embed_override.apply(x)
+        if not x.is_cuda:
+            self.rotary.prepare_cpu(batch.positions)
         for layer in self.layers:
             x, residual = layer(x, residual, batch.positions, self.rotary, backend, batch, pool)
         if batch.logits_rows is not None:
@@ -114,8 +127,23 @@ class LlamaForCausalLM(nn.Module):
         return self.logits(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        if self.quant_head is not None:
+            return self.quant_head(hidden).float()
+        return F.linear(hidden, self.head_weight()).float()
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    # -- quantization (lmnb.runtime.quant) -------------------------------------
+    def quantize(self, mode: str) -> dict:
+        """After load_weights: swap the linear layers and the LM head for quantized ones."""
+        from lmnb.runtime.quant import quantize_model
+
+        self.quantization = quantize_model(self, mode)
+        return self.quantization
+
+    def set_quantized_head(self, head: nn.Module) -> None:
+        self.quant_head, self.lm_head = head, None
 
     # -- weights -------------------------------------------------------------
     @torch.no_grad()
