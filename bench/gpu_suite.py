@@ -386,7 +386,9 @@ def _many_schemas(n: int) -> list[dict]:
     for i in range(n):
         s = json.loads(json.dumps(base[i % len(base)]))
         if i >= len(base):   # a distinct variant: one more property with its own bounds
-            s = {"type": "object", "required": ["v", "tag"], "properties": {
+            # "#/$defs/x" names the document root: the nested schema's definitions move up
+            defs = {k: s.pop(k) for k in ("$defs", "definitions") if k in s}
+            s = {"type": "object", "required": ["v", "tag"], **defs, "properties": {
                 "v": s, "tag": {"enum": [f"t{i}", f"u{i}"]},
                 "score": {"type": "number", "minimum": -i, "maximum": i + 0.5}}}
         out.append(s)

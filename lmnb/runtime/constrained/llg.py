@@ -101,6 +101,14 @@ class LlgGuide:
         if self._proto.is_error():
             raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
                             f"decoding: {self._proto.get_error().splitlines()[0][:200]}")
+        # llguidance compiles lazily: the first mask surfaces what the compile step did
+        # not, here at submit time rather than on the engine thread
+        probe = self._proto.deep_copy()
+        bits = np.zeros(vocab.words, np.int32)
+        probe.unsafe_compute_mask_ptr(bits.ctypes.data, vocab.llg_words * 4)
+        if probe.is_error():
+            raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
+                            f"decoding: {probe.get_error().splitlines()[0][:200]}")
         self._fsm = None
 
     def cursor(self) -> LlgCursor:
