@@ -5,7 +5,7 @@ everything else runs eagerly."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,9 @@ class StepOutput:
     logits: torch.Tensor              # [rows, V] fp32
     sample_rows: dict[int, int]       # batch index -> row of its last position
     logprob_rows: dict[int, tuple[int, int, int]]  # batch index -> (first row, first pos, count)
+    # speculative: batch index -> first of its 1 + len(draft) consecutive rows (the last
+    # token's position, then every draft token's)
+    draft_rows: dict[int, int] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -52,8 +55,16 @@ class ModelRunner:
         ahead_src: list[int] = []
         sample_rows: dict[int, int] = {}
         logprob_rows: dict[int, tuple[int, int, int]] = {}
+        draft_rows: dict[int, int] = {}
         tok_off = 0
         for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
+            d = sb.drafts[i] if sb.drafts is not None else None
+            if d is not None:   # its last token, then the draft: logits at every position
+                input_ids += r.fill_slice(pre, pre + 1) + d.tokens
+                draft_rows[i] = len(rows)
+                rows += range(tok_off, tok_off + n)
+                tok_off += n
+                continue
             input_ids += r.fill_slice(pre, pre + n)
             if reads_device_token(r, pre + n):
                 input_ids[-1] = 0
@@ -77,14 +88,15 @@ class ModelRunner:
             fill = (to_device(ahead_at, dev), ahead_tokens[to_device(ahead_src, dev)])
         if (sb.is_decode or len(input_ids) <= GRAPH_EXTEND_TOKENS) and \
                 self._graph_ready(len(input_ids)):
-            return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows)
+            return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows,
+                              draft_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
         if fill is not None:
             fb.input_ids[fill[0]] = fill[1]
         logits = self.model(fb, self.backend, self.pool)
-        return StepOutput(logits, sample_rows, logprob_rows)
+        return StepOutput(logits, sample_rows, logprob_rows, draft_rows)
 
     def _replay(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int],
                 fill: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

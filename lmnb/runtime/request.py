@@ -74,6 +74,8 @@ class Req:
     # row `ahead_row` of the step in flight; the next step reads it from the device
     ahead: bool = False
     ahead_row: int = 0
+    # speculative decoding (runtime/speculative.py): drafting state, made at the first look
+    spec: object = None
 
     @property
     def fill_ids(self) -> list[int]:

@@ -24,6 +24,7 @@ from lmnb.runtime.results import GenResult
 from lmnb.runtime.runtime_config import RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler
+from lmnb.runtime.speculative import Drafter
 from lmnb.runtime.tokenizer import eos_token_ids
 
 
@@ -33,7 +34,12 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed).
+    overlap, attention, dtype, schedule_policy, seed, speculative, speculative_tokens).
+
+    `speculative="auto"` (the default) verifies draft tokens taken from the radix cache
+    (what was generated after the same text before) and from n-gram matches in the
+    prompt, the output and recent requests, several per step, for greedy requests (and
+    sampling ones that pass `speculative=True`); `"off"` never drafts.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -63,8 +69,9 @@ class Runtime:
         self._grammars = None
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
         runner = ModelRunner(self.model, backend, self.pool, self.req_pool, cuda_graph=rc.cuda_graph)
+        self.drafter = Drafter(self.cache, rc.speculative, rc.speculative_tokens, self.context_len)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
-                             overlap=rc.overlap)
+                             overlap=rc.overlap, drafter=self.drafter)
         atexit.register(_shutdown_ref, weakref.ref(self))
 
     # -- text <-> tokens ---------------------------------------------------------
@@ -195,7 +202,11 @@ class Runtime:
         return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
-        return self.engine.call(lambda: dict(self.engine.counters))
+        """Engine counters, with speculative decoding's: spec_drafted / spec_accepted
+        draft tokens, spec_acceptance_rate, spec_verify_steps and
+        spec_tokens_per_verify_step (tokens a drafted request got per verify step)."""
+        eng = self.engine
+        return eng.call(lambda: {**eng.counters, **(eng.drafter.stats() if eng.drafter else {})})
 
     def _call(self, fn):
         """Run fn on the engine thread; a clear error once the runtime is shut down."""
@@ -211,7 +222,7 @@ class Runtime:
             self.engine.stop()
             self.engine.release()
         self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
-        self.outputs = self.loaded = self._grammars = None
+        self.outputs = self.loaded = self._grammars = self.drafter = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         _return_freed_memory()

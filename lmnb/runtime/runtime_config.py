@@ -35,6 +35,8 @@ class RuntimeConfig:
     overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"
     seed: int = 0
+    speculative: str = "auto"        # drafts from the cache and the prompt: "auto" | "off"
+    speculative_tokens: int = 8      # most draft tokens verified per request and step
 
     @classmethod
     def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
@@ -61,6 +63,11 @@ class RuntimeConfig:
             raise LmnbError(f"mem_fraction must be in (0, 1), got {self.mem_fraction}")
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
+        if self.speculative not in ("auto", "off"):
+            raise LmnbError(f"speculative must be 'auto' or 'off', got {self.speculative!r}")
+        st = self.speculative_tokens
+        if isinstance(st, bool) or not isinstance(st, int) or not 1 <= st <= 64:
+            raise LmnbError(f"speculative_tokens must be an int in [1, 64], got {st!r}")
         is_cuda = self.device.startswith("cuda")
         object.__setattr__(self, "max_running_requests", self.max_running_requests or (256 if is_cuda else 64))
         object.__setattr__(self, "chunked_prefill_size", self.chunked_prefill_size or (8192 if is_cuda else 2048))
