@@ -174,12 +174,14 @@ class Engine:
         step = self.sampler.sample(batch, out)
         step.launched = t0
         self._count(batch, sum(batch.lens))
-        if not batch.is_decode:
+        if not batch.is_decode and batch.drafts is None:
             # share freshly computed prompts (and chunks) through the cache right away, so
             # requests admitted next step reuse them instead of computing them again (the
             # KV is still being written: later steps read it after this one on the stream)
-            for r in batch.reqs:   # (not drafted ones: their draft's KV is not theirs yet)
-                if r.status is Status.RUNNING and r.fill_len >= r.kv_len > r.cache_len:
+            # (not a decode step with drafts: its drafts' KV is not theirs yet, and the
+            # other requests' last token may be a run-ahead placeholder)
+            for r in batch.reqs:
+                if r.status is Status.RUNNING and r.kv_len > r.cache_len:
                     self.sched.cache_progress(r)
         if before is not None:
             self._settle()
