@@ -184,9 +184,17 @@ class Drafter:
         st = self._state(r)
         st.idle = 0
         room = min(r.params.max_new_tokens - len(r.output_ids) - 1,
-                   self.context_len - r.fill_len - 1, st.k)
+                   self.context_len - r.fill_len - 1, self.k)
         if room <= 0:
             return None
+        if self.force is not None:   # forced drafts: no adaptation
+            toks = self.force(r)
+            draft = Draft(list(toks[:room]), "forced") if toks else None
+            if draft is not None and r.guide is not None:
+                draft = _guided(r.guide, draft)
+            st.hot = draft is not None
+            return draft
+        room = min(room, st.k)
         if st.paused > 0:
             st.paused -= 1
             st.hot = False
@@ -198,9 +206,6 @@ class Drafter:
         return draft
 
     def _lookup(self, r: Req, st: SpecState, room: int) -> Draft | None:
-        if self.force is not None:
-            toks = self.force(r)
-            return Draft(list(toks[:room]), "forced") if toks else None
         ids = r.fill_ids
         toks = self._radix(ids, room)
         if toks:
