@@ -11,14 +11,16 @@ Where drafts come from, best first (the longest match wins):
   radix      the radix cache holds earlier requests' prompts and outputs: walking the tree
              along the request's whole fill_ids and on past its end gives what was
              generated after exactly this text before (a re-run cell)
-  history    n-gram lookup over the token sequences of recently finished requests (an
-             edited cell whose later text is unchanged: its prefix differs, so the radix
-             path does not reach, but the continuation is found by its last tokens)
+  history    n-gram lookup over recently finished requests' outputs (each after the last
+             tokens of its prompt): an edited cell whose later text is unchanged has
+             another prefix, so the radix path does not reach, but the end of its prompt
+             and then its output match the earlier run's
   prompt     n-gram lookup in the request's own prompt and output (copying spans from a
              document, repeated structure)
 
 The draft length adapts per request: halved after a draft whose first token was
-rejected, doubled (up to k) after a fully accepted one; after several misses in a row
+rejected, doubled (up to k) after a fully accepted one (radix drafts, the most
+reliable, may be RADIX_FACTOR x k long while nothing is rejected); after several misses in a row
 the request pauses drafting for a while, so free-form text that never matches pays for
 almost no verification rows. Grammar-constrained requests walk a copy of their cursor:
 a draft token the grammar forbids ends the draft, and the draft ends where the grammar
@@ -37,10 +39,13 @@ from lmnb.runtime.request import Req
 NGRAM = 3            # tokens of context a lookup key holds (shorter keys match noise)
 MIN_MATCH = 3        # a lookup match must cover at least this many tokens
 PER_KEY = 4          # positions remembered per n-gram key (the latest ones)
-HISTORY_TOKENS = 262_144   # tokens of finished requests kept for history lookups
+HISTORY_TOKENS = 65_536    # tokens of finished requests kept for history lookups
+HISTORY_PROMPT = 32        # of a finished request's prompt, its last tokens are kept
 PAUSE_AFTER = 4      # misses in a row before drafting pauses
 PAUSE_STEPS = 16     # decode steps a paused request does not draft
 PROBE_EVERY = 8      # overlap: a cold request skips run-ahead this often to look for a draft
+RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before) may be
+                     # this many times k long while its drafts keep being accepted
 
 
 @dataclass
@@ -133,9 +138,10 @@ class History:
         self.sizes.append(len(ids) + 1)
 
     def _rebuild(self, room: int) -> None:
-        """Drop the oldest sequences until `room` tokens fit, then re-index the rest."""
+        """Drop the oldest sequences until half the limit is free (so this is rare),
+        then re-index the rest."""
         seq, drop = self.index.seq, 0
-        while self.sizes and len(seq) - drop + room > self.limit:
+        while self.sizes and len(seq) - drop + room > self.limit // 2:
             drop += self.sizes.popleft()
         self.index = NgramIndex()
         self.index.extend(seq[drop:])
@@ -183,18 +189,16 @@ class Drafter:
             return None
         st = self._state(r)
         st.idle = 0
-        room = min(r.params.max_new_tokens - len(r.output_ids) - 1,
-                   self.context_len - r.fill_len - 1, self.k)
+        room = min(r.params.max_new_tokens - len(r.output_ids) - 1, self.context_len - r.fill_len - 1)
         if room <= 0:
             return None
         if self.force is not None:   # forced drafts: no adaptation
             toks = self.force(r)
-            draft = Draft(list(toks[:room]), "forced") if toks else None
+            draft = Draft(list(toks[: min(room, self.k)]), "forced") if toks else None
             if draft is not None and r.guide is not None:
                 draft = _guided(r.guide, draft)
             st.hot = draft is not None
             return draft
-        room = min(room, st.k)
         if st.paused > 0:
             st.paused -= 1
             st.hot = False
@@ -207,9 +211,11 @@ class Drafter:
 
     def _lookup(self, r: Req, st: SpecState, room: int) -> Draft | None:
         ids = r.fill_ids
-        toks = self._radix(ids, room)
+        long = self.k * RADIX_FACTOR if st.misses == 0 and st.k == self.k else st.k
+        toks = self._radix(ids, min(room, long))
         if toks:
             return Draft(toks, "radix")
+        room = min(room, st.k)
         if st.index is None or st.version != r.output_version or len(st.index.seq) > len(ids):
             st.index, st.version = NgramIndex(), r.output_version
         st.index.extend(ids[len(st.index.seq):])
@@ -256,7 +262,10 @@ class Drafter:
         if st.hot:
             return True
         st.idle += 1
-        return st.idle >= PROBE_EVERY and st.paused <= 0
+        if st.paused > 0:   # a paused request counts its pause down while running ahead
+            st.paused -= 1
+            return False
+        return st.idle >= PROBE_EVERY
 
     # -- results -----------------------------------------------------------------------
     def verified(self, r: Req, drafted: int, accepted: int, source: str) -> None:
@@ -283,7 +292,7 @@ class Drafter:
         """Remember a finished request's tokens for history lookups."""
         if self.mode == "off" or not r.output_ids:
             return
-        self.history.add(r.input_ids + [t for t in r.output_ids if t >= 0])
+        self.history.add(r.input_ids[-HISTORY_PROMPT:] + [t for t in r.output_ids if t >= 0])
 
     def stats(self) -> dict:
         c = dict(self.counters)

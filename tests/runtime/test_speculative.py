@@ -218,3 +218,32 @@ def test_sampling_keeps_the_distribution(tiny, spec):
     else:
         assert drafted == 0
     rt.check_integrity()
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_and_overlap_with_drafts():
+    """On CUDA (overlap, decode graphs replaying the verification extends): drafts on vs
+    off give the same greedy tokens; forced drafts too; the pool is whole afterwards."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rts = {s: lm.Runtime("dummy:tiny", device="cuda", dtype="float32", speculative=s, max_total_tokens=2000)
+           for s in ("auto", "off")}
+    try:
+        prompts = _tiny_prompts(20, seed=5)
+        kw = dict(max_new_tokens=40, temperature=0, ignore_eos=True, return_logprob=True, top_logprobs_num=2)
+        ref = rts["off"].generate(prompts, **kw)
+        rt = rts["auto"]
+        assert rt.engine.overlap and rt.engine.runner.cuda_graph
+        for _ in range(2):
+            _same(rt.generate(prompts, **kw), ref)
+            rt.check_integrity()
+        assert rt.stats()["spec_accepted"] > 0
+        truth = {tuple(rt.encode(p)): o["output_ids"] for p, o in zip(prompts, ref)}
+        rt.drafter.force = lambda r: truth[tuple(r.input_ids)][len(r.output_ids):len(r.output_ids) + 6] + [3]
+        _same(rt.generate(prompts, **kw), ref)
+        rt.drafter.force = None
+        rt.check_integrity()
+    finally:
+        for r in rts.values():
+            r.shutdown()
