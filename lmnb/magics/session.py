@@ -98,9 +98,10 @@ class KernelSession:
         st = rt.cache_stats()
         c = rt.stats()
         dtype = str(rt.dtype).removeprefix("torch.")
+        quant = getattr(rt, "quantization", None)
         lines = [
             (f"model: {rt.spec} on {rt.device.type} ({dtype}), attention {rt.attention_backend}, "
-             f"context {rt.context_len} tokens"),
+             f"context {rt.context_len} tokens" + (f"; weights {quant}" if quant else "")),
             (f"KV pool: {st['pool_size']} slots, {st['free_slots']} free, {st['cached_tokens']} cached, "
              f"{st['in_use_tokens']} in use"),
             (f"radix cache: {st['nodes']} nodes, hit rate {100 * st['hit_rate']:.0f}% "

@@ -155,13 +155,27 @@ def _load_hf(path: Path, name: str) -> LoadedModel:
             for f in files:
                 with safe_open(f, framework="pt", device="cpu") as fh:
                     for k in fh.keys():
-                        yield k, fh.get_tensor(k).to(device, dtype)
+                        yield k, _to_runtime(k, fh.get_tensor(k), device, dtype)
         else:
             for f in bins:
                 for k, v in torch.load(f, map_location="cpu", weights_only=True).items():
-                    yield k, v.to(device, dtype)
+                    yield k, _to_runtime(k, v, device, dtype)
 
     return LoadedModel(name, cfg, hf, tok, weights, gen)
+
+
+_KEEP_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_SCALE_SUFFIXES = ("_scale", "_scale_inv")
+
+
+def _to_runtime(name: str, t: torch.Tensor, device, dtype) -> torch.Tensor:
+    """To the device in the runtime dtype, except FP8 weights and their scales (fp32),
+    which `lmnb.runtime.quant.fp8` pairs and keeps or dequantizes."""
+    if t.dtype in _KEEP_DTYPES:
+        return t.to(device)
+    if name.endswith(_SCALE_SUFFIXES):
+        return t.to(device, torch.float32)
+    return t.to(device, dtype)
 
 
 def _load_dummy(arch: str, name: str) -> LoadedModel:

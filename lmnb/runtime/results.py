@@ -9,13 +9,14 @@ same way.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 
-class DictAccess:
-    """Mapping-style reads over a dataclass's set fields (and its `extra`)."""
+class DictAccess(Mapping):
+    """Mapping-style reads over a dataclass's set fields (and its `extra`): code that
+    checks `isinstance(x, Mapping)` or unpacks `**x` treats a result as the dict it was."""
 
     def _keys(self) -> list[str]:
         keys = [f.name for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None]

@@ -18,6 +18,7 @@ from lmnb.runtime.memory import KVPool, ReqToTokenPool
 from lmnb.runtime.model_runner import ModelRunner
 from lmnb.runtime.models.llama import LlamaForCausalLM
 from lmnb.runtime.output import OutputProcessor
+from lmnb.runtime.quant import fp8
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
 from lmnb.runtime.results import GenResult
@@ -34,7 +35,8 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed, speculative, speculative_tokens).
+    overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype,
+    speculative, speculative_tokens).
 
     `speculative="auto"` (the default) verifies draft tokens taken from the radix cache
     (what was generated after the same text before) and from n-gram matches in the
@@ -50,8 +52,10 @@ class Runtime:
         self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
         cfg, rc = lm.config, self.config
         self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
-        self.model = LlamaForCausalLM(cfg, self.dtype, self.device)
-        self.model.load_weights(lm.weights(self.device, self.dtype))
+        self.quant = fp8.plan_fp8(rc.quantization, lm.hf_config, cfg, self.device, self.dtype)
+        self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype)
+        self.model = LlamaForCausalLM(cfg, self.dtype, self.device, quant=self.quant)
+        self.model.load_weights(fp8.model_weights(lm.weights(self.device, self.dtype), lm.hf_config))
         self.model.eval()
         self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
         pool_size = rc.pool_tokens(cfg, self.dtype)
@@ -223,9 +227,9 @@ class Runtime:
             self.engine.release()
         self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
         self.outputs = self.loaded = self._grammars = self.drafter = None
+        _return_freed_memory()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-        _return_freed_memory()
 
     def __enter__(self) -> Runtime:
         return self
@@ -234,7 +238,10 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+        quant = (", quantization='fp8'" if self.quant is not None
+                 else ", fp8 checkpoint dequantized" if self.quantization else "")
+        return (f"Runtime({self.spec!r}, device={self.device.type!r}, "
+                f"dtype={str(self.dtype).removeprefix('torch.')}{quant})")
 
 
 def _return_freed_memory() -> None:

@@ -18,7 +18,9 @@ class RuntimeConfig:
     """device: 'cpu' / 'cuda' / 'cuda:N' (None: cuda when available). dtype: None picks fp32
     on CPU and bf16 on CUDA. The KV pool holds `max_total_tokens` tokens when given, else
     as many as `kv_memory_gb` fits (default: 1 GiB on CPU; on CUDA `mem_fraction` of the
-    memory free after loading the weights)."""
+    memory free after loading the weights). quantization: None, or 'fp8' (FP8 e4m3
+    projections on GPUs of compute capability 8.9+; see lmnb.runtime.quant.fp8).
+    kv_cache_dtype: None / 'auto' (the model dtype; an FP8 KV cache is not supported yet)."""
 
     device: str = "cpu"
     dtype: str | None = None
@@ -35,6 +37,8 @@ class RuntimeConfig:
     overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"
     seed: int = 0
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
     speculative: str = "auto"        # drafts from the cache and the prompt: "auto" | "off"
     speculative_tokens: int = 8      # most draft tokens verified per request and step
 
@@ -63,6 +67,7 @@ class RuntimeConfig:
             raise LmnbError(f"mem_fraction must be in (0, 1), got {self.mem_fraction}")
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
+        _check_quantization(self.quantization, self.kv_cache_dtype)
         if self.speculative not in ("auto", "off"):
             raise LmnbError(f"speculative must be 'auto' or 'off', got {self.speculative!r}")
         st = self.speculative_tokens
@@ -96,3 +101,18 @@ class RuntimeConfig:
         if tokens < 256:
             raise LmnbError(f"the KV budget fits only {tokens} tokens; give more kv_memory_gb or mem_fraction")
         return tokens
+
+
+QUANTIZATIONS = ("fp8",)
+
+
+def _check_quantization(quantization, kv_cache_dtype) -> None:
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise LmnbError(f"quantization must be None or one of {', '.join(map(repr, QUANTIZATIONS))}, "
+                        f"got {quantization!r}")
+    if kv_cache_dtype in (None, "auto"):
+        return
+    if isinstance(kv_cache_dtype, str) and kv_cache_dtype.startswith("fp8"):
+        raise LmnbError(f"kv_cache_dtype={kv_cache_dtype!r} is not supported yet: the KV cache is "
+                        "kept in the model dtype; drop kv_cache_dtype (FP8 weights work without it)")
+    raise LmnbError(f"kv_cache_dtype must be None or 'auto', got {kv_cache_dtype!r}")

@@ -7,6 +7,7 @@ A view reads a snapshot of the state, so it can be drawn while the program runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from lmnb.lang.state import StateSnapshot
 from lmnb.widgets.base import View, box, esc, table, td
@@ -30,7 +31,7 @@ def cache_counts(meta: dict) -> tuple[int, int]:
     prompt = cached = 0
     for m in meta.values():
         for one in (m if isinstance(m, list) else [m]):
-            if not isinstance(one, dict) or "prompt_tokens" not in one:
+            if not isinstance(one, Mapping) or "prompt_tokens" not in one:
                 continue
             p = int(one["prompt_tokens"])
             if "option_start" in one:   # select: the prefix computed = all computed - option tokens
@@ -55,7 +56,7 @@ def _segments(chunks):
 
 def _forced(meta, var):
     m = meta.get(var)
-    if isinstance(m, dict):
+    if isinstance(m, Mapping):
         return [tuple(s) for s in m.get("forced_spans") or []]
     return []
 

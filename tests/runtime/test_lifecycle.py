@@ -125,18 +125,23 @@ def test_model_swaps_in_a_shell_release_the_old_model():
         session.close()
 
 
-@pytest.mark.gpu
-def test_cuda_memory_returns_to_baseline_after_shutdown():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
+def _cuda_cycle() -> None:
     rt = lm.Runtime("dummy:qwen3-0.6b", device="cuda", kv_memory_gb=1)
     rt.generate(["Hello there"] * 4, max_new_tokens=16, temperature=0, ignore_eos=True)
-    assert torch.cuda.memory_allocated() > base
+    assert torch.cuda.memory_allocated() > (1 << 30)
     rt.shutdown()
     del rt
     gc.collect()
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() <= base + (1 << 20), \
-        f"{(torch.cuda.memory_allocated() - base) / 2**20:.0f} MiB still allocated after shutdown"
+
+
+@pytest.mark.gpu
+def test_cuda_memory_returns_to_baseline_after_shutdown():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _cuda_cycle()   # process-wide one-time state (cuBLAS workspaces, the capture stream)
+    base = torch.cuda.memory_allocated()
+    for _ in range(3):
+        _cuda_cycle()
+        assert torch.cuda.memory_allocated() <= base + (1 << 20), \
+            f"{(torch.cuda.memory_allocated() - base) / 2**20:.0f} MiB still allocated after shutdown"

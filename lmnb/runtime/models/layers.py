@@ -69,8 +69,12 @@ class Rotary(nn.Module):
         return rotary(q, k, positions, self.cos, self.sin)
 
 
-def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device) -> nn.Linear:
-    """A Linear whose storage is left uninitialised (weights are loaded right after)."""
+def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device, quant=None) -> nn.Module:
+    """A Linear whose storage is left uninitialised (weights are loaded right after).
+    `quant`: a quantization method (e.g. `lmnb.runtime.quant.fp8.Fp8Method`) whose
+    `make_linear` builds the layer instead; such layers load their rows themselves."""
+    if quant is not None:
+        return quant.make_linear(n_in, n_out, bias, dtype, device)
     lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
     lin.weight = nn.Parameter(torch.empty(n_out, n_in, dtype=dtype, device=device))
     if bias:

@@ -1,5 +1,7 @@
 """The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over the token-level
-KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on load."""
+KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on load.
+`quant` (optional) builds the attention and MLP projections (e.g. FP8); embeddings,
+norms and lm_head are never quantized."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -15,16 +17,17 @@ from lmnb.runtime.kernels import silu_and_mul
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
 from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear
+from lmnb.runtime.quant.fp8_checkpoint import Fp8Weight
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype, device) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, device, quant=None) -> None:
         super().__init__()
         self.layer, self.h, self.kvh, self.d = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size, self.kv_size = self.h * self.d, self.kvh * self.d
         self.qkv_proj = empty_linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
-                                     cfg.attention_bias, dtype, device)
-        self.o_proj = empty_linear(self.q_size, cfg.hidden_size, False, dtype, device)
+                                     cfg.attention_bias, dtype, device, quant)
+        self.o_proj = empty_linear(self.q_size, cfg.hidden_size, False, dtype, device, quant)
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype, device) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype, device) if cfg.qk_norm else None
 
@@ -42,21 +45,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype, device) -> None:
+    def __init__(self, cfg: ModelConfig, dtype, device, quant=None) -> None:
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.gate_up_proj = empty_linear(cfg.hidden_size, 2 * self.inter, False, dtype, device)
-        self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device)
+        self.gate_up_proj = empty_linear(cfg.hidden_size, 2 * self.inter, False, dtype, device, quant)
+        self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype, device) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, device, quant=None) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, layer, dtype, device)
-        self.mlp = MLP(cfg, dtype, device)
+        self.self_attn = Attention(cfg, layer, dtype, device, quant)
+        self.mlp = MLP(cfg, dtype, device, quant)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
 
@@ -74,13 +77,15 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
+                 quant=None) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.quant = cfg, quant
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, device="meta")
         self.embed_tokens.weight = nn.Parameter(
             torch.empty(cfg.vocab_size, cfg.hidden_size, dtype=dtype, device=device))
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, device) for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, device, quant)
+                                    for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.lm_head = (None if cfg.tie_word_embeddings
                         else empty_linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device))
@@ -113,14 +118,25 @@ class LlamaForCausalLM(nn.Module):
     # -- weights -------------------------------------------------------------
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors; every parameter must be covered exactly once."""
+        """Load HF-named tensors; every parameter must be covered exactly once. FP8
+        checkpoint weights arrive as `Fp8Weight`s: quantized layers take them as they are,
+        plain ones dequantize them."""
         params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
         seen: set[str] = set()
         for name, t in weights:
             target, offset = self._target(name)
             if target is None:
                 continue
+            mod_name, _, leaf = target.rpartition(".")
+            mod = modules.get(mod_name)
+            if hasattr(mod, "load_weight"):  # a quantized layer places its own rows
+                mod.load_weight(leaf, t, offset or 0)
+                seen.add(name)
+                continue
             p = params[target]
+            if isinstance(t, Fp8Weight):
+                t = t.dequantize(p.dtype)
             rows = t.shape[0] if offset is not None else None
             dst = p if offset is None else p.narrow(0, offset, rows)
             if dst.shape != t.shape:

@@ -1,0 +1,257 @@
+"""FP8 vs bf16 on one GPU, side by side in one process: kernel GB/s, accuracy, batch-1
+latency against the roofline, and the throughput workload.
+
+    python bench/fp8_bench.py --model dummy:llama3-8b --out $OUT/fp8_llama3-8b.json
+
+Parts (--only): kernels (FP8 GEMV / skinny GEMM / _scaled_mm vs bf16 F.linear on the
+model's projection shapes, weights streamed from HBM: L2 flushed before every timed
+call), accuracy (bench/fp8_accuracy.py: FP8 vs bf16 logits on the same random weights,
+greedy-token agreement over 256 steps), latency (batch 1, 128 in / 256 out, ms/token and
+% of the byte roofline), decode_steps (graph replay alone), throughput (256 requests,
+lengths uniform in [100, 1024], ignore_eos). One line per case (`name key=value ...`);
+all rows go to --out as JSON with the GPU, versions, load times and the tile configs the
+FP8 kernels chose.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, environment
+from fp8_accuracy import compare
+from gpu_helpers import hbm_bandwidth_gbs, random_tokens, submit_all, timed, weight_bytes_per_step
+
+import lmnb as lm
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args, self.rows, self.rts, self.load_s = args, [], {}, {}
+        self.bw = hbm_bandwidth_gbs() * 1e9
+        self.short = args.model.removeprefix("dummy:")
+
+    def emit(self, name: str, **fields) -> None:
+        self.rows.append(emit(name, model=self.short, **fields))
+
+    def runtime(self, mode: str):
+        """'bf16' or 'fp8', loaded once (both stay resident: 8B bf16 + FP8 + two KV pools
+        fit an H200)."""
+        if mode not in self.rts:
+            kw = dict(device=self.args.device, dtype="bfloat16", kv_memory_gb=self.args.kv_gb,
+                      context_length=8192)
+            if mode == "fp8":
+                kw["quantization"] = "fp8"
+            _sync()
+            t = time.perf_counter()
+            rt = lm.Runtime(self.args.model, **kw)
+            _sync()
+            self.load_s[mode] = time.perf_counter() - t
+            t = time.perf_counter()
+            _warm(rt)
+            self.emit("load", mode=mode, load_s=self.load_s[mode], warm_s=time.perf_counter() - t,
+                      weight_gb=weight_bytes_per_step(rt) / 1e9,
+                      gpu_mem_gb=torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0,
+                      quantization=(rt.quantization or "none").replace(" ", "_"))
+            self.rts[mode] = rt
+        return self.rts[mode]
+
+
+CUDA = torch.cuda.is_available()
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def _warm(rt) -> None:
+    """Compile kernels, choose FP8 tiles and capture the decode graphs, untimed."""
+    rng = random.Random(1)
+    prompts = [random_tokens(rng, 40 + 7 * i, rt.model_config.vocab_size) for i in range(8)]
+    submit_all(rt, prompts, [{"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}] * 8)
+    rt.generate([prompts[0]], max_new_tokens=4, temperature=0, ignore_eos=True)
+    rt.flush_cache()
+
+
+# ---------------------------------------------------------------------------- parts
+def _gpu_time(fn, flush: torch.Tensor, reps: int = 10) -> float:
+    """Median seconds of fn() with L2 flushed before each call (weights come from HBM)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(times)
+
+
+def kernels_part(b: Bench) -> None:
+    from lmnb.runtime.models.config import DUMMY_SHAPES, ModelConfig
+    from lmnb.runtime.quant.fp8_reference import quantize_per_channel
+
+    cfg = ModelConfig.from_hf(DUMMY_SHAPES[b.short]) if b.short in DUMMY_SHAPES else None
+    if cfg is None or not CUDA:
+        return
+    from lmnb.runtime.kernels import fp8_gemm
+
+    q_size, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    shapes = {"qkv": (q_size + 2 * kv, cfg.hidden_size), "o": (cfg.hidden_size, q_size),
+              "gate_up": (2 * cfg.intermediate_size, cfg.hidden_size),
+              "down": (cfg.hidden_size, cfg.intermediate_size)}
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for name, (n, k) in shapes.items():
+        w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+        q, s = quantize_per_channel(w)
+        for m in (1, 2, 4, 8, 16, 64, 256):
+            x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
+            t8 = _gpu_time(lambda x=x, q=q, s=s: fp8_gemm.fp8_matmul(x, q, s, None), flush)
+            t16 = _gpu_time(lambda x=x, w=w: F.linear(x, w), flush)
+            path = ("small_m" if m <= fp8_gemm.SKINNY_MAX_M
+                    else "scaled_mm" if fp8_gemm.scaled_mm_usable(x.device, n, k) else "w8a16")
+            b.emit("kernel", shape=name, n=n, k=k, m=m, path=path, fp8_us=t8 * 1e6, bf16_us=t16 * 1e6,
+                   speedup=t16 / t8, fp8_gbs=n * k / t8 / 1e9, bf16_gbs=2 * n * k / t16 / 1e9,
+                   fp8_of_hbm=n * k / t8 / b.bw, bf16_of_hbm=2 * n * k / t16 / b.bw)
+    del flush
+    torch.cuda.empty_cache()
+
+
+def accuracy(b: Bench) -> None:
+    ref, q = b.runtime("bf16"), b.runtime("fp8")
+    prompt = random_tokens(random.Random(0), 128, ref.model_config.vocab_size)
+    r = compare(ref, q, prompt, steps=32 if b.args.small else 256)
+    b.emit("accuracy", **r)
+
+
+def latency(b: Bench) -> None:
+    """Batch 1, 128-token prompt, 256 new tokens: decode ms/token against the roofline."""
+    out = {}
+    for mode in ("bf16", "fp8"):
+        rt, new = b.runtime(mode), 32 if b.args.small else 256
+        prompt = random_tokens(random.Random(0), 128, rt.model_config.vocab_size)
+
+        def once(rt=rt, prompt=prompt, new=new) -> dict:
+            return rt.generate([prompt], max_new_tokens=new, temperature=0, ignore_eos=True)[0]["meta"]
+
+        once()
+        metas = [once() for _ in range(b.args.repeats)]
+        decode_s = statistics.median((m["e2e_latency"] - m["ttft"]) / (m["completion_tokens"] - 1)
+                                     for m in metas)
+        c = rt.model_config
+        kv_bytes = rt.pool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, rt.dtype) * (128 + new // 2)
+        step_bytes = weight_bytes_per_step(rt) + kv_bytes
+        floor = step_bytes / b.bw
+        out[mode] = decode_s
+        b.emit("latency", mode=mode, ms_tok=decode_s * 1e3, tok_s=1 / decode_s,
+               floor_ms=floor * 1e3, of_roofline=floor / decode_s,
+               achieved_gbs=step_bytes / decode_s / 1e9, hbm_gbs=b.bw / 1e9,
+               target_ms=2.6 if mode == "fp8" else None)
+    b.emit("latency_fp8_vs_bf16", speedup=out["bf16"] / out["fp8"], fp8_ms_tok=out["fp8"] * 1e3,
+           target_ms=2.6, met=out["fp8"] * 1e3 <= 2.6)
+
+
+def decode_steps(b: Bench) -> None:
+    """GPU time of one graph replay (padding rows: weights only, no KV)."""
+    for mode in ("bf16", "fp8"):
+        rt = b.runtime(mode)
+        runner = rt.engine.runner
+        if not CUDA or runner.graphs is None:
+            continue
+        wbytes = weight_bytes_per_step(rt)
+        for bs in (1, 8, 16, 64, 256):
+            if not runner.graphs.can_run(bs):
+                continue
+            step = rt.engine.call(lambda r=runner, n=bs: r.graphs.time_replay(n))
+            b.emit("decode_step", mode=mode, bs=bs, step_ms=step * 1e3, tok_s=bs / step,
+                   weight_gbs=wbytes / step / 1e9, of_roofline=wbytes / b.bw / step)
+
+
+def _throughput_workload(vocab: int, seed: int = 0, n: int = 256):
+    rng = random.Random(seed)
+    lens = [(rng.randint(100, 1024), rng.randint(100, 1024)) for _ in range(n)]
+    return [random_tokens(rng, i, vocab) for i, _ in lens], [o for _, o in lens]
+
+
+def throughput(b: Bench) -> None:
+    """256 requests, input and output lengths uniform in [100, 1024], seed 0, ignore_eos."""
+    res = {}
+    for mode in ("bf16", "fp8"):
+        rt = b.runtime(mode)
+        prompts, outs = _throughput_workload(rt.model_config.vocab_size, n=16 if b.args.small else 256)
+        if b.args.small:
+            outs = [o // 20 + 2 for o in outs]
+        params = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for o in outs]
+        rt.flush_cache()
+        before = rt.stats()
+        t = timed(lambda rt=rt, prompts=prompts, params=params: submit_all(rt, prompts, params))
+        after = rt.stats()
+        res[mode] = sum(outs) / t
+        b.emit("throughput", mode=mode, requests=len(prompts), out_tokens=sum(outs), seconds=t,
+               tok_s=res[mode], decode_steps=after["decode_steps"] - before["decode_steps"],
+               max_bs=after.get("max_batch_size"), pool_tokens=rt.pool.size)
+    b.emit("throughput_fp8_vs_bf16", speedup=res["fp8"] / res["bf16"], target=1.4,
+           met=res["fp8"] / res["bf16"] >= 1.4)
+
+
+PARTS = {"kernels": kernels_part, "accuracy": accuracy, "latency": latency,
+         "decode_steps": decode_steps, "throughput": throughput}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="dummy:llama3-8b")
+    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--kv-gb", type=float, default=24.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench/results/fp8_llama3-8b.json")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true",
+                    help="a smoke run of the script: short workloads; with --device cpu the FP8 "
+                         "model runs the kernels' torch references (FP8 support faked)")
+    args = ap.parse_args()
+    if args.device == "cpu":
+        from lmnb.runtime.quant import fp8
+
+        fp8.fp8_unsupported_reason = lambda device: None
+    b = Bench(args)
+    b.emit("setup", hbm_gbs=b.bw / 1e9)
+    for name in args.only.split(","):
+        t = time.perf_counter()
+        try:
+            PARTS[name](b)
+        except Exception as e:  # noqa: BLE001 - one broken part must not hide the rest
+            b.emit(f"{name}_error", error=repr(e)[:300].replace(" ", "_"))
+        print(f"# {name} took {time.perf_counter() - t:.1f}s", flush=True)
+        _write(b)
+    print(f"wrote {_write(b)}")
+    for rt in b.rts.values():
+        rt.shutdown()
+
+
+def _write(b: Bench) -> Path:
+    chosen_configs = dict
+    if CUDA:
+        from lmnb.runtime.kernels.fp8_gemm import chosen_configs
+    path = Path(b.args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"environment": environment(), "model": b.args.model,
+                                "load_s": b.load_s, "fp8_tiles": {k: list(v) for k, v in chosen_configs().items()},
+                                "results": b.rows}, indent=2, default=str))
+    return path
+
+
+if __name__ == "__main__":
+    main()
