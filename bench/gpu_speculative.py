@@ -67,7 +67,7 @@ def main() -> None:
             rt.flush_cache()
             d.k = k
 
-            def exact(r, k=k):
+            def exact(r, k=k, truth=truth):
                 full = truth.get(tuple(r.input_ids), [])
                 return full[len(r.output_ids) : len(r.output_ids) + k]
 
