@@ -44,6 +44,7 @@ HISTORY_PROMPT = 32        # of a finished request's prompt, its last tokens are
 PAUSE_AFTER = 4      # misses in a row before drafting pauses
 PAUSE_STEPS = 16     # decode steps a paused request does not draft
 PROBE_EVERY = 8      # overlap: a cold request skips run-ahead this often to look for a draft
+LONG_MATCH = 16      # a history match this long is as good as a radix path
 RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before) may be
                      # this many times k long while its drafts keep being accepted
 
@@ -215,13 +216,14 @@ class Drafter:
         toks = self._radix(ids, min(room, long))
         if toks:
             return Draft(toks, "radix")
-        room = min(room, st.k)
         if st.index is None or st.version != r.output_version or len(st.index.seq) > len(ids):
             st.index, st.version = NgramIndex(), r.output_version
         st.index.extend(ids[len(st.index.seq):])
         tail = ids[-64:]
-        n_own, own = st.index.follow(tail, room, exclude_end=len(ids))
-        n_hist, hist = self.history.follow(tail, room)
+        n_own, own = st.index.follow(tail, min(room, st.k), exclude_end=len(ids))
+        n_hist, hist = self.history.follow(tail, min(room, long))
+        if n_hist < LONG_MATCH:   # only a long match earns a radix-length draft
+            hist = hist[: st.k]
         if hist and (n_hist > n_own or (n_hist == n_own and len(hist) > len(own))):
             return Draft(hist, "history")
         if own:
