@@ -16,6 +16,7 @@ from lmnb.runtime.penalties import apply_penalties, record
 from lmnb.runtime.request import Req
 from lmnb.runtime.sampler import (
     DeviceMasks,
+    _filtered_probs,
     apply_masks,
     sample_tensor,
     to_device,
@@ -23,6 +24,7 @@ from lmnb.runtime.sampler import (
     top_logprobs,
 )
 from lmnb.runtime.scheduler import ScheduledBatch
+from lmnb.runtime.speculative import VerifyPlan
 
 
 @dataclass
@@ -39,12 +41,18 @@ class SampledStep:
     logprob_rows: list[int] = field(default_factory=list)
     prompt: list | None = None           # [(req, first pos, prompt ids)] whose logprobs were gathered
     launched: float = 0.0
+    verify: VerifyPlan | None = None     # speculative: the requests whose drafts are verified
+    vhost: list = field(default_factory=list)  # (accept, choice, lp of draft, lp of choice, top ids, top vals)
 
     def host_values(self) -> list[list]:
         """Wait for the copies and return them as lists (the only sync of a step)."""
         if self.ready is not None:
             self.ready.synchronize()
         return [t.tolist() for t in self.host]
+
+    def verify_values(self) -> list[list]:
+        """The verification rows' values (after `host_values`, which waited)."""
+        return [t.tolist() for t in self.vhost]
 
 
 class DeviceSampler:
@@ -71,6 +79,16 @@ class DeviceSampler:
         if prompt_lps is not None:
             on_device.append(prompt_lps)
         step.host = [t.to("cpu", non_blocking=True) for t in on_device]
+        if out.draft_rows:
+            plan = VerifyPlan()
+            for i, row in out.draft_rows.items():
+                plan.reqs.append(batch.reqs[i])
+                plan.drafts.append(batch.drafts[i])
+                plan.first_rows.append(row)
+            step.verify = plan
+            vdev = self._verify_rows(plan, out.logits)
+            step.vhost = [t.to("cpu", non_blocking=True) for t in vdev]
+            on_device += vdev
         if any(t.is_cuda for t in on_device):
             step.ready = torch.cuda.Event()
             step.ready.record()
@@ -100,6 +118,76 @@ class DeviceSampler:
                 vals, ids = top_logprobs(lp_raw, k)
                 on_device += [ids, vals]
         return on_device
+
+    def _verify_rows(self, plan: VerifyPlan, all_logits: torch.Tensor) -> list[torch.Tensor]:
+        """Every verified position of every drafted request, one row each: row j of a
+        request with draft d_1..d_m is the position before d_{j+1} (j = m: the bonus).
+        Per row: `accept` (the draft token d_{j+1} stands) and `choice` (the token to
+        take when the request's accepted prefix ends at this row).
+          greedy    choice = argmax, accept = (argmax == d_{j+1}): exactly the tokens
+                    of plain decoding
+          sampling  the draft is a point mass q, so rejection sampling accepts d with
+                    probability p(d) and otherwise samples from p with d removed,
+                    renormalised; the last row samples from p. The token that comes out
+                    has distribution p at every position.
+        Masks (min-token bans, grammar) apply per row, with the row's own output length
+        and grammar state. Logprobs come from the raw logits, as for plain steps."""
+        dev = all_logits.device
+        rows, row_reqs, drafts, early, masks, masked_rows = [], [], [], [], [], []
+        for r, d, first in zip(plan.reqs, plan.drafts, plan.first_rows):
+            m = len(d.tokens)
+            for j in range(m + 1):
+                rows.append(first + j)
+                row_reqs.append(r)
+                drafts.append(d.tokens[j] if j < m else 0)
+                p = r.params
+                early.append(bool(p.min_new_tokens) and r.guide is None
+                             and len(r.output_ids) + j < p.min_new_tokens)
+                if d.masks is not None:
+                    masks.append(d.masks[j])
+                    masked_rows.append(len(rows) - 1)
+        logits = all_logits[to_device(rows, dev)]
+        want_lp = any(r.params.return_logprob for r in plan.reqs)
+        raw = logits.clone() if want_lp else None
+        for j, ban in enumerate(early):
+            if ban:
+                self._ban_early_stops(logits[j : j + 1], [row_reqs[j]])
+        if masked_rows:
+            width = logits.shape[1]
+            banned = torch.stack([self.masks.get(mk, width, dev) for mk in masks])
+            idx = to_device(masked_rows, dev)
+            logits[idx] = logits[idx].masked_fill(banned, float("-inf"))
+        draft_t = to_device(drafts, dev)
+        choice = logits.argmax(dim=-1)
+        accept = choice == draft_t
+        sampled = [j for j, r in enumerate(row_reqs) if not r.params.greedy]
+        if sampled:
+            idx = to_device(sampled, dev)
+            probs = _filtered_probs(logits[idx], [row_reqs[j] for j in sampled])
+            last = {first + len(d.tokens) for d, first in zip(plan.drafts, plan.first_rows)}
+            for jj, j in enumerate(sampled):
+                gen, pr = row_reqs[j].generator, probs[jj]
+                if rows[j] in last:   # the bonus row: a plain sample
+                    choice[j] = torch.multinomial(pr, 1, generator=gen)[0]
+                    continue
+                d = draft_t[j]
+                u = torch.rand((), generator=gen, device=dev)
+                accept[j] = u < pr[d]
+                residual = pr.clone()
+                residual[d] = 0.0
+                total = residual.sum()
+                # p(d) == 1 leaves nothing: then d is always accepted and choice unused
+                residual = torch.where(total > 0, residual / total.clamp_min(1e-30), pr)
+                choice[j] = torch.multinomial(residual, 1, generator=gen)[0]
+        out = [accept, choice]
+        if want_lp:
+            lp = torch.log_softmax(raw, dim=-1)
+            out += [lp.gather(1, draft_t[:, None])[:, 0], lp.gather(1, choice[:, None])[:, 0]]
+            k = max(r.params.top_logprobs_num for r in plan.reqs)
+            if k:
+                vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+                out += [ids, vals]
+        return out
 
     def _ban_early_stops(self, logits: torch.Tensor, reqs: list[Req]) -> None:
         """EOS and stop ids cannot be sampled before `min_new_tokens` (a grammar, which may

@@ -31,6 +31,7 @@ from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.request import Req, Status
 from lmnb.runtime.results import StreamEvent
 from lmnb.runtime.scheduler import ScheduledBatch, Scheduler
+from lmnb.runtime.speculative import Drafter
 
 
 class Engine:
@@ -38,9 +39,13 @@ class Engine:
     next step when overlapping) -> settle on the host -> apply rollbacks and finishes."""
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, sampler: DeviceSampler,
-                 outputs: OutputProcessor, overlap: bool = False) -> None:
+                 outputs: OutputProcessor, overlap: bool = False, drafter: Drafter | None = None) -> None:
         self.sched, self.runner, self.sampler, self.outputs = scheduler, runner, sampler, outputs
         self.overlap = overlap
+        self.drafter = drafter   # speculative decoding: drafts for decode steps (None: off)
+        scheduler.drafter = drafter
+        if drafter is not None:
+            outputs.on_verified = drafter.verified
         self._inflight: SampledStep | None = None   # launched, not yet settled
         self.inbox: queue.Queue = queue.Queue()
         self.reqs: dict[str, Req] = {}
@@ -98,7 +103,7 @@ class Engine:
         self._inflight = None
         self.reqs.clear()
         self.history.clear()
-        self.sched = self.runner = self.sampler = self.outputs = None
+        self.sched = self.runner = self.sampler = self.outputs = self.drafter = None
 
     def alive(self) -> bool:
         return self.thread.is_alive() and self.error is None
@@ -161,17 +166,21 @@ class Engine:
         """Launch `batch`, then settle the step launched before it (or this one at once)."""
         if self._cpu:
             # small decode steps are memory-bound GEMVs: a second thread only adds syncs
-            small = batch.is_decode and len(batch.reqs) <= 4
+            # (a verification step of a few drafted tokens is one too)
+            small = len(batch.reqs) <= 4 and (batch.is_decode or
+                                              (batch.drafts is not None and sum(batch.lens) <= 4))
             torch.set_num_threads(1 if small else self._cpu_threads)
         before, t0 = self._inflight, time.perf_counter()
         out = self.runner.run(batch, before.tokens if before is not None else None)
         step = self.sampler.sample(batch, out)
         step.launched = t0
         self._count(batch, sum(batch.lens))
-        if not batch.is_decode:
+        if not batch.is_decode and batch.drafts is None:
             # share freshly computed prompts (and chunks) through the cache right away, so
             # requests admitted next step reuse them instead of computing them again (the
             # KV is still being written: later steps read it after this one on the stream)
+            # (not a decode step with drafts: its drafts' KV is not theirs yet, and the
+            # other requests' last token may be a run-ahead placeholder)
             for r in batch.reqs:
                 if r.status is Status.RUNNING and r.kv_len > r.cache_len:
                     self.sched.cache_progress(r)
@@ -179,14 +188,21 @@ class Engine:
             self._settle()
         self._inflight = step
         if self.overlap:
-            run_ahead.hold(step.reqs, self.outputs.context_len)
+            run_ahead.hold(step.reqs, self.outputs.context_len,
+                           self.drafter.stays_home if self.drafter is not None else None)
         else:
             self._settle()
 
     def _settle(self) -> None:
         step, self._inflight = self._inflight, None
         batch = step.batch
+        accepted = self.drafter.counters["spec_accepted"] if self.drafter is not None else 0
         settled = self.outputs.settle(step)
+        ntok = sum(batch.lens)
+        if batch.drafts is not None:
+            accepted = self.drafter.counters["spec_accepted"] - accepted
+            self.counters["decode_tokens"] += accepted
+            ntok = len(batch.reqs) + accepted   # the tokens it produced
         for r, keep in settled.rollbacks:    # before any finish caches the request's KV
             if not r.finished():
                 self.sched.rollback(r, keep)
@@ -199,8 +215,8 @@ class Engine:
         # with overlap a step's time is the time since the one before it was settled
         dt = now - max(step.launched, self._last_settle)
         self._last_settle = now
-        self.history.append((time.time(), "decode" if batch.is_decode else "extend",
-                             sum(batch.lens), dt, tuple(r.rid for r in batch.reqs)))
+        mode = "decode" if batch.is_decode or batch.drafts is not None else "extend"
+        self.history.append((time.time(), mode, ntok, dt, tuple(r.rid for r in batch.reqs)))
 
     def _count(self, batch: ScheduledBatch, ntok: int) -> None:
         c = self.counters
@@ -210,17 +226,22 @@ class Engine:
         if batch.is_decode:
             c["decode_steps"] += 1
             c["decode_tokens"] += ntok
+        elif batch.drafts is not None:   # a decode step with drafts: one token per request
+            c["decode_steps"] += 1       # now, the accepted drafts once it settles
+            c["decode_tokens"] += len(batch.reqs)
         else:
             c["extend_steps"] += 1
             c["prefill_tokens"] += ntok
         for r, n in zip(batch.reqs, batch.lens):
             r.computed_tokens += n
-            if batch.is_decode:
+            if batch.is_decode or batch.drafts is not None:
                 r.decode_steps += 1
 
     def _finish(self, r: Req, reason: dict, error: BaseException | None = None) -> None:
         """Free the request's slots and send its result (or `error`, for it alone)."""
         run_ahead.release(r)   # its token in flight will not be used
+        if self.drafter is not None and r.status is not Status.FINISHED:
+            self.drafter.finished(r)
         if r.status is Status.WAITING:
             self.sched.drop_waiting(r)
         else:

@@ -5,7 +5,7 @@ everything else runs eagerly."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,9 @@ class StepOutput:
     logits: torch.Tensor              # [rows, V] fp32
     sample_rows: dict[int, int]       # batch index -> row of its last position
     logprob_rows: dict[int, tuple[int, int, int]]  # batch index -> (first row, first pos, count)
+    # speculative: batch index -> first of its 1 + len(draft) consecutive rows (the last
+    # token's position, then every draft token's)
+    draft_rows: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class StepLayout:
     ahead_src: list[int]              # ... and the rows of those tokens
     sample_rows: dict[int, int]
     logprob_rows: dict[int, tuple[int, int, int]]
+    draft_rows: dict[int, int] = field(default_factory=dict)   # see StepOutput.draft_rows
 
 
 def step_layout(sb: ScheduledBatch) -> StepLayout:
@@ -51,6 +55,13 @@ def step_layout(sb: ScheduledBatch) -> StepLayout:
     input_ids, rows = lay.input_ids, lay.rows
     tok_off = 0
     for i, (r, n, pre) in enumerate(zip(sb.reqs, sb.lens, sb.prefix_lens)):
+        d = sb.drafts[i] if sb.drafts is not None else None
+        if d is not None:   # its last token, then the draft: logits at every position
+            input_ids += r.fill_slice(pre, pre + 1) + d.tokens
+            lay.draft_rows[i] = len(rows)
+            rows += range(tok_off, tok_off + n)
+            tok_off += n
+            continue
         input_ids += r.fill_slice(pre, pre + n)
         if reads_device_token(r, pre + n):
             input_ids[-1] = 0
@@ -102,7 +113,7 @@ class ModelRunner:
         read it from `ahead_tokens`, the device tokens of the step before, at `ahead_row`."""
         lay = step_layout(sb)
         input_ids, rows, ahead_at, ahead_src = lay.input_ids, lay.rows, lay.ahead_at, lay.ahead_src
-        sample_rows, logprob_rows = lay.sample_rows, lay.logprob_rows
+        sample_rows, logprob_rows, draft_rows = lay.sample_rows, lay.logprob_rows, lay.draft_rows
         fill = None
         if ahead_at:
             if ahead_tokens is None:
@@ -114,7 +125,8 @@ class ModelRunner:
             images = self.vision.plan(sb.reqs, sb.lens, sb.prefix_lens, input_ids)
         if images is None and graph_sized(sb.is_decode, len(input_ids)) and \
                 self._graph_ready(len(input_ids)):
-            return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows)
+            return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows,
+                              draft_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
@@ -122,7 +134,7 @@ class ModelRunner:
             fb.input_ids[fill[0]] = fill[1]
         fb.embed_override = images
         logits = self.model(fb, self.backend, self.pool)
-        return StepOutput(logits, sample_rows, logprob_rows)
+        return StepOutput(logits, sample_rows, logprob_rows, draft_rows)
 
     def counters(self) -> dict:
         """Image counters (zeros for text-only models)."""

@@ -34,6 +34,7 @@ class OutputProcessor:
         self.tok, self.eos_ids = tokenizer, set(eos_ids)
         self.context_len, self.jump_forward = context_len, jump_forward
         self._stop_res: dict[str, re.Pattern] = {}
+        self.on_verified = None   # speculative: fn(req, drafted, accepted, source)
 
     def settle(self, step: SampledStep) -> Settled:
         """Apply a step's tokens (waiting for them once). A request that holds a
@@ -42,6 +43,8 @@ class OutputProcessor:
         host = step.host_values()
         if step.prompt is not None:
             self._apply_prompt_logprobs(step.prompt, host.pop())
+        if step.verify is not None:
+            self._settle_verify(step, out)
         if step.tokens is None:
             return out
         lps = dict(zip(step.logprob_rows, host[1])) if len(host) > 1 else {}
@@ -64,6 +67,45 @@ class OutputProcessor:
             if reason is not None:
                 out.finished.append((r, reason))
         return out
+
+    # -- speculative: accepted draft tokens ---------------------------------------------
+    def _settle_verify(self, step: SampledStep, out: Settled) -> None:
+        """Each drafted request takes its accepted draft prefix and the token after it,
+        one by one as if decoded (stops, EOS, grammar, jump-forward, streaming cut the
+        rest off), and rolls back the KV of the positions it did not keep."""
+        vals = step.verify_values()
+        accept, choice = vals[0], vals[1]
+        lp_draft, lp_choice = (vals[2], vals[3]) if len(vals) > 3 else (None, None)
+        tops = (vals[4], vals[5]) if len(vals) > 5 else None
+        row = 0
+        for r, d, in zip(step.verify.reqs, step.verify.drafts):
+            base, m = row, len(d.tokens)
+            row += m + 1
+            if r.finished():
+                continue  # aborted while the step ran (its release dropped the draft KV)
+            a = 0
+            while a < m and accept[base + a]:
+                a += 1
+            take = d.tokens[:a] + [choice[base + a]]
+            start, version, appended, reason = r.fill_len, r.output_version, 0, None
+            for j, t in enumerate(take):
+                at = base + j
+                if r.params.return_logprob:
+                    r.output_logprobs.append((t, lp_draft[at] if j < a else lp_choice[at]))
+                    if r.params.top_logprobs_num:
+                        k = r.params.top_logprobs_num
+                        r.output_top_logprobs.append(list(zip(tops[0][at][:k], tops[1][at][:k])))
+                appended += 1
+                reason = self._append(r, t, out)
+                if reason is not None or r.output_version != version:
+                    break   # stopped, or jump-forward rewrote the output: the rest is moot
+            # KV stays for the positions whose input is now a kept token: the last token
+            # before the step and the kept draft tokens (not the newest: it has no KV yet)
+            out.rollbacks.append((r, start - 1 + appended))
+            if self.on_verified is not None:   # accepted: tokens beyond a plain step's one
+                self.on_verified(r, m, appended - 1, d.source)
+            if reason is not None:
+                out.finished.append((r, reason))
 
     @staticmethod
     def _apply_prompt_logprobs(plan: list, values: list[float]) -> None:
@@ -200,6 +242,8 @@ class OutputProcessor:
             matched_stop=reason.get("matched"), computed_tokens=r.computed_tokens,
             decode_steps=r.decode_steps, jump_forward_tokens=r.jump_tokens,
             forced_spans=list(r.forced_spans), retractions=r.retractions,
+            draft_tokens=r.spec.drafted if r.spec is not None else 0,
+            accepted_draft_tokens=r.spec.accepted if r.spec is not None else 0,
             e2e_latency=time.perf_counter() - r.created,
             ttft=(r.first_token_time - r.created) if r.first_token_time else None)
         if p.return_logprob or p.logprob_start_len >= 0:

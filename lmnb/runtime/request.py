@@ -75,6 +75,8 @@ class Req:
     ahead: bool = False
     ahead_row: int = 0
     mm: object = None                # multimodal.MultimodalInputs: the prompt's images
+    # speculative decoding (runtime/speculative.py): drafting state, made at the first look
+    spec: object = None
 
     @property
     def fill_ids(self) -> list[int]:

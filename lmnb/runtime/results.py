@@ -86,6 +86,8 @@ class GenMeta(DictAccess):
     jump_forward_tokens: int | None = None
     forced_spans: list | None = None      # (start, end) char spans filled by jump-forward
     retractions: int | None = None
+    draft_tokens: int | None = None       # speculative: draft tokens verified
+    accepted_draft_tokens: int | None = None   # of those, kept beyond one token per step
     e2e_latency: float | None = None
     ttft: float | None = None
     input_token_logprobs: list | None = None     # [(token id, logprob)] of prompt tokens

@@ -17,14 +17,16 @@ from lmnb.runtime.request import Req, Status
 PLACEHOLDER = -1   # an output token still being sampled on the device
 
 
-def hold(reqs: list[Req], context_len: int) -> None:
+def hold(reqs: list[Req], context_len: int, stays_home=None) -> None:
     """Give each request of a launched step (in row order) that will surely go on a
     placeholder. Requests whose next token depends on host state (grammars, stop checks
-    that rewrite output) or may be their last do not run ahead."""
+    that rewrite output) or may be their last do not run ahead; nor do those whose next
+    step may carry a speculative draft (`stays_home(r)`: a draft needs the real token)."""
     for row, r in enumerate(reqs):
         if (r.guide is None and r.status is Status.RUNNING
                 and len(r.output_ids) + 1 < r.params.max_new_tokens
-                and r.fill_len + 1 < context_len):
+                and r.fill_len + 1 < context_len
+                and (stays_home is None or not stays_home(r))):
             r.output_ids.append(PLACEHOLDER)
             r.ahead, r.ahead_row = True, row
 

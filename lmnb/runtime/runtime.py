@@ -26,6 +26,7 @@ from lmnb.runtime.results import GenResult
 from lmnb.runtime.runtime_config import CPU_MODES, RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler
+from lmnb.runtime.speculative import Drafter
 from lmnb.runtime.tokenizer import eos_token_ids
 
 
@@ -35,7 +36,8 @@ class Runtime:
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
     context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
-    overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype, tp_size),
+    overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype, tp_size,
+    speculative, speculative_tokens),
     or SGLang's names for them (`Runtime(model_path=..., mem_fraction_static=...,
     disable_radix_cache=...)`, see sglang_args.py).
 
@@ -47,6 +49,11 @@ class Runtime:
     On the CPU a GGUF model (the default smollm2) runs with int4 weights unless `dtype` or
     `quantization` says otherwise; `dtype="float32"` is the exact fp32 path. `describe()`
     says what was chosen; `quantization` names what is in effect (it starts with the mode).
+
+    `speculative="auto"` (the default) verifies draft tokens taken from the radix cache
+    (what was generated after the same text before) and from n-gram matches in the
+    prompt, the output and recent requests, several per step, for greedy requests (and
+    sampling ones that pass `speculative=True`); `"off"` never drafts.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -84,8 +91,9 @@ class Runtime:
             lm.tokenizer, cfg.vocab_size, lm.vision.image_tokens, lm.vision.image_token_id,
             lm.image_processor)
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
+        self.drafter = Drafter(self.cache, rc.speculative, rc.speculative_tokens, self.context_len)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
-                             overlap=rc.overlap)
+                             overlap=rc.overlap, drafter=self.drafter)
         atexit.register(_shutdown_ref, weakref.ref(self))
         if rc.tp_size > 1:   # worker processes must not outlive an unreferenced runtime
             weakref.finalize(self, _stop_engine, self.engine)
@@ -285,11 +293,17 @@ class Runtime:
         return self._call(lambda: self.cache.flush())
 
     def stats(self) -> dict:
-        def read() -> dict:
-            runner = self.engine.runner
-            return {**self.engine.counters, **(runner.counters() if runner is not None else {})}
+        """Engine counters, with the image counters and speculative decoding's:
+        spec_drafted / spec_accepted draft tokens, spec_acceptance_rate, spec_verify_steps
+        and spec_tokens_per_verify_step (tokens a drafted request got per verify step)."""
+        eng = self.engine
 
-        return self.engine.call(read)
+        def read() -> dict:
+            runner = eng.runner
+            return {**eng.counters, **(runner.counters() if runner is not None else {}),
+                    **(eng.drafter.stats() if eng.drafter else {})}
+
+        return eng.call(read)
 
     @property
     def weights_label(self) -> str:
@@ -319,7 +333,7 @@ class Runtime:
             self.engine.stop()
             self.engine.release()
         self.model = self.pool = self.req_pool = self.cache = self.scheduler = None
-        self.outputs = self.loaded = self._grammars = None
+        self.outputs = self.loaded = self._grammars = self.drafter = None
         _return_freed_memory()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()

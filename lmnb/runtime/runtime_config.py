@@ -54,6 +54,8 @@ class RuntimeConfig:
     quantization: str | None = "auto"
     kv_cache_dtype: str | None = None
     tp_size: int = 1                 # tensor-parallel processes (GPUs); rank 0 is this process
+    speculative: str = "auto"        # drafts from the cache and the prompt: "auto" | "off"
+    speculative_tokens: int = 8      # most draft tokens verified per request and step
 
     @classmethod
     def make(cls, device: str | None = None, **kw) -> RuntimeConfig:
@@ -90,6 +92,11 @@ class RuntimeConfig:
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
         _check_kv_cache_dtype(self.kv_cache_dtype)
+        if self.speculative not in ("auto", "off"):
+            raise LmnbError(f"speculative must be 'auto' or 'off', got {self.speculative!r}")
+        st = self.speculative_tokens
+        if isinstance(st, bool) or not isinstance(st, int) or not 1 <= st <= 64:
+            raise LmnbError(f"speculative_tokens must be an int in [1, 64], got {st!r}")
         is_cuda = self.device.startswith("cuda")
         object.__setattr__(self, "max_running_requests", self.max_running_requests or (256 if is_cuda else 64))
         object.__setattr__(self, "chunked_prefill_size", self.chunked_prefill_size or (8192 if is_cuda else 2048))

@@ -69,6 +69,9 @@ class SamplingParams:
     skip_special_tokens: bool = _param(True, "leave special tokens out of the text")
     token_healing: bool = _param(False, "back off a prompt that ends mid-token (a trailing space, half a "
                                  "word) and regenerate its tail (programs: on by default)")
+    speculative: bool | None = _param(None, "verify draft tokens from the cache and the prompt "
+                                      "(None: the runtime's choice, greedy requests only; True: "
+                                      "sampling requests too; False: never)")
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 0)
@@ -114,6 +117,8 @@ class SamplingParams:
             _check_int("stop_token_ids item", t, 0)
         if self.stop_regex is not None:
             _check_stop_regex(self.stop_regex)
+        if self.speculative is not None and not isinstance(self.speculative, bool):
+            raise LmnbError(f"speculative must be True, False or None, got {_short(self.speculative)}")
 
     @property
     def greedy(self) -> bool:

@@ -30,6 +30,10 @@ class ScheduledBatch:
     out_cache_loc: torch.Tensor
 
     is_decode: bool = False
+    # speculative decoding: per request its Draft or None. A request with a draft computes
+    # its last token and the draft tokens (lens = 1 + draft length); such a step is an
+    # extend whose every position of those requests is verified
+    drafts: list | None = None
 
 
 class Scheduler:
@@ -44,6 +48,7 @@ class Scheduler:
         self.max_ratio = 0.6
         self.retractions = 0
         self.hit_tokens = self.prompt_tokens = 0   # over first admissions, for the hit rate
+        self.drafter = None   # speculative.Drafter: proposes drafts for decode steps
 
     # -- admission ------------------------------------------------------------
     def add(self, req: Req) -> None:
@@ -163,9 +168,27 @@ class Scheduler:
         if not reqs:
             return None
         self.new_token_ratio = max(self.min_ratio, self.new_token_ratio - 0.001)
-        batch = self._materialize([(r, 1) for r in reqs])
-        batch.is_decode = True
+        drafts = self._drafts(reqs)
+        if drafts is None:
+            batch = self._materialize([(r, 1) for r in reqs])
+            batch.is_decode = True
+            return batch
+        batch = self._materialize([(r, 1 + (len(d.tokens) if d else 0)) for r, d in zip(reqs, drafts)])
+        batch.drafts = drafts
         return batch
+
+    def _drafts(self, reqs: list[Req]) -> list | None:
+        """Drafts for a decode batch's requests, or None when none has one (or the pool
+        has no room for their extra tokens: drafts never evict or retract anything)."""
+        if self.drafter is None:
+            return None
+        drafts = [self.drafter.propose(r) for r in reqs]
+        extra = sum(len(d.tokens) for d in drafts if d is not None)
+        if not extra:
+            return None
+        if self.alloc.available() < len(reqs) + extra:
+            return None
+        return drafts
 
     def _materialize(self, picked: list[tuple[Req, int]]) -> ScheduledBatch:
         total = sum(n for _, n in picked)
@@ -203,6 +226,9 @@ class Scheduler:
         """Give back everything the request holds; computed KV stays in the cache."""
         if r.req_pool_idx is None:
             return
+        if r.kv_len > r.fill_len:   # a draft's KV, its tokens not accepted (finished mid-verify)
+            self.alloc.free(self.req_pool.read(r.req_pool_idx, r.fill_len, r.kv_len))
+            r.kv_len = r.fill_len
         if r.kv_len:
             slots = self.slots_of(r)
             if self.cache.disabled:
@@ -229,7 +255,7 @@ class Scheduler:
 
     def rollback(self, r: Req, keep: int) -> None:
         """Forget the KV of positions >= keep after the caller changed fill_ids there
-        (re-tokenization at a jump-forward boundary)."""
+        (re-tokenization at a jump-forward boundary, rejected draft tokens)."""
         if keep >= r.kv_len:
             return
         own = self.req_pool.read(r.req_pool_idx, r.cache_len, r.kv_len)

@@ -14,9 +14,18 @@ _W, _H, _STEPS = 360, 60, 120
 def throughput_snapshot(rt) -> dict:
     """Engine counters, cache stats and the recent per-step history, copied."""
     def grab():
-        return dict(rt.engine.counters), list(rt.engine.history)[-_STEPS * 4:]
+        eng = rt.engine
+        counters = {**eng.counters, **(eng.drafter.stats() if getattr(eng, "drafter", None) else {})}
+        return counters, list(eng.history)[-_STEPS * 4:]
     counters, history = rt.engine.call(grab)
     return {"counters": counters, "history": history, "stats": rt.cache_stats()}
+
+
+def spec_line(c: dict) -> str:
+    """Speculative decoding's counts: draft tokens verified and accepted."""
+    return (f"speculative: {c['spec_accepted']} of {c['spec_drafted']} draft tokens accepted "
+            f"({100 * c['spec_acceptance_rate']:.0f}%), {c['spec_tokens_per_verify_step']:.2f} tokens "
+            f"per verify step over {c['spec_verify_steps']} steps")
 
 
 def rates(history) -> dict:
@@ -52,6 +61,7 @@ class ThroughputMeter(View):
             "── throughput ──",
             f"prefill: {c['prefill_tokens']} tokens in {c['extend_steps']} steps",
             f"decode: {c['decode_tokens']} tokens in {c['decode_steps']} steps",
+            *([spec_line(c)] if c.get("spec_drafted") else []),
             self._summary()])
 
     def html(self) -> str:
@@ -63,7 +73,8 @@ class ThroughputMeter(View):
             for val, label, color in [
                 (f"{r['extend']:,.0f}", f"prefill tok/s ({c['prefill_tokens']} tokens)", "#0969da"),
                 (f"{r['decode']:,.0f}", f"decode tok/s ({c['decode_tokens']} tokens)", "#1a7f37")])
-        return box("throughput", f"<div>{tiles}</div>{self._svg()}<div>{esc(self._summary())}</div>")
+        spec = f"<div>{esc(spec_line(c))}</div>" if c.get("spec_drafted") else ""
+        return box("throughput", f"<div>{tiles}</div>{self._svg()}{spec}<div>{esc(self._summary())}</div>")
 
     def _svg(self) -> str:
         hist = self.snap["history"][-_STEPS:]

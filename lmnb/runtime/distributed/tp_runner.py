@@ -67,7 +67,7 @@ class TPModelRunner:
             if self.workers.wait_for_death(2.0):
                 raise self.workers.lost_error() from None
             raise
-        return StepOutput(logits, lay.sample_rows, lay.logprob_rows)
+        return StepOutput(logits, lay.sample_rows, lay.logprob_rows, lay.draft_rows)
 
     def release(self) -> None:
         """Stop the workers (STOP when they are in step, else terminate) and drop the shard."""

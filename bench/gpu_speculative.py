@@ -1,0 +1,101 @@
+"""Speculative decoding on one GPU (dummy:llama3-8b by default), one run:
+
+(1) verify-step cost: a decode step that verifies k = 4, 8 draft tokens per request
+    (drafts forced and always wrong, so every step is a verify step) vs a plain decode
+    step, at batch 1 and 16
+(2) forced-acceptance throughput: drafts forced to the exact greedy continuation (every
+    draft accepted), output tok/s at batch 1 and 16 vs speculative off
+(3) radix-drafted cell re-run: the same 128-token greedy request twice, the second with
+    the first one's output in the radix cache; end-to-end speedup of the re-run
+Usage: python bench/gpu_speculative.py [--model dummy:llama3-8b] [--new 128]
+Writes bench/results/speculative_gpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, save  # noqa: E402
+
+import lmnb as lm  # noqa: E402
+
+
+def prompts(rt, n: int, length: int = 64, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    v = rt.model_config.vocab_size
+    return [[rng.randrange(100, v - 100) for _ in range(length)] for _ in range(n)]
+
+
+def run(rt, ps, new, **kw):
+    t = time.perf_counter()
+    outs = rt.generate(ps, max_new_tokens=new, temperature=0, ignore_eos=True, **kw)
+    return time.perf_counter() - t, outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="dummy:llama3-8b")
+    ap.add_argument("--new", type=int, default=128)
+    args = ap.parse_args()
+    rt = lm.Runtime(args.model, device="cuda")
+    d, rows, new = rt.drafter, [], args.new
+    run(rt, prompts(rt, 16, seed=99), 16, speculative=False)   # warm-up: graphs, kernels
+
+    for bs in (1, 16):
+        ps = prompts(rt, bs, seed=bs)
+        rt.flush_cache()
+        t_off, outs = run(rt, ps, new, speculative=False)
+        steps_off = max(o["meta"]["decode_steps"] for o in outs)
+        step_off = t_off / steps_off
+        truth = {tuple(p): o["output_ids"] for p, o in zip(ps, outs)}
+        for k in (4, 8):
+            rt.flush_cache()
+            d.k = k
+            d.force = lambda r, k=k: [1] * k      # token 1: never the argmax of a real step
+            t, outs = run(rt, ps, new, speculative=True)
+            steps = max(o["meta"]["decode_steps"] for o in outs)
+            rows.append(emit("gpu_speculative case=verify_step_cost", batch=bs, k=k,
+                             decode_step_ms=1e3 * step_off, verify_step_ms=1e3 * t / steps,
+                             ratio=(t / steps) / step_off))
+        # forced acceptance: the drafts are the greedy continuation itself
+        for k in (4, 8):
+            rt.flush_cache()
+            d.k = k
+
+            def exact(r, k=k, truth=truth):
+                full = truth.get(tuple(r.input_ids), [])
+                return full[len(r.output_ids) : len(r.output_ids) + k]
+
+            d.force = exact
+            t, outs = run(rt, ps, new, speculative=True)
+            assert [o["output_ids"] for o in outs] == [truth[tuple(p)] for p in ps], "forced drafts changed output"
+            rows.append(emit("gpu_speculative case=forced_acceptance", batch=bs, k=k,
+                             off_tok_s=bs * new / t_off, on_tok_s=bs * new / t, speedup=t_off / t))
+        d.force, d.k = None, rt.config.speculative_tokens
+
+    # radix-drafted re-run of one cell
+    p = prompts(rt, 1, length=256, seed=7)
+    rt.flush_cache()
+    t_plain, ref = run(rt, p, new, speculative=False)
+    rt.flush_cache()
+    d.history = type(d.history)()
+    t_first, first = run(rt, p, new)
+    t_again, again = run(rt, p, new)
+    assert first[0]["output_ids"] == again[0]["output_ids"] == ref[0]["output_ids"]
+    st = rt.stats()
+    rows.append(emit("gpu_speculative case=cell_rerun", first_s=t_first, rerun_s=t_again,
+                     plain_s=t_plain, rerun_speedup=t_first / t_again,
+                     first_draft_tokens=first[0]["meta"]["draft_tokens"],
+                     rerun_decode_steps=again[0]["meta"]["decode_steps"],
+                     acceptance_rate=st["spec_acceptance_rate"]))
+    print(save("speculative_gpu.json", rows, model=args.model))
+    rt.shutdown()
+
+
+if __name__ == "__main__":
+    main()
