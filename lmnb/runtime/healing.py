@@ -150,6 +150,8 @@ class HealingCursor:
     sets `req.guide` back to the inner cursor (None: unconstrained) after advancing it
     over the bytes the healing token had beyond the removed ones."""
 
+    allows_drafts = False   # it rewrites req.guide when done: a copy walked ahead must not
+
     def __init__(self, table: HealingTable, removed: bytes, inner, req) -> None:
         self.table, self.rest, self.inner, self.req = table, removed, inner, req
 

@@ -188,6 +188,8 @@ class Drafter:
         """A draft for r's next decode step, or None (a plain decode step)."""
         if self.k <= 0 or r.ahead or not self.enabled(r):
             return None
+        if r.guide is not None and not getattr(r.guide, "allows_drafts", True):
+            return None   # a cursor that cannot be walked ahead on a copy (token healing)
         st = self._state(r)
         st.idle = 0
         room = min(r.params.max_new_tokens - len(r.output_ids) - 1, self.context_len - r.fill_len - 1)

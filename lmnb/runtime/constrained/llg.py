@@ -139,6 +139,14 @@ class LlgCursor:
         self._bits: np.ndarray | None = None
         self._mask: torch.Tensor | None = None
 
+    def __copy__(self) -> LlgCursor:
+        """An independent cursor at the same position (the matcher is copied, not shared:
+        speculative drafts walk a copy ahead without moving the request's cursor)."""
+        c = LlgCursor(self.guide, self.matcher.deep_copy())
+        c.eos_seen, c.text_bytes = self.eos_seen, bytearray(self.text_bytes)
+        c._bits, c._mask = self._bits, self._mask   # read-only once computed
+        return c
+
     def bitmask(self) -> np.ndarray:
         """int32 [ceil(vocab_size / 32)] of allowed tokens (bit i%32 of word i//32); the
         cursor's own buffer: read it before the next accept."""
