@@ -52,8 +52,9 @@ class Runtime:
 
     `speculative="auto"` (the default) verifies draft tokens taken from the radix cache
     (what was generated after the same text before) and from n-gram matches in the
-    prompt, the output and recent requests, several per step, for greedy requests (and
-    sampling ones that pass `speculative=True`); `"off"` never drafts.
+    prompt, the output and recent requests, several per step, for greedy requests on the
+    CPU and for requests that pass `speculative=True` (on CUDA only those: bf16 greedy
+    output with drafts is not yet shown identical there); `"off"` never drafts.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
@@ -91,7 +92,10 @@ class Runtime:
             lm.tokenizer, cfg.vocab_size, lm.vision.image_tokens, lm.vision.image_token_id,
             lm.image_processor)
         self._seed_gen = torch.Generator().manual_seed(rc.seed)
-        self.drafter = Drafter(self.cache, rc.speculative, rc.speculative_tokens, self.context_len)
+        # on CUDA, bf16 verify rows round differently from decode rows, so drafted greedy
+        # output is not yet shown identical there: "auto" drafts only when a request asks
+        spec_mode = "requested" if rc.speculative == "auto" and self.device.type == "cuda" else rc.speculative
+        self.drafter = Drafter(self.cache, spec_mode, rc.speculative_tokens, self.context_len)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
                              overlap=rc.overlap, drafter=self.drafter)
         atexit.register(_shutdown_ref, weakref.ref(self))

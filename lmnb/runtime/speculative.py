@@ -176,7 +176,10 @@ class Drafter:
         p = r.params
         if self.mode == "off" or p.speculative is False or p.penalized:
             return False
-        return p.greedy or p.speculative is True
+        if p.speculative is True:
+            return True
+        # "requested": only requests that ask (the runtime's choice on CUDA, see Runtime)
+        return self.mode == "auto" and p.greedy
 
     def _state(self, r: Req) -> SpecState:
         if r.spec is None:
