@@ -349,7 +349,13 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        q = f", quantization={self.quantization!r}" if self.quantization else ""
+        q = ""
+        if self.quant is not None:
+            q = ", quantization='fp8'"
+        elif self.quantization in CPU_MODES:
+            q = f", quantization={self.quantization!r}"
+        elif self.quantization:
+            q = ", fp8 checkpoint dequantized"
         return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')}{q})"
 
 

@@ -12,7 +12,8 @@ from lmnb.runtime.models.config import ModelConfig
 # quantization modes -> (device type they run on, what they are). "auto" picks the CPU
 # default for a checkpoint that is quantized already (a GGUF file) when no dtype is given.
 QUANTIZATIONS = {
-    "fp8": ("cuda", "FP8 e4m3 projections, per-channel scales (GPUs of capability 8.9+)"),
+    # fp8: the device is checked at load (quant.fp8.plan_fp8 knows which GPUs have FP8)
+    "fp8": (None, "FP8 e4m3 projections, per-channel scales (GPUs of capability 8.9+)"),
     "q8": ("cpu", "int8 weight-only matmuls (per output channel)"),
     "q4": ("cpu", "int4 weight-only matmuls (groups of 32), int8 LM head"),
 }
@@ -111,7 +112,7 @@ class RuntimeConfig:
             raise LmnbError(f"quantization must be one of auto, none, {', '.join(QUANTIZATIONS)}, got {q!r}")
         where, _ = QUANTIZATIONS[q]
         dev = "cuda" if self.device.startswith("cuda") else "cpu"
-        if where != dev:
+        if where is not None and where != dev:
             raise LmnbError(f"quantization={q!r} runs on the {where.upper()} only, not on {self.device}; "
                             f"use device={where!r} or quantization=None")
         op = _QUANT_OPS.get(q)

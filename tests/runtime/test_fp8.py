@@ -202,8 +202,8 @@ def test_quantize_at_load(fake_fp8_device):
 
     from lmnb.runtime.loader import dummy_weights
 
-    q = lm.Runtime("dummy:tiny", device="cpu", dtype="bfloat16", quantization="fp8", kv_memory_gb=0.05)
-    ref = lm.Runtime("dummy:tiny", device="cpu", dtype="bfloat16", kv_memory_gb=0.05)
+    q = lm.Runtime("dummy:tiny", device="cpu", dtype="bfloat16", quantization="fp8", kv_memory_gb=0.05, speculative="off")
+    ref = lm.Runtime("dummy:tiny", device="cpu", dtype="bfloat16", kv_memory_gb=0.05, speculative="off")
     try:
         assert "per-channel scales, quantized at load" in q.quantization
         assert "quantization='fp8'" in repr(q)
@@ -239,7 +239,7 @@ def test_status_shows_quantization(fake_fp8_device):
 # ---------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("kw,match", [
     (dict(quantization="fp8"), "needs a CUDA GPU with FP8 support"),
-    (dict(quantization="int3"), "quantization must be None or one of"),
+    (dict(quantization="int3"), "quantization must be one of auto, none"),
     (dict(kv_cache_dtype="fp8_e4m3"), "kv_cache_dtype='fp8_e4m3' is not supported yet"),
     (dict(kv_cache_dtype="int8"), "kv_cache_dtype must be None or 'auto'"),
 ])
