@@ -12,10 +12,11 @@ import threading
 
 @contextlib.contextmanager
 def serve_process(*args: str, env: dict | None = None, check_exit: bool = True):
-    """Start `lmnb serve --model smollm2 --port 0 ...`; yield the URL it prints."""
+    """Start `lmnb serve --model smollm2 --port 0 --dtype float32 ...` (the exact fp32 path,
+    like the session's runtime fixture, so answers compare); yield the URL it prints."""
     exe = shutil.which("lmnb")
     cmd = [exe] if exe else [sys.executable, "-m", "lmnb"]
-    cmd += ["serve", "--model", "smollm2", "--port", "0", "--device", "cpu",
+    cmd += ["serve", "--model", "smollm2", "--port", "0", "--device", "cpu", "--dtype", "float32",
             "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
