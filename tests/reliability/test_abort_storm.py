@@ -199,7 +199,8 @@ def _cell_interrupts(shell, rng: random.Random, monkeypatch, capsys, n: int) -> 
             shell.run_cell_magic("lm", f"-o {out}", cell)
             monkeypatch.setattr(DisplayHandle, "update", original)
         shown, err = capsys.readouterr()
-        assert err.strip() == "lmnb: interrupted; the partial text is kept and its KV slots are free", err
+        assert not err.strip(), err   # the interrupt is a notice on stdout, not an error
+        assert "lmnb: interrupted; the text generated so far is kept" in shown, shown
         assert "── lm · interrupted" in shown and "Traceback" not in shown
         st = shell.user_ns[out]
         assert st.text().startswith(f"Story {i}") and isinstance(st.error, lm.RequestAborted)
