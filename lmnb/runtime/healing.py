@@ -208,9 +208,11 @@ class HealingCursor:
 class HealedHandle:
     """A request handle whose text leaves out the healed bytes (the prompt has them).
     The result's meta gains `token_healing` = {"tokens": removed token count, "text":
-    removed text}; the token counts are the engine's (the backed-off prompt, and every
-    generated token, the regenerated ones included), so they agree with `output_ids` and
-    the logprobs. `events()`, `result()` and iteration read like a `RequestHandle`'s."""
+    removed text}; `prompt_tokens` counts the prompt as given and `completion_tokens` the
+    tokens beyond the regenerated ones (the engine's own counters see the backed-off
+    prompt), and the output logprobs leave out the same number of leading entries, so
+    they agree with `completion_tokens`. `events()`, `result()` and iteration read like a
+    `RequestHandle`'s."""
 
     def __init__(self, handle, healed: Plan) -> None:
         self._handle, self._plan = handle, healed
@@ -293,6 +295,13 @@ def healed_result(res, healed: Plan, strip):
     meta = copy.copy(res.meta)
     meta.extra = dict(meta.extra or {})
     meta["token_healing"] = {"tokens": healed.removed_tokens, "text": healed.text}
+    k = healed.removed_tokens
+    meta.completion_tokens = max(0, (meta.completion_tokens or 0) - k)
+    meta.prompt_tokens = (meta.prompt_tokens or 0) + k
+    if meta.output_token_logprobs:
+        meta.output_token_logprobs = meta.output_token_logprobs[k:]
+    if meta.output_top_logprobs:
+        meta.output_top_logprobs = meta.output_top_logprobs[k:]
     if meta.forced_spans:
         meta.forced_spans = [(max(a - shift, 0), b - shift) for a, b in meta.forced_spans if b - shift > 0]
     out = copy.copy(res)

@@ -99,7 +99,7 @@ def _declared_fields(path: Path) -> set[str]:
 # request fields that are about the call, not sampling (each layer's own)
 NOT_SAMPLING = {"max_tokens", "n"}   # the server caps max_tokens and fans n out: still table names
 # the same word meaning something else: the runtime's own seed (of its per-request seeds)
-OTHER_MEANING = {"runtime/runtime_config.py": {"seed"}}
+OTHER_MEANING = {"runtime/runtime_config.py": {"seed", "speculative"}}   # and its default drafting mode
 
 
 def test_no_module_declares_a_sampling_parameter_itself():
