@@ -202,7 +202,7 @@ class Drafter:
             toks = self.force(r)
             draft = Draft(list(toks[: min(room, self.k)]), "forced") if toks else None
             if draft is not None and r.guide is not None:
-                draft = _guided(r.guide, draft)
+                draft = _guided_or_none(r.guide, draft)
             st.hot = draft is not None
             return draft
         if st.paused > 0:
@@ -211,7 +211,7 @@ class Drafter:
             return None
         draft = self._lookup(r, st, room)
         if draft is not None and r.guide is not None:
-            draft = _guided(r.guide, draft)
+            draft = _guided_or_none(r.guide, draft)
         st.hot = draft is not None
         return draft
 
@@ -307,6 +307,15 @@ class Drafter:
         c["spec_tokens_per_verify_step"] = (c["spec_verify_tokens"] / c["spec_verify_steps"]
                                             if c["spec_verify_steps"] else 0.0)
         return c
+
+
+def _guided_or_none(cursor, draft: Draft) -> Draft | None:
+    """`_guided`, or no draft when the grammar fails on the copy: the request's own step
+    then meets the failure where the engine ends only that request."""
+    try:
+        return _guided(cursor, draft)
+    except Exception:  # noqa: BLE001 - reported by the plain path, per request
+        return None
 
 
 def _guided(cursor, draft: Draft) -> Draft | None:
