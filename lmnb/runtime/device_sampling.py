@@ -62,11 +62,14 @@ class DeviceSampler:
         self.eos_ids = tuple(eos_ids)
         self.masks = DeviceMasks()
 
-    def sample(self, batch: ScheduledBatch, out: StepOutput) -> SampledStep:
+    def sample(self, batch: ScheduledBatch, out: StepOutput, skip: set[int] = frozenset()) -> SampledStep:
+        """`skip`: rows not to sample (their request finished or changed after launch)."""
         done: list[tuple[Req, dict]] = []
         idx = []
         for i in out.sample_rows:
             r = batch.reqs[i]
+            if i in skip:
+                continue
             if len(r.output_ids) >= r.params.max_new_tokens:
                 done.append((r, {"type": "length"}))
             else:

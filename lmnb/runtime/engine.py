@@ -52,7 +52,7 @@ class Engine:
         self.error: BaseException | None = None
         self.counters = dict(forward_steps=0, extend_steps=0, decode_steps=0, prefill_tokens=0,
                              decode_tokens=0, computed_tokens=0, max_batch_size=0,
-                             finished_requests=0, aborted_requests=0)
+                             finished_requests=0, aborted_requests=0, grammar_run_ahead_steps=0)
         self.history: deque = deque(maxlen=2048)   # (t_end, mode, tokens, seconds, rids)
         self._stop = False
         self._last_settle = 0.0
@@ -111,7 +111,7 @@ class Engine:
     def ensure_alive(self) -> None:
         if self.error is not None:
             raise EngineError(f"the engine stopped after an error ({error_line(self.error)}); "
-                              "load the model again (lm.Runtime(...) or %lm model ...)")
+                              "load the model again (lm.Runtime(...) or %lm model ...)") from self.error
         if not self.thread.is_alive():
             raise EngineError("the runtime was shut down; create a new lm.Runtime(...)")
 
@@ -172,7 +172,20 @@ class Engine:
             torch.set_num_threads(1 if small else self._cpu_threads)
         before, t0 = self._inflight, time.perf_counter()
         out = self.runner.run(batch, before.tokens if before is not None else None)
-        step = self.sampler.sample(batch, out)
+        # a request with a grammar that ran ahead needs its token of the step before in
+        # its cursor before its mask: settle that step now, while the GPU runs this one's
+        # forward, then sample. Rows whose request finished or whose output jump-forward
+        # rewrote there are stale and not sampled (their release / rollback frees the
+        # slot this step writes; later steps write after it on the stream).
+        settle_first = before is not None and any(r.ahead and r.guide is not None for r in batch.reqs)
+        skip: set[int] = set()
+        if settle_first:
+            self.counters["grammar_run_ahead_steps"] += 1
+            versions = [r.output_version for r in batch.reqs]
+            self._settle()
+            skip = {i for i, (r, v) in enumerate(zip(batch.reqs, versions))
+                    if r.finished() or r.output_version != v}
+        step = self.sampler.sample(batch, out, skip)
         step.launched = t0
         self._count(batch, sum(batch.lens))
         if not batch.is_decode and batch.drafts is None:
@@ -184,7 +197,7 @@ class Engine:
             for r in batch.reqs:
                 if r.status is Status.RUNNING and r.kv_len > r.cache_len:
                     self.sched.cache_progress(r)
-        if before is not None:
+        if before is not None and not settle_first:
             self._settle()
         self._inflight = step
         if self.overlap:
@@ -260,6 +273,7 @@ class Engine:
     def _fail_all(self, e: BaseException) -> None:
         err = EngineError(f"engine failure: {error_line(e)}; load the model again "
                           "(lm.Runtime(...) or %lm model ...)")
+        err.__cause__ = e   # the traceback stays reachable (tests, logs, %tb)
         for r in list(self.reqs.values()):
             r.events.put(StreamEvent("error", error=err))
         self.reqs.clear()

@@ -19,11 +19,12 @@ PLACEHOLDER = -1   # an output token still being sampled on the device
 
 def hold(reqs: list[Req], context_len: int, stays_home=None) -> None:
     """Give each request of a launched step (in row order) that will surely go on a
-    placeholder. Requests whose next token depends on host state (grammars, stop checks
-    that rewrite output) or may be their last do not run ahead; nor do those whose next
-    step may carry a speculative draft (`stays_home(r)`: a draft needs the real token)."""
+    placeholder. Requests that may be at their last token do not run ahead; nor do those
+    whose next step may carry a speculative draft (`stays_home(r)`: a draft needs the
+    real token). A request with a grammar does: the engine settles the step before
+    sampling the next one, so its mask sees the token (engine.Engine._step)."""
     for row, r in enumerate(reqs):
-        if (r.guide is None and r.status is Status.RUNNING
+        if (r.status is Status.RUNNING
                 and len(r.output_ids) + 1 < r.params.max_new_tokens
                 and r.fill_len + 1 < context_len
                 and (stays_home is None or not stays_home(r))):

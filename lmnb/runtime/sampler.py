@@ -19,6 +19,32 @@ class DeviceMasks:
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self._rows: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        # pinned host buffers for bitmask uploads, used in turn, each with the CUDA event
+        # of its last upload (a buffer is rewritten only once that upload has landed)
+        self._staging: list[list] = [[None, None], [None, None]]
+        self._turn = 0
+
+    def upload(self, words: np.ndarray, device: torch.device) -> torch.Tensor:
+        """A batch's bitmask words on `device` without waiting for the step in flight: a
+        copy from pageable memory this large (> 64 KiB) waits for the whole queue, so it
+        goes through a pinned buffer."""
+        host = torch.from_numpy(words)
+        if device.type != "cuda":
+            return host.to(device)
+        slot = self._staging[self._turn]
+        self._turn ^= 1
+        buf, landed = slot
+        if landed is not None:
+            landed.synchronize()
+        if buf is None or buf.numel() < words.size:
+            buf = slot[0] = torch.empty(max(words.size, 2 * (0 if buf is None else buf.numel())),
+                                        dtype=torch.int32, pin_memory=True)
+        staged = buf[: words.size].view(words.shape)
+        staged.copy_(host)
+        dev = staged.to(device, non_blocking=True)
+        slot[1] = torch.cuda.Event()
+        slot[1].record()
+        return dev
 
     def get(self, mask: torch.Tensor, width: int, device: torch.device) -> torch.Tensor:
         key = (id(mask), width, device)
@@ -46,18 +72,34 @@ def _unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([bits, pad], dim=1)
 
 
+def _bitmask_rows(guides: list) -> np.ndarray:
+    """int32 [len(guides), words]: cursors whose class computes a batch at once
+    (`batch_bitmasks`) in one call per class, the others one `bitmask()` each."""
+    groups: dict = {}
+    for j, g in enumerate(guides):
+        groups.setdefault(getattr(type(g), "batch_bitmasks", None), []).append(j)
+    rows: list = [None] * len(guides)
+    for fill, js in groups.items():
+        if fill is not None and len(js) > 1:
+            for j, row in zip(js, fill([guides[j] for j in js])):
+                rows[j] = row
+        else:
+            for j in js:
+                rows[j] = guides[j].bitmask()
+    return np.stack(rows)
+
+
 def _banned(guides: list, width: int, dev: torch.device, masks: DeviceMasks) -> torch.Tensor:
     """bool [len(guides), width] of disallowed tokens. Cursors with `bitmask()` (the
     llguidance engine) send their 6 KiB bitsets in one copy, expanded on the device; the
     others hand out one shared mask per automaton state, kept on the device."""
     bit_rows = [j for j, g in enumerate(guides) if hasattr(g, "bitmask")]
     if len(bit_rows) == len(guides):
-        words = torch.from_numpy(np.stack([g.bitmask() for g in guides]))
-        return ~_unpack_bits(words.to(dev, non_blocking=True), width)
+        return ~_unpack_bits(masks.upload(_bitmask_rows(guides), dev), width)
     rows = [None] * len(guides)
     if bit_rows:
-        words = torch.from_numpy(np.stack([guides[j].bitmask() for j in bit_rows]))
-        for j, row in zip(bit_rows, ~_unpack_bits(words.to(dev, non_blocking=True), width)):
+        words = masks.upload(_bitmask_rows([guides[j] for j in bit_rows]), dev)
+        for j, row in zip(bit_rows, ~_unpack_bits(words, width)):
             rows[j] = row
     for j, g in enumerate(guides):
         if rows[j] is None:
@@ -88,6 +130,8 @@ def apply_masks(logits: torch.Tensor, reqs: list[Req], masks: DeviceMasks) -> No
 def to_device(values: list, device: torch.device, dtype=None) -> torch.Tensor:
     """A small host list as a device tensor, without waiting for the GPU's queue (a plain
     `torch.tensor(..., device=cuda)` blocks until the step in flight is done)."""
+    if dtype is None and not len(values):
+        dtype = torch.int64   # an empty list is an empty index, not a float tensor
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 

@@ -15,14 +15,9 @@ PROMPTS = [
     "import numpy as np\nx = np.arange(10)\n",
     "Write a haiku about autumn leaves.\n",
     "A recipe for pancakes needs the following ingredients:",
-    "Explain photosynthesis to a ten-year-old. Plants are",
-    "SELECT name, age FROM users WHERE",
-    "The three laws of motion are",
-    "In 1969, the first humans",
-    "Dear hiring manager, I am writing to apply for the position of",
-    "Python is a programming language that",
 ]
-NEW = 64
+NEW = 32
+ALONE = 5   # prompts also run one at a time (the batch tests take them all)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def _gen(rt, prompts):
 
 def test_one_at_a_time(smollm2, hf_reference):
     smollm2.flush_cache()
-    for p, ref in zip(PROMPTS, hf_reference):
+    for p, ref in zip(PROMPTS[:ALONE], hf_reference):
         assert _gen(smollm2, [p])[0] == ref, p
     smollm2.check_integrity()
 

@@ -4,6 +4,7 @@ KV slot leaked. On the CPU the overlap changes no timing, but every code path of
 (placeholders, the device-side token fill, late stops, aborts in flight) runs."""
 from __future__ import annotations
 
+import json
 import random
 import threading
 
@@ -28,6 +29,14 @@ CASES = [
     {"max_new_tokens": 16, "temperature": 0.8, "seed": 3, "frequency_penalty": 1.5, "ignore_eos": True},
     {"max_new_tokens": 20, "min_new_tokens": 12, "temperature": 0, "stop_token_ids": [101, 102, 103]},
     {"max_new_tokens": 20, "temperature": 0, "stop_regex": r"[xyz]{2}"},
+    # grammars run ahead too: forced text (jump-forward re-tokenizes, the step in flight
+    # is stale), sampling under a mask, a schema that ends the request by itself
+    {"max_new_tokens": 40, "temperature": 0, "json_schema": json.dumps(
+        {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                          "n": {"type": "integer", "minimum": -3, "maximum": 99}},
+         "required": ["name", "n"]})},
+    {"max_new_tokens": 30, "temperature": 0.9, "seed": 5, "regex": r"id: [a-z]{2,6}, code: \d{2,3}\."},
+    {"max_new_tokens": 4, "temperature": 0, "regex": r"(ab|cd)+"},
 ]
 
 
@@ -85,6 +94,8 @@ def test_overlap_matches_settling_each_step(pair):
     assert [g[0] for g in got] == [b[0] for b in base]
     # the small pool forced retractions on both sides
     assert pair[True].scheduler.retractions > 0
+    # requests with a grammar ran ahead (their step before settled ahead of sampling)
+    assert pair[True].engine.counters["grammar_run_ahead_steps"] > 0
 
 
 def test_overlap_aborts_in_flight_free_everything(pair):

@@ -186,19 +186,20 @@ def test_dying_worker_is_one_line_engine_error():
     assert wait_gone([pid], timeout=5) == []
 
 
-def test_lm_model_magic_passes_tp(capsys):
+def test_lm_model_magic_passes_tp():
     """`%lm model SPEC --tp N` reaches Runtime(tp_size=N) (here a split that cannot work,
     so nothing is spawned); --tp with another command is refused in one line."""
     from IPython.core.interactiveshell import InteractiveShell
 
+    from lmnb.magics.errors import CellError
     from lmnb.magics.lm_magics import LmMagics
     from lmnb.magics.session import KernelSession
 
     sh = InteractiveShell.instance()
     sh.register_magics(LmMagics(sh, session=KernelSession()))
-    capsys.readouterr()
-    sh.run_line_magic("lm", "model dummy:tiny --tp 3")
-    err = capsys.readouterr().err
-    assert "tp_size=3" in err and "KV heads" in err and err.count("\n") == 1, err
-    sh.run_line_magic("lm", "status --tp 2")
-    assert "--tp N goes with %lm model SPEC" in capsys.readouterr().err
+    with pytest.raises(CellError) as e:                 # the cell fails with its one line
+        sh.run_line_magic("lm", "model dummy:tiny --tp 3")
+    msg = str(e.value)
+    assert "tp_size=3" in msg and "KV heads" in msg and "\n" not in msg, msg
+    with pytest.raises(CellError, match="--tp N goes with %lm model SPEC"):
+        sh.run_line_magic("lm", "status --tp 2")

@@ -24,6 +24,8 @@ class GuideCursor(Protocol):
     # Optional: `bitmask() -> np.ndarray` int32 [ceil(vocab_size / 32)] (bit i % 32 of word
     # i // 32 set when token i is allowed). The sampler prefers it when present: one small
     # host-to-device copy per batch instead of a boolean row per request.
+    # Optional on the cursor's class: `batch_bitmasks(cursors) -> np.ndarray` int32
+    # [len(cursors), words], the same rows computed together (llguidance: in parallel).
 
     def accept_token(self, token_id: int) -> None:
         """Advance over one sampled token; raises LmnbError if it was not allowed."""

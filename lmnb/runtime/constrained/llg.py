@@ -147,6 +147,11 @@ class LlgCursor:
         c._bits, c._mask = self._bits, self._mask   # read-only once computed
         return c
 
+    @staticmethod
+    def batch_bitmasks(cursors: list[LlgCursor]) -> np.ndarray:
+        """Several cursors' `bitmask()` rows at once, computed in parallel."""
+        return fill_bitmasks(cursors)
+
     def bitmask(self) -> np.ndarray:
         """int32 [ceil(vocab_size / 32)] of allowed tokens (bit i%32 of word i//32); the
         cursor's own buffer: read it before the next accept."""
@@ -231,6 +236,52 @@ class LlgCursor:
         if self.matcher.is_error():
             raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)} failed: "
                             f"{self.matcher.get_error().splitlines()[0][:200]}")
+
+
+_EXECUTOR = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor():
+    """llguidance's thread pool for batch masks (one per process, like torch's own pool)."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = _llguidance().LLExecutor()
+        return _EXECUTOR
+
+
+def fill_bitmasks(cursors: list[LlgCursor]) -> np.ndarray:
+    """int32 [len(cursors), words] of every cursor's allowed tokens, the masks not yet known
+    computed in parallel on llguidance's threads (the GIL released). Each cursor keeps its
+    row as its own `bitmask()` until it moves, so `accept_token` checks against it."""
+    words = cursors[0].guide.vocab.words
+    if any(c.guide.vocab.words != words for c in cursors):
+        raise LmnbError("one batch of masks needs one vocabulary")
+    out = np.zeros((len(cursors), words), np.int32)
+    todo = []
+    for j, c in enumerate(cursors):
+        if c._bits is not None:
+            out[j] = c._bits
+        elif not c.eos_seen:
+            todo.append(j)
+    if len(todo) == 1:
+        j = todo[0]
+        out[j] = cursors[j].bitmask()
+    elif todo:
+        row_bytes = words * 4
+        if cursors[todo[0]].guide.vocab.llg_words == words:
+            _executor().unsafe_compute_mask_ptr([(cursors[j].matcher, j) for j in todo],
+                                                out.ctypes.data, row_bytes, len(cursors))
+        else:   # llguidance fills fewer words than a row: one call each
+            for j in todo:
+                cursors[j].matcher.unsafe_compute_mask_ptr(out[j].ctypes.data,
+                                                           cursors[j].guide.vocab.llg_words * 4)
+    for j, c in enumerate(cursors):
+        if c._bits is None:
+            c._raise_if_error()
+            c._bits = out[j]
+    return out
 
 
 def _mid_character(data: bytearray) -> bool:

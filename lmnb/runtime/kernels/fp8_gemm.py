@@ -9,13 +9,14 @@ References: `lmnb.runtime.quant.fp8_reference` (fp8_linear_ref, quantize_rows_re
                  the per-channel scale is applied once per output.
       M <= 16    fp8_w8a16: tl.dot over bf16 activations and upcast fp8 tiles (skinny
                  tiles, BLOCK_M 16); also every M for block scales or without _scaled_mm.
+                 (The timed choice below also tries _scaled_mm for these M.)
       M > 16     per-channel weights: activations quantized per token (quantize_rows),
                  then torch._scaled_mm with rowwise scales on the FP8 tensor cores.
 Block scales (bn x bk, 128 x 128 in checkpoints) are read per tile (GEMV: one scale per
 column of the tile) inside the K loop.
 
 Every launch has a fixed grid and output shape for a given M, no host sync: the calls are
-CUDA-graph safe. For M <= 16 the kernel (GEMV or skinny GEMM, up to 4 rows either may win)
+CUDA-graph safe. For M <= 16 the kernel (GEMV, skinny GEMM or _scaled_mm; up to 4 rows any may win)
 and its tile config come from a small timed choice on first use per shape and row count
 (eager calls only, never while a graph is being captured; `LMNB_FP8_TUNE=0`: the
 defaults above), cached for the process.
@@ -272,19 +273,28 @@ def w8a16_configs(m: int, n: int, k: int, block) -> list[tuple[int, int, int, in
 
 
 def fp8_small_m(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None) -> torch.Tensor:
-    """M <= 16 (decode): the GEMV (M <= 4) or the skinny tl.dot kernel, whichever the
-    timed choice finds faster for this shape (default: GEMV up to 4 rows)."""
+    """M <= 16 (decode): the GEMV (M <= 4), the skinny tl.dot kernel or (per-channel bf16,
+    where it runs) per-token activations on torch._scaled_mm, whichever the timed choice
+    finds faster for this shape (default: GEMV up to 4 rows)."""
     m, k = x.shape
     n = q.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     cands = [("gemv", c) for c in gemv_configs(_gemv_rows(m), n, k, block)] if m <= GEMV_MAX_M else []
     cands += [("w8a16", c) for c in w8a16_configs(m, n, k, block)]
+    if block is None and x.dtype == torch.bfloat16 and scaled_mm_usable(x.device, n, k):
+        cands.append(("scaled_mm", None))
 
     def launch(cand) -> None:
-        (_launch_gemv if cand[0] == "gemv" else _launch_w8a16)(x, q, s, block, y, cand[1])
+        if cand[0] == "scaled_mm":
+            y.copy_(scaled_mm_rowwise(x, q, s))
+        else:
+            (_launch_gemv if cand[0] == "gemv" else _launch_w8a16)(x, q, s, block, y, cand[1])
 
     key = ("small", _gemv_rows(m) if m <= GEMV_MAX_M else m, n, k, block, x.dtype, x.device)
-    launch(_choose(key, cands, launch))
+    chosen = _choose(key, cands, launch)
+    if chosen[0] == "scaled_mm":
+        return scaled_mm_rowwise(x, q, s)
+    launch(chosen)
     return y
 
 
