@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh
 bash scripts/install_sglang.sh
-python -m pytest -q -p no:cacheprovider --durations=15 tests notebooks --nbval-lax "$@"
+# two workers (CI has two cores), whole files each so module fixtures load once
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests notebooks --nbval-lax "$@"

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
 
 torch.manual_seed(0)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs two workers on CI's two cores: one torch thread each, so they
+    # do not fight over the cores (OpenMP threads spin while they wait)
+    torch.set_num_threads(1)
 
 
 def _has_smollm2() -> bool:
@@ -20,12 +25,13 @@ def smollm2():
     import lmnb as lm
 
     # the exact fp32 path: the HF parity tests compare against it token for token
-    rt = lm.Runtime("smollm2", device="cpu", dtype="float32")
+    # (a 12k-token pool: what the tests need, a third of the default's memory)
+    rt = lm.Runtime("smollm2", device="cpu", dtype="float32", max_total_tokens=12288)
     yield rt
     rt.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")   # ~0.6 GB: only while a module that compares with HF runs
 def hf_smollm2(smollm2):
     """HF transformers model over the very same (dequantised) weights, fp32."""
     from transformers import AutoModelForCausalLM

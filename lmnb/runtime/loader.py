@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,7 @@ def _convert_gguf(gguf_path: str, out: Path) -> None:
     try:
         os.replace(tmp, out)
     except OSError:  # another process converted it first
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _resolve_hf_dir(arg: str) -> Path:
