@@ -155,8 +155,11 @@ For museums: {{ gen("tip", max_tokens=16, stop="\\n") }}
 @fork
 For transport: {{ gen("tip", max_tokens=16, stop="\\n") }}
 @join'''),
-    md("(The branches run concurrently, so how many tokens each one finds in the cache varies from run to run.)"),
-    code('tips["tip"]', check=True),
+    md("(The branches run concurrently, so how many tokens each one finds in the cache varies from run to run. "
+       "With the CPU's default q4 weights a branch's words can also differ slightly between runs: its "
+       "tokens may be computed beside different neighbours; `lm.Runtime(\"smollm2\", dtype=\"float32\")` "
+       "is the exact path.)"),
+    code('tips["tip"]'),
     md("""
 `--batch VAR` runs the cell once per item (a dict's keys become names) through
 continuous batching, with a progress bar; the result is a list of states.
@@ -169,7 +172,7 @@ continuous batching, with a progress bar; the result is a list of states.
 @assistant
 {{ gen("a", max_tokens=10) }}'''),
     code('''for s in answers:
-    print(s.messages()[0]["content"], "->", s["a"])''', check=True),
+    print(s.messages()[0]["content"], "->", s["a"])'''),
 ]
 
 CACHE = [

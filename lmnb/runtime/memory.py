@@ -6,6 +6,9 @@ tensors live on the model's device.
 """
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 
 from lmnb.errors import LmnbError
@@ -48,6 +51,16 @@ class TokenSlotAllocator:
         return self._free[: self._n_free]
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero CPU tensor on an anonymous memory map: the kernel hands out zero pages on
+    first write, so untouched parts use no memory, and the map is unmapped (returned to
+    the OS at once) when the last view of the tensor is gone."""
+    count = math.prod(shape)
+    nbytes = count * torch.tensor([], dtype=dtype).element_size()
+    buf = mmap.mmap(-1, max(nbytes, 1))
+    return torch.frombuffer(buf, dtype=dtype, count=count).view(shape)
+
+
 class KVPool:
     """K and V buffers per layer, `[size + 1, kv_heads, head_dim]` each."""
 
@@ -56,8 +69,14 @@ class KVPool:
         self.size, self.dtype, self.device = size, dtype, device
         self.allocator = TokenSlotAllocator(size)
         shape = (size + 1, kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        if torch.device(device).type == "cpu":
+            # zero pages from the kernel, resident only once written: a pool sized for a
+            # long context costs the memory of the tokens it holds
+            kv = lazy_zeros((2, num_layers) + shape, dtype)
+            self.k, self.v = list(kv[0]), list(kv[1])
+        else:
+            self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+            self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -95,7 +95,8 @@ DOC = ("Name: Ada Lovelace. Age: 36. City: London. Name: Alan Turing. Age: 41. C
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_constraints_and_stops_match_plain_decoding(smollm2, case):
     kw = dict(CASES[case], temperature=0)
-    prompts = [DOC, PROMPTS[case], PROMPTS[case + 7] + " " + PROMPTS[case + 7]]
+    other = PROMPTS[(case + 7) % len(PROMPTS)]
+    prompts = [DOC, PROMPTS[case], other + " " + other]
     off = smollm2.generate(prompts, speculative=False, **kw)
     for _ in range(2):    # the second time radix drafts cover the whole output
         _same(smollm2.generate(prompts, **kw), off)
