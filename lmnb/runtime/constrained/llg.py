@@ -70,11 +70,15 @@ class LlgVocabulary:
         if not len(self.eos_ids):
             raise LmnbError("constrained decoding needs an end-of-sequence token id; "
                             "pass eos_token_ids")
-        wrapper = llg.TokenizerWrapper(_Bytes(tokenizer, self.tokens, int(self.eos_ids[0])))
+        # llguidance sees the ids up to the last one with bytes (and the EOS ids): ids past
+        # them (a model's padded vocabulary, a byte tokenizer's unused ids) are never
+        # allowed, so they stay 0 in every mask without entering llguidance's token table,
+        # where 128k empty ids made some masks 50x slower
+        real = max([i for i, t in enumerate(self.tokens) if t] + [int(self.eos_ids[-1])]) + 1
+        wrapper = llg.TokenizerWrapper(_Bytes(tokenizer, self.tokens[:real], int(self.eos_ids[0])))
         # llguidance's default "slices" (token subsets precomputed for common lexeme shapes,
         # e.g. string contents) cost ~0.15 s here and cut the slow tail of first-visit masks
-        self.lltok = llg.LLTokenizer(wrapper, n_vocab=self.vocab_size,
-                                     eos_token=[int(i) for i in self.eos_ids])
+        self.lltok = llg.LLTokenizer(wrapper, n_vocab=real, eos_token=[int(i) for i in self.eos_ids])
         self.words = (self.vocab_size + 31) // 32
         self.llg_words = (self.lltok.vocab_size + 31) // 32   # the buffer llguidance fills
         if self.llg_words > self.words:
@@ -269,14 +273,12 @@ def fill_bitmasks(cursors: list[LlgCursor]) -> np.ndarray:
         j = todo[0]
         out[j] = cursors[j].bitmask()
     elif todo:
-        row_bytes = words * 4
-        if cursors[todo[0]].guide.vocab.llg_words == words:
-            _executor().unsafe_compute_mask_ptr([(cursors[j].matcher, j) for j in todo],
-                                                out.ctypes.data, row_bytes, len(cursors))
-        else:   # llguidance fills fewer words than a row: one call each
-            for j in todo:
-                cursors[j].matcher.unsafe_compute_mask_ptr(out[j].ctypes.data,
-                                                           cursors[j].guide.vocab.llg_words * 4)
+        llg_words = cursors[todo[0]].guide.vocab.llg_words   # the words llguidance fills
+        rows = out if llg_words == words else np.zeros((len(cursors), llg_words), np.int32)
+        _executor().unsafe_compute_mask_ptr([(cursors[j].matcher, j) for j in todo],
+                                            rows.ctypes.data, llg_words * 4, len(cursors))
+        if rows is not out:
+            out[todo, :llg_words] = rows[todo]
     for j, c in enumerate(cursors):
         if c._bits is None:
             c._raise_if_error()
