@@ -64,7 +64,7 @@ class TPModelRunner:
             self._broken = True
             if isinstance(e, EngineError):
                 raise
-            if self.workers.wait_for_death(2.0):
+            if self.workers.wait_for_death(5.0):   # (returns at once when one is seen dead)
                 raise self.workers.lost_error() from None
             raise
         return StepOutput(logits, lay.sample_rows, lay.logprob_rows, lay.draft_rows)
