@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/install_browser.sh
 bash scripts/install_sglang.sh
-# two workers (CI has two cores), whole files each so module fixtures load once; then the
-# browser test alone (JupyterLab and Chromium starting beside a busy worker time out)
+# the browser test first and alone (JupyterLab and Chromium starting beside a busy worker
+# time out), then the rest on two workers (CI has two cores), whole files each so module
+# fixtures load once
 rc=0
+python -m pytest -q -p no:cacheprovider --durations=5 tests/browser "$@" || rc=$?
 python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests notebooks --nbval-lax \
   --ignore=tests/browser "$@" || rc=$?
-python -m pytest -q -p no:cacheprovider --durations=5 tests/browser "$@" || rc=$?
 exit $rc
