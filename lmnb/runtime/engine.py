@@ -8,7 +8,9 @@ Overlap (on CUDA): a step is launched, then the step before it is settled (its s
 tokens read back and applied) while the GPU runs the new one. Requests that will surely go
 on hold a placeholder for their token in flight, so the scheduler can put them in the next
 step at once; the model reads the real token from the device. A request that turns out to
-have stopped wastes that one step, whose KV slot its release frees.
+have stopped wastes that one step, whose KV slot its release frees. Requests with a
+grammar run ahead too: their mask needs the token in flight, so a step that holds one
+settles the step before it first (while the GPU runs the new forward), then samples.
 """
 from __future__ import annotations
 
