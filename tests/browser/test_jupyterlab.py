@@ -118,7 +118,12 @@ def _drive(lab, page, root: Path) -> dict:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SLOW)
     _menu(page, "Run", "Run All Cells")
     # live: the long generation streams into its cell while the kernel runs
-    _cell(page, STORY).locator(".lmnb-view", has_text="lm · running").wait_for(timeout=SLOW)
+    try:
+        _cell(page, STORY).locator(".lmnb-view", has_text="lm · running").wait_for(timeout=2 * SLOW)
+    except Exception as e:   # say what the cells show instead (and keep a picture of it)
+        page.screenshot(path=str(ARTIFACTS / "0-no-live-view.png"), full_page=True)
+        shown = {i: _output_text(page, i)[-300:] for i in range(len(CELLS))}
+        raise AssertionError(f"the long generation never showed a live view: {shown}") from e
     mark("ran to the long generation")
     facts["live"] = {i: _view(page, i).inner_text() for i in (PROGRAM, CACHE, STATS)}
     page.screenshot(path=str(ARTIFACTS / "1-live.png"), full_page=True)
