@@ -73,6 +73,20 @@ def _menu(page, top: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).first.click()
 
 
+def _run_all(page) -> None:
+    """Run → Run All Cells, again if the click was lost (a page still settling after the
+    kernel came up can drop it: then no cell shows [*] or a count)."""
+    prompt = _cell(page, 0).locator(".jp-InputArea-prompt")
+    for _ in range(3):
+        _menu(page, "Run", "Run All Cells")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if re.search(r"\[(\*|\d+)\]", prompt.inner_text()):
+                return
+            time.sleep(0.25)
+    raise AssertionError("Run All Cells started no cell (three clicks)")
+
+
 def _cell(page, i: int):
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(i)
 
@@ -116,7 +130,7 @@ def _drive(lab, page, root: Path) -> dict:
     _open(page, lab)
     mark("opened")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=SLOW)
-    _menu(page, "Run", "Run All Cells")
+    _run_all(page)
     # live: the long generation streams into its cell while the kernel runs
     try:
         _cell(page, STORY).locator(".lmnb-view", has_text="lm · running").wait_for(timeout=2 * SLOW)
