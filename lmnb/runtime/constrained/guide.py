@@ -19,22 +19,14 @@ from lmnb.errors import LmnbError
 from lmnb.runtime.constrained.json_schema import Whitespace, build_regex_from_schema
 from lmnb.runtime.constrained.jump_forward import JumpTable
 from lmnb.runtime.constrained.regex_fsm import ByteFSM, compile_regex
-from lmnb.runtime.constrained.vocab import TokenTrie, token_bytes
+from lmnb.runtime.constrained.vocab import TokenTrie, vocabulary_ids
 
 
 class Vocabulary:
     """A tokenizer's tokens as bytes plus the trie used to compute masks."""
 
     def __init__(self, tokenizer, vocab_size: int | None, eos_token_ids: Iterable[int] | None):
-        self.tokens = token_bytes(tokenizer)
-        self.vocab_size = int(vocab_size) if vocab_size is not None else len(self.tokens)
-        if self.vocab_size < len(self.tokens):
-            raise LmnbError(
-                f"vocab_size {self.vocab_size} is smaller than the tokenizer's {len(self.tokens)} "
-                "tokens; pass the model's vocab_size")
-        if eos_token_ids is None:
-            eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        self.eos_ids = np.array(sorted({int(i) for i in eos_token_ids}), np.int64)
+        self.tokens, self.vocab_size, self.eos_ids = vocabulary_ids(tokenizer, vocab_size, eos_token_ids)
         self.eos_set = frozenset(self.eos_ids.tolist())
         self.trie = TokenTrie.build(self.tokens, self.vocab_size)
 

@@ -23,7 +23,7 @@ import torch
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained.json_schema import Whitespace, build_regex_from_schema
-from lmnb.runtime.constrained.vocab import token_bytes
+from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
 
@@ -57,15 +57,7 @@ class LlgVocabulary:
 
     def __init__(self, tokenizer, vocab_size: int | None, eos_token_ids: Iterable[int] | None):
         llg = _llguidance()
-        self.tokens = token_bytes(tokenizer)
-        self.vocab_size = int(vocab_size) if vocab_size is not None else len(self.tokens)
-        if self.vocab_size < len(self.tokens):
-            raise LmnbError(
-                f"vocab_size {self.vocab_size} is smaller than the tokenizer's {len(self.tokens)} "
-                "tokens; pass the model's vocab_size")
-        if eos_token_ids is None:
-            eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        self.eos_ids = np.array(sorted({int(i) for i in eos_token_ids}), np.int64)
+        self.tokens, self.vocab_size, self.eos_ids = vocabulary_ids(tokenizer, vocab_size, eos_token_ids)
         self.eos_set = frozenset(self.eos_ids.tolist())
         if not len(self.eos_ids):
             raise LmnbError("constrained decoding needs an end-of-sequence token id; "

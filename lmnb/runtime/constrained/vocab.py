@@ -12,9 +12,12 @@ numpy gathers per trie depth — no Python loop over tokens.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from lmnb.errors import LmnbError
 
 _SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -158,3 +161,17 @@ class TokenTrie:
             if len(cur) < 64 and (cur == dead).all():
                 break
         return out
+
+
+def vocabulary_ids(tokenizer, vocab_size: int | None,
+                   eos_token_ids: Iterable[int] | None) -> tuple[list[bytes | None], int, np.ndarray]:
+    """What both mask engines start from: every id's bytes, the model's vocab size (at
+    least the tokenizer's) and the sorted EOS ids (default: the tokenizer's EOS)."""
+    tokens = token_bytes(tokenizer)
+    size = int(vocab_size) if vocab_size is not None else len(tokens)
+    if size < len(tokens):
+        raise LmnbError(f"vocab_size {size} is smaller than the tokenizer's {len(tokens)} "
+                        "tokens; pass the model's vocab_size")
+    if eos_token_ids is None:
+        eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return tokens, size, np.array(sorted({int(i) for i in eos_token_ids}), np.int64)
