@@ -5,19 +5,9 @@
 # graph time, the 256-request throughput workload; FP8 vs bf16 side by side) on
 # dummy:llama3-8b. Logs and JSON go to $OUT.
 #   bash bench/fp8_check.sh [model]
-set -u
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-# wheels the device image lacks travel in .whl/ (interegular, pytest-xdist, execnet, ...)
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+source "$(dirname "$0")/gpu_env.sh"
 XDIST="-n 4"
 python3 -c "import xdist" 2>/dev/null || XDIST=""
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 # the tests check every tile config explicitly; the timed choice is for the benchmark
 export LMNB_ERR_LOG="$OUT/fp8_errors.tsv"
 LMNB_FP8_TUNE=0 timeout ${TEST_TIMEOUT:-210} python3 -m pytest tests/gpu/test_gpu_fp8.py -q -m gpu $XDIST \

@@ -2,15 +2,7 @@
 # One device call: the GPU tests (engine vs HF, graphs vs eager, overlap on vs off), then
 # a subset of the suite on one model. Logs to $OUT.
 #   bash bench/gpu_check.sh [model] [workloads]
-set -u
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-# wheels the device image lacks travel in .whl/ (interegular, pytest-xdist, execnet, ...)
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+source "$(dirname "$0")/gpu_env.sh"
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/gpu tests/runtime/test_overlap.py \
   tests/runtime/test_lifecycle.py -q -m gpu -n 6 \
   -p no:cacheprovider --ignore=tests/gpu/test_gpu_flashinfer.py -rs 2>&1 | tee "$OUT/pytest.log" | tail -15

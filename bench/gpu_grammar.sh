@@ -3,17 +3,7 @@
 # (grammars run ahead), batch masks and FP8 dispatch, then the grammar cases of the GPU
 # suite (json_decode: 16 programs after 3k-token documents; json_many: 64 requests with
 # 64 schemas) on dummy:llama3-8b. Logs and JSON go to $OUT.
-set -u
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton, transformers, llguidance; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'transformers', transformers.__version__, 'llguidance', llguidance.get_version() if hasattr(llguidance, 'get_version') else '')" | tee -a "$OUT/gpu.txt"
-nproc | sed 's/^/cpus /' | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 LMNB_FP8_TUNE=0 timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests/runtime/test_overlap.py tests/constrained/test_batch_masks.py \
   tests/gpu/test_gpu_fp8.py -q -n 4 -p no:cacheprovider -rs 2>&1 \
   | tee "$OUT/pytest.log" | tail -8

@@ -2,16 +2,7 @@
 # One device call for the merged tree: every GPU test, then the grammar cases of the GPU
 # suite (json_decode, json_many: 64 requests with 64 schemas) and the vision benchmark.
 # Extra workloads for the suite can be named in $1 (comma-separated). Logs go to $OUT.
-set -u
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests/gpu tests/runtime/test_overlap.py tests/runtime/test_lifecycle.py \
   tests/vision/test_llava_gpu.py -q -m gpu -n 6 -p no:cacheprovider --ignore=tests/gpu/test_gpu_flashinfer.py \
   -rs 2>&1 | tee "$OUT/pytest.log" | tail -8
