@@ -209,6 +209,8 @@ class OutputProcessor:
         old = r.output_ids
         text = self.tok.decode(old, skip_special_tokens=r.params.skip_special_tokens)
         new = self.tok.encode(text + forced, add_special_tokens=False)
+        if len(new) > r.params.max_new_tokens:
+            return None   # the forced text does not fit: decoding goes on to the length limit
         common = 0
         while common < min(len(old), len(new)) and old[common] == new[common]:
             common += 1

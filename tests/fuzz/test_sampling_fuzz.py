@@ -43,6 +43,7 @@ def test_sampling_params_work_or_raise_clear_error(kw):
 @example({"temperature": 1e308, "regex": "a+b"})          # -inf / inf = NaN under a mask
 @example({"top_k": 2**70})                                # int64 overflow in the sampler
 @example({"top_logprobs_num": 10**6, "return_logprob": True})   # topk past the vocabulary
+@example({"regex": "xxx", "max_new_tokens": 1})           # jump-forward went past the limit
 def test_valid_parameters_never_kill_the_engine(tiny, kw):
     kw["max_new_tokens"] = min(kw["max_new_tokens"], 6) if isinstance(kw.get("max_new_tokens"), int) else 4
     out, err = outcome(tiny.generate, "Hello", seconds=60, **kw)
