@@ -69,6 +69,12 @@ class TPModelRunner:
             raise
         return StepOutput(logits, lay.sample_rows, lay.logprob_rows, lay.draft_rows)
 
+    def explain_failure(self, e: BaseException) -> BaseException:
+        """An error that stopped the engine, as the worker death behind it when one died."""
+        if not isinstance(e, EngineError) and self.workers is not None and self.workers.wait_for_death(5.0):
+            return self.workers.lost_error()
+        return e
+
     def release(self) -> None:
         """Stop the workers (STOP when they are in step, else terminate) and drop the shard."""
         if self.workers is None:
