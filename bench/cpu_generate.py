@@ -1,7 +1,8 @@
 """lmnb (fp32 and each quantized CPU mode) vs HF transformers vs llama.cpp on smollm2, CPU,
 side by side in one run.
 
-(a) batch 1: 126-token prompt, 128 new tokens            -> tok/s (prefill included)
+(a) batch 1: 126-token prompt, 128 new tokens            -> tok/s (prefill included); plain
+    decoding, and again with lmnb's default drafts (speculative="auto") as a row of its own
 (b) 32 prompts sharing a 400-token prefix, 32 new each     -> output tok/s (end to end)
 (c) greedy agreement of each quantized mode with fp32 over the 16 parity prompts
     (tests/runtime/test_hf_parity.py), 64 new tokens each
@@ -55,10 +56,13 @@ def mode_options(mode: str) -> dict:
     return {"quantization": mode}
 
 
-def run_lmnb(rt, prompts, new, cache: bool = False):
+def run_lmnb(rt, prompts, new, cache: bool = False, drafts: bool = False):
+    """Plain decoding unless `drafts` (the runtime's default speculative="auto", which on
+    a repetitive greedy continuation accepts many drafted tokens per step)."""
     if not cache:
         rt.flush_cache()
-    return rt.generate(prompts, max_new_tokens=new, temperature=0, ignore_eos=True)
+    return rt.generate(prompts, max_new_tokens=new, temperature=0, ignore_eos=True,
+                       speculative=None if drafts else False)
 
 
 def run_hf(model, prompts, new):
@@ -137,6 +141,9 @@ def main() -> None:
             t = median_time(lambda: run_lmnb(rt, [single], NEW_A), args.repeats)
             rows.append(emit("cpu_generate case=a_batch1", engine="lmnb", mode=mode,
                              tok_s=NEW_A / t, load1=load1()))
+            t = median_time(lambda: run_lmnb(rt, [single], NEW_A, drafts=True), args.repeats)
+            rows.append(emit("cpu_generate case=a_batch1", engine="lmnb speculative=auto", mode=mode,
+                             tok_s=NEW_A / t, load1=load1()))
         if "b" not in skip:
             t = median_time(lambda: run_lmnb(rt, shared, NEW_B), args.repeats)
             rows.append(emit("cpu_generate case=b_shared_prefix", engine="lmnb", mode=mode,
@@ -144,7 +151,8 @@ def main() -> None:
         if "c" not in skip:
             rt.flush_cache()
             outs = [o["output_ids"] for o in rt.generate(PARITY_PROMPTS, max_new_tokens=NEW_C,
-                                                         temperature=0, ignore_eos=True)]
+                                                         temperature=0, ignore_eos=True,
+                                                         speculative=False)]
             if mode == "fp32":
                 parity_ref = outs
             elif parity_ref is not None:

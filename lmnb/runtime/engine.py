@@ -26,6 +26,7 @@ import torch
 
 from lmnb.errors import EngineError
 from lmnb.runtime import run_ahead
+from lmnb.runtime.cpu_threads import use_threads
 from lmnb.runtime.guide_failure import request_error
 from lmnb.runtime.device_sampling import DeviceSampler, SampledStep
 from lmnb.runtime.model_runner import ModelRunner
@@ -41,7 +42,10 @@ class Engine:
     next step when overlapping) -> settle on the host -> apply rollbacks and finishes."""
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, sampler: DeviceSampler,
-                 outputs: OutputProcessor, overlap: bool = False, drafter: Drafter | None = None) -> None:
+                 outputs: OutputProcessor, overlap: bool = False, drafter: Drafter | None = None,
+                 cpu_threads: int | None = None) -> None:
+        """`cpu_threads`: the intra-op threads a CPU engine's steps use (default: the
+        caller's `torch.get_num_threads()`); see cpu_threads.py."""
         self.sched, self.runner, self.sampler, self.outputs = scheduler, runner, sampler, outputs
         self.overlap = overlap
         self.drafter = drafter   # speculative decoding: drafts for decode steps (None: off)
@@ -59,7 +63,7 @@ class Engine:
         self._stop = False
         self._last_settle = 0.0
         self._cpu = runner.pool.device.type == "cpu"
-        self._cpu_threads = torch.get_num_threads()
+        self._cpu_threads = cpu_threads or torch.get_num_threads()
         self.thread = threading.Thread(target=self._loop, name="lmnb-engine", daemon=True)
         self.thread.start()
 
@@ -119,6 +123,8 @@ class Engine:
 
     # -- engine thread ---------------------------------------------------------
     def _loop(self) -> None:
+        if self._cpu:
+            use_threads(self._cpu_threads)
         try:
             while not self._stop:
                 self._drain(block=not self.sched.has_work() and self._inflight is None)
@@ -167,12 +173,6 @@ class Engine:
 
     def _step(self, batch: ScheduledBatch) -> None:
         """Launch `batch`, then settle the step launched before it (or this one at once)."""
-        if self._cpu:
-            # small decode steps are memory-bound GEMVs: a second thread only adds syncs
-            # (a verification step of a few drafted tokens is one too)
-            small = len(batch.reqs) <= 4 and (batch.is_decode or
-                                              (batch.drafts is not None and sum(batch.lens) <= 4))
-            torch.set_num_threads(1 if small else self._cpu_threads)
         before, t0 = self._inflight, time.perf_counter()
         out = self.runner.run(batch, before.tokens if before is not None else None)
         # a request with a grammar that ran ahead needs its token of the step before in

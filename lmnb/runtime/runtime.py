@@ -11,6 +11,7 @@ import torch
 from lmnb.errors import EngineError, LmnbError
 from lmnb.runtime import loader
 from lmnb.runtime.attention import create_backend
+from lmnb.runtime.cpu_threads import serial_caller
 from lmnb.runtime.device_sampling import DeviceSampler
 from lmnb.runtime.engine import Engine
 from lmnb.runtime.handle import RequestGroup, RequestHandle
@@ -64,22 +65,25 @@ class Runtime:
         self.spec = spec
         self.config = RuntimeConfig.make(device=device, **options)
         self.engine = None
-        lm = loader.load(spec)
-        self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
-        cfg, rc = lm.config, self.config
-        self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
-        mode = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
-        self.quant = fp8.plan_fp8(mode, lm.hf_config, cfg, self.device, self.dtype)
-        self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype) if mode in (None, "fp8") else mode
-        self.quantization_info = None
-        self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
-        if rc.tp_size == 1:
-            runner = self._runner(lm)
-        else:
-            if self.quantization is not None or lm.vision is not None or rc.kv_cache_dtype is not None:
-                raise LmnbError("tp_size > 1 runs text-only models with bf16/fp16/fp32 weights and KV; "
-                                "drop quantization / kv_cache_dtype / the FP8 or vision model, or use tp_size=1")
-            runner = _tensor_parallel_runner(lm, rc, self.context_len)
+        # the load runs with one intra-op thread here, so that this thread starts no OpenMP
+        # team and the engine thread's steps keep theirs spinning (cpu_threads.py)
+        with serial_caller(self.config.device) as threads:
+            lm = loader.load(spec)
+            self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
+            cfg, rc = lm.config, self.config
+            self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
+            mode = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
+            self.quant = fp8.plan_fp8(mode, lm.hf_config, cfg, self.device, self.dtype)
+            self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype) if mode in (None, "fp8") else mode
+            self.quantization_info = None
+            self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
+            if rc.tp_size == 1:
+                runner = self._runner(lm)
+            else:
+                if self.quantization is not None or lm.vision is not None or rc.kv_cache_dtype is not None:
+                    raise LmnbError("tp_size > 1 runs text-only models with bf16/fp16/fp32 weights and KV; "
+                                    "drop quantization / kv_cache_dtype / the FP8 or vision model, or use tp_size=1")
+                runner = _tensor_parallel_runner(lm, rc, self.context_len)
         self.model, self.pool, self.req_pool = runner.model, runner.pool, runner.req_pool
         self.cache = RadixCache(self.pool.allocator.free, disabled=not rc.enable_radix_cache)
         self.scheduler = Scheduler(self.pool.allocator, self.req_pool, self.cache,
@@ -97,7 +101,7 @@ class Runtime:
         spec_mode = "requested" if rc.speculative == "auto" and self.device.type == "cuda" else rc.speculative
         self.drafter = Drafter(self.cache, spec_mode, rc.speculative_tokens, self.context_len)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
-                             overlap=rc.overlap, drafter=self.drafter)
+                             overlap=rc.overlap, drafter=self.drafter, cpu_threads=threads)
         atexit.register(_shutdown_ref, weakref.ref(self))
         if rc.tp_size > 1:   # worker processes must not outlive an unreferenced runtime
             weakref.finalize(self, _stop_engine, self.engine)
