@@ -16,7 +16,11 @@ from lmnb.errors import LmnbError
 
 class TokenSlotAllocator:
     """Free list of KV slots 1..size. `alloc(n)` returns None when short (the caller
-    evicts from the radix cache and retries); `free` takes slots back."""
+    evicts from the radix cache and retries); `free` takes slots back.
+
+    A stack whose top is the lowest free slot, handed out in ascending order: a request
+    decoding alone gets consecutive slots step after step, so its K/V sit in one slot
+    range that attention on the CPU reads in place (torch_backend.contiguous_range)."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -25,7 +29,7 @@ class TokenSlotAllocator:
         self.clear()
 
     def clear(self) -> None:
-        self._free = torch.arange(1, self.size + 1, dtype=torch.int64)
+        self._free = torch.arange(self.size, 0, -1, dtype=torch.int64)
         self._n_free = self.size
 
     def available(self) -> int:
@@ -34,7 +38,7 @@ class TokenSlotAllocator:
     def alloc(self, n: int) -> torch.Tensor | None:
         if n > self._n_free:
             return None
-        out = self._free[self._n_free - n : self._n_free].clone()
+        out = self._free[self._n_free - n : self._n_free].flip(0)
         self._n_free -= n
         return out
 
@@ -44,7 +48,7 @@ class TokenSlotAllocator:
             return
         if self._n_free + n > self.size:
             raise RuntimeError("KV slot double free")
-        self._free[self._n_free : self._n_free + n] = slots.to(torch.int64)
+        self._free[self._n_free : self._n_free + n] = slots.to(torch.int64).flip(0)
         self._n_free += n
 
     def free_slots(self) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 Decode gathers every request's K/V into a padded [bs, max_len] batch (one SDPA call per
 layer); extend runs one SDPA call per request, so nothing is padded where prompts differ.
+On the CPU a request whose KV slots are one range (the allocator hands out ascending
+slots, see memory.TokenSlotAllocator) is read in place instead of gathered, and a decode
+step of one request runs without a mask; both give bitwise the same result.
 """
 from __future__ import annotations
 
@@ -21,19 +24,29 @@ class TorchBackend(AttentionBackend):
         if batch.mode is Mode.DECODE:
             max_len = max(batch.seq_lens_cpu)
             idx = rows[:, :max_len]
+            if len(batch.seq_lens_cpu) == 1 and not idx.is_cuda:
+                # CPU, one request: every key is valid (no mask: bitwise the same result),
+                # and when its slots are one range the pool is read in place (no gather)
+                batch.attn_state = (contiguous_range(idx[0]), idx, None)
+                return
             ar = torch.arange(max_len, device=idx.device)
             valid = ar[None, :] < batch.seq_lens[:, None]
-            batch.attn_state = (idx, valid[:, None, None, :])
+            batch.attn_state = (None, idx, valid[:, None, None, :])
         else:
-            batch.attn_state = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
+            spans = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
+            batch.attn_state = [(None if idx.is_cuda else contiguous_range(idx), idx) for idx in spans]
 
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         pool.store(layer, batch.out_cache_loc, k, v)
         kbuf, vbuf = pool.k[layer], pool.v[layer]
         if batch.mode is Mode.DECODE:
-            idx, mask = batch.attn_state
-            kk = _gather(kbuf, idx).transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
-            vv = _gather(vbuf, idx).transpose(1, 2).to(q.dtype)
+            span, idx, mask = batch.attn_state
+            if span is not None:   # one request whose slots are one range: read in place
+                kk = _read(kbuf, span, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, L, D]
+                vv = _read(vbuf, span, idx).transpose(0, 1)[None].to(q.dtype)
+            else:
+                kk = _gather(kbuf, idx).transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
+                vv = _gather(vbuf, idx).transpose(1, 2).to(q.dtype)
             # GQA without copying K/V: the query heads of one KV head become its queries
             bs, kvh = q.shape[0], self.num_kv_heads
             qg = q.reshape(bs, kvh, self.num_heads // kvh, self.head_dim)
@@ -41,11 +54,11 @@ class TorchBackend(AttentionBackend):
             return o.reshape(bs, self.num_heads, self.head_dim)
         out = torch.empty_like(q)
         start = 0
-        for i, idx in enumerate(batch.attn_state):
+        for i, (span, idx) in enumerate(batch.attn_state):
             ext, pre = batch.extend_lens_cpu[i], batch.prefix_lens_cpu[i]
             qi = q[start : start + ext].transpose(0, 1)[None]          # [1, H, ext, D]
-            ki = _gather(kbuf, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
-            vi = _gather(vbuf, idx).transpose(0, 1)[None].to(q.dtype)
+            ki = _read(kbuf, span, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
+            vi = _read(vbuf, span, idx).transpose(0, 1)[None].to(q.dtype)
             if pre == 0:
                 oi = self._sdpa(qi, ki, vi, None, causal=True)
             else:
@@ -70,3 +83,19 @@ def _gather(buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     several times faster than advanced indexing here)."""
     rows = torch.index_select(buf.view(buf.shape[0], -1), 0, idx.reshape(-1))
     return rows.view(*idx.shape, *buf.shape[1:])
+
+
+def _read(buf: torch.Tensor, span: tuple[int, int] | None, idx: torch.Tensor) -> torch.Tensor:
+    """buf[idx]: a view when the slots are one range, else a gather."""
+    return buf[span[0]:span[1]] if span is not None else _gather(buf, idx)
+
+
+def contiguous_range(slots: torch.Tensor) -> tuple[int, int] | None:
+    """(start, end) when `slots` (1-d, CPU) are start, start + 1, ..., end - 1."""
+    n = slots.numel()
+    start = int(slots[0])
+    if int(slots[-1]) - start != n - 1:
+        return None
+    if n > 2 and not torch.equal(slots, torch.arange(start, start + n, dtype=slots.dtype)):
+        return None
+    return start, start + n
