@@ -150,8 +150,8 @@ def test_overlap_and_a_small_pool_with_drafts(tiny):
     ref = tiny["off"].generate(prompts, **kw)
     for ov in (False, True):
         rt = tiny[ov]
-        for _ in range(2):
-            _same(rt.generate(prompts, **kw), ref)
+        for _ in range(2):   # on CUDA "auto" drafts for the requests that ask
+            _same(rt.generate(prompts, speculative=True, **kw), ref)
             rt.check_integrity()
         assert rt.stats()["spec_accepted"] > 0
     assert tiny[False].scheduler.retractions > 0
@@ -224,7 +224,7 @@ def test_sampling_keeps_the_distribution(tiny, spec):
 @pytest.mark.gpu
 def test_cuda_graphs_and_overlap_with_drafts():
     """On CUDA (overlap, decode graphs replaying the verification extends): drafts on vs
-    off give the same greedy tokens; forced drafts too; the pool is whole afterwards."""
+    off give the same greedy fp32 tokens; forced drafts too; the pool is whole afterwards."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -236,8 +236,8 @@ def test_cuda_graphs_and_overlap_with_drafts():
         ref = rts["off"].generate(prompts, **kw)
         rt = rts["auto"]
         assert rt.engine.overlap and rt.engine.runner.cuda_graph
-        for _ in range(2):
-            _same(rt.generate(prompts, **kw), ref)
+        for _ in range(2):   # on CUDA "auto" drafts for the requests that ask
+            _same(rt.generate(prompts, speculative=True, **kw), ref)
             rt.check_integrity()
         assert rt.stats()["spec_accepted"] > 0
         truth = {tuple(rt.encode(p)): o["output_ids"] for p, o in zip(prompts, ref)}
