@@ -138,8 +138,7 @@ class Engine:
                 elif self.sched.has_work():
                     time.sleep(0.001)
         except BaseException as e:  # noqa: BLE001 - every waiting request must hear of it
-            explain = getattr(self.runner, "explain_failure", None)   # e.g. which TP rank died
-            self.error = e = explain(e) if explain is not None else e
+            self.error = e = self.runner.explain_failure(e)   # e.g. which TP rank died
             self._fail_all(e)
         finally:
             self._abort_all_on_stop()

@@ -154,6 +154,11 @@ class ModelRunner:
             return logits
         return logits[to_device(rows, logits.device)]
 
+    def explain_failure(self, e: BaseException) -> BaseException:
+        """The error to report for one that stopped the engine (a tensor-parallel runner
+        names the worker that died behind it); here, the error itself."""
+        return e
+
     def release(self) -> None:
         """Drop the model, the KV pool and the captured graphs (their memory pool too)."""
         if self.graphs is not None:

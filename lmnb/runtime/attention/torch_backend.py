@@ -34,7 +34,7 @@ class TorchBackend(AttentionBackend):
             batch.attn_state = (None, idx, valid[:, None, None, :])
         else:
             spans = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
-            batch.attn_state = [(None if idx.is_cuda else contiguous_range(idx), idx) for idx in spans]
+            batch.attn_state = [(contiguous_range(idx), idx) for idx in spans]
 
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         pool.store(layer, batch.out_cache_loc, k, v)
@@ -91,7 +91,10 @@ def _read(buf: torch.Tensor, span: tuple[int, int] | None, idx: torch.Tensor) ->
 
 
 def contiguous_range(slots: torch.Tensor) -> tuple[int, int] | None:
-    """(start, end) when `slots` (1-d, CPU) are start, start + 1, ..., end - 1."""
+    """(start, end) when `slots` (1-d) are start, start + 1, ..., end - 1; None for slots
+    on a GPU (reading them would wait for the device: those are gathered)."""
+    if slots.is_cuda:
+        return None
     n = slots.numel()
     start = int(slots[0])
     if int(slots[-1]) - start != n - 1:
