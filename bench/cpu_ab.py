@@ -3,9 +3,8 @@ fresh process, alternating, so a drifting machine hits both sides alike.
 
     python bench/cpu_ab.py OLD_CHECKOUT NEW_CHECKOUT [--modes q4,fp32] [--rounds 3]
 
-(a) batch 1: 126-token prompt, 128 new tokens, tok/s end to end
-(b) 32 prompts sharing a 400-token prefix, 32 new each, tok/s
-Plain decoding (speculative=False), greedy, medians of 3 per process.
+The workloads are cpu_generate.py's cases (a) and (b) (cpu_workloads.py), plain decoding
+(speculative=False), greedy, medians of 3 per process after a warm-up.
 """
 from __future__ import annotations
 
@@ -14,36 +13,30 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
 
 CHILD = r"""
-import json, os, random, statistics, sys, time
+import json, os, sys
 import lmnb as lm
+sys.path.append(sys.argv[3])   # this bench directory; lmnb itself comes from PYTHONPATH
+from common import median_time
+from cpu_workloads import NEW_A, NEW_B, mode_options, run_lmnb, workloads
 mode, case = sys.argv[1], sys.argv[2]
-opts = {"q4": {}, "q8": {"quantization": "q8"}, "fp32": {"dtype": "float32"}}[mode]
-rt = lm.Runtime("smollm2", device="cpu", kv_memory_gb=0.25, **opts)
-rng = random.Random(0)
-tok = lambda n: [rng.randrange(100, 49000) for _ in range(n)]
-if case == "a":
-    prompts, new = [tok(126)], 128
-else:
-    prefix = tok(400)
-    prompts, new = [prefix + tok(16) for _ in range(32)], 32
-rt.generate(prompts[:1], max_new_tokens=4, temperature=0, ignore_eos=True, speculative=False)
-ts = []
-for _ in range(3):
-    rt.flush_cache()
-    t = time.perf_counter()
-    rt.generate(prompts, max_new_tokens=new, temperature=0, ignore_eos=True, speculative=False)
-    ts.append(time.perf_counter() - t)
-print(json.dumps({"tok_s": len(prompts) * new / statistics.median(ts), "load1": os.getloadavg()[0]}))
+rt = lm.Runtime("smollm2", device="cpu", kv_memory_gb=0.25, **mode_options(mode))
+single, shared = workloads(rt.model_config.vocab_size)
+prompts, new = ([single], NEW_A) if case == "a" else (shared, NEW_B)
+t = median_time(lambda: run_lmnb(rt, prompts, new), 3)
+print(json.dumps({"tok_s": len(prompts) * new / t, "load1": os.getloadavg()[0]}))
 rt.shutdown()
 """
 
 
 def run(checkout: str, mode: str, case: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
-    r = subprocess.run([sys.executable, "-c", CHILD, mode, case], env=env, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-c", CHILD, mode, case, str(BENCH)], env=env,
+                       capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise SystemExit(f"{checkout} {mode} {case} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,42 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import emit, hf_model_for, median_time, save  # noqa: E402
+from cpu_workloads import NEW_A, NEW_B, N_B, mode_options, run_lmnb, workloads  # noqa: E402
 
 import lmnb as lm  # noqa: E402
 from tests.runtime.test_hf_parity import PROMPTS as PARITY_PROMPTS  # noqa: E402
 
-PROMPT_A, NEW_A = 126, 128
-PREFIX_B, SUFFIX_B, N_B, NEW_B = 400, 16, 32, 32
 NEW_C = 64
 
 
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def workloads(vocab: int, seed: int = 0):
-    rng = random.Random(seed)
-    tok = lambda n: [rng.randrange(100, vocab - 100) for _ in range(n)]  # noqa: E731
-    single = tok(PROMPT_A)
-    prefix = tok(PREFIX_B)
-    shared = [prefix + tok(SUFFIX_B) for _ in range(N_B)]
-    return single, shared
-
-
-def mode_options(mode: str) -> dict:
-    """fp32 / bf16: unquantized weights in that dtype; q8 / q4: the quantized CPU modes."""
-    if mode in ("fp32", "bf16"):
-        return {"dtype": {"fp32": "float32", "bf16": "bfloat16"}[mode]}
-    return {"quantization": mode}
-
-
-def run_lmnb(rt, prompts, new, cache: bool = False, drafts: bool = False):
-    """Plain decoding unless `drafts` (the runtime's default speculative="auto", which on
-    a repetitive greedy continuation accepts many drafted tokens per step)."""
-    if not cache:
-        rt.flush_cache()
-    return rt.generate(prompts, max_new_tokens=new, temperature=0, ignore_eos=True,
-                       speculative=None if drafts else False)
 
 
 def run_hf(model, prompts, new):
