@@ -7,6 +7,8 @@ A backend answers three questions for the interpreter, and nothing else:
   * `chat_template()`: role prefixes/suffixes for the model, or None (raw completion only).
   * `cache_prefix(prompt)` (optional): compute and keep the prompt's KV before several
     requests that share it are sent (fork, batches, select); a no-op by default.
+    `start_prefix(prompt)` is its non-blocking form: a handle to wait on or abort (fork
+    uses it, so aborting a program also stops its prefix), or None once it is done.
 Sampling keywords use the runtime's names (`max_new_tokens`, `temperature`, `stop`, ...,
 `regex`, `json_schema` as a JSON string). Each call is blocking or returns a handle at
 once; the interpreter runs programs, branches and batch items on their own threads, so
@@ -45,6 +47,12 @@ class Backend(ABC):
     def cache_prefix(self, prompt: str) -> None:
         """Make `prompt` a cached prefix (blocking); backends without a cache skip it."""
 
+    def start_prefix(self, prompt: str) -> StreamHandle | None:
+        """Start making `prompt` a cached prefix: a handle (`result()`, `abort()`), or None
+        when nothing is left to wait for (by default: `cache_prefix` has blocked)."""
+        self.cache_prefix(prompt)
+        return None
+
     def for_program(self, state, **options) -> Backend:
         """The backend one program runs on, called once when it starts with the program
         options (`num_api_spec_tokens`). Remote backends return a per-program view that
@@ -72,10 +80,14 @@ class RuntimeBackend(Backend):
         return self.runtime.decode([token_id])
 
     def cache_prefix(self, prompt: str) -> None:
+        h = self.start_prefix(prompt)
+        if h is not None:
+            h.result()
+
+    def start_prefix(self, prompt: str):
         # the runtime inserts a request's KV into the radix cache when it finishes, so a
         # zero-token request makes the prefix shareable by everything sent after it
-        if prompt:
-            self.runtime.submit(prompt, max_new_tokens=0).result()
+        return self.runtime.submit(prompt, max_new_tokens=0) if prompt else None
 
     def chat_template(self) -> ChatTemplate | None:
         if self._template is False:
@@ -121,6 +133,9 @@ class PrefixGate(Backend):
 
     def cache_prefix(self, prompt: str) -> None:
         self.inner.cache_prefix(prompt)
+
+    def start_prefix(self, prompt: str) -> StreamHandle | None:
+        return self.inner.start_prefix(prompt)
 
     def for_program(self, state, **options) -> Backend:
         # a per-program view (remote backends) has no shared prefix to gate on

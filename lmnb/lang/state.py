@@ -298,7 +298,14 @@ class ProgramState(SGLangStateMixin):
         self.sync()
         if self.error is not None:
             raise self.error
-        self.backend.cache_prefix(self._text)  # the branches then share its KV
+        h = self.backend.start_prefix(self._text)  # the branches then share its KV
+        if h is not None:
+            with self.in_flight(h):
+                if self.error is not None:  # aborted while the prefix was being submitted
+                    h.abort()
+                h.result()
+        if self.error is not None:
+            raise self.error
         return ForkGroup(self, [self.branch() for _ in range(n)])
 
     def branch(self) -> ProgramState:

@@ -4,6 +4,9 @@ gen's request is being submitted, while `fork` caches its prefix, between the pr
 Each time nothing may keep generating unseen, and the KV invariant holds afterwards."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import lmnb as lm
@@ -13,12 +16,14 @@ from tests.reliability.interrupts import assert_idle_and_whole
 
 class Hooked(RuntimeBackend):
     """The runtime backend with hooks after a request is submitted and before a prefix
-    is cached; it remembers the program state and every handle it made."""
+    is cached; it remembers the program state and every handle it made (gens and
+    prefixes apart)."""
 
-    def __init__(self, rt, after_submit=None, before_prefix=None) -> None:
+    def __init__(self, rt, after_submit=None, before_prefix=None, wrap_prefix=None) -> None:
         super().__init__(rt)
         self.after_submit, self.before_prefix = after_submit, before_prefix
-        self.state, self.handles = None, []
+        self.wrap_prefix = wrap_prefix
+        self.state, self.handles, self.prefixes = None, [], []
 
     def for_program(self, state, **options):
         self.state = state
@@ -31,10 +36,12 @@ class Hooked(RuntimeBackend):
             self.after_submit(self)
         return h
 
-    def cache_prefix(self, prompt: str) -> None:
+    def start_prefix(self, prompt: str):
         if self.before_prefix is not None:
             self.before_prefix(self)
-        super().cache_prefix(prompt)
+        h = super().start_prefix(prompt)
+        self.prefixes.append(h)
+        return h if self.wrap_prefix is None else self.wrap_prefix(h)
 
 
 @lm.function
@@ -51,9 +58,11 @@ def forked(s):
 
 
 def _ended(st) -> None:
+    """The program has ended (its error is set) and stopped: its body returned, so a
+    backend call it was blocked in when the abort came (fork's prefix) is over too."""
     with st._cond:
         assert st._cond.wait_for(st._ended, timeout=30)
-    st.sync()
+    assert st.wait_stopped(30)
 
 
 def test_abort_while_the_request_is_being_submitted(smollm2):
@@ -66,13 +75,55 @@ def test_abort_while_the_request_is_being_submitted(smollm2):
     assert_idle_and_whole(smollm2)
 
 
+class HeldEngine:
+    """Keeps the engine thread busy from `hold()` until a prefix handle is aborted (or
+    10 s pass), so a request submitted meanwhile and its abort reach the engine together:
+    the abort always finds the request before its prefill."""
+
+    def __init__(self, rt) -> None:
+        self.rt, self.released = rt, threading.Event()
+
+    def hold(self) -> None:
+        started = threading.Event()
+
+        def busy() -> None:
+            started.set()
+            self.released.wait(10)
+
+        threading.Thread(target=self.rt.engine.call, args=(busy,), daemon=True).start()
+        assert started.wait(10)
+
+    def releasing(self, h):
+        held = self
+
+        class Releasing:
+            def result(self):
+                return h.result()
+
+            def abort(self, wait: bool = False) -> None:
+                h.abort(wait=wait)
+                held.released.set()
+
+        return Releasing()
+
+
 def test_abort_while_fork_caches_its_prefix(smollm2):
-    backend = Hooked(smollm2, before_prefix=lambda b: b.state.abort())
+    held = HeldEngine(smollm2)
+
+    def abort_then_lag(b) -> None:
+        held.hold()
+        b.state.abort()
+        time.sleep(0.3)   # the caller checks the engine while the body still submits
+
+    backend = Hooked(smollm2, before_prefix=abort_then_lag, wrap_prefix=held.releasing)
     st = forked.run(backend=backend, stream=True, temperature=0)
     _ended(st)
+    held.released.set()
     for b in st._branches:   # branches made after the abort must not start requests
         b.sync()
     assert isinstance(st.error, lm.RequestAborted) and backend.handles == []
+    # the prefix request the body made after the abort was aborted, not computed
+    assert [h.result()["meta"]["finish_reason"] for h in backend.prefixes] == ["abort"]
     assert_idle_and_whole(smollm2)
 
 
