@@ -24,6 +24,7 @@ from lmnb.runtime.quant import fp8
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
 from lmnb.runtime.results import GenResult
+from lmnb.runtime.quant.cpu_linear import DENSE_ROWS
 from lmnb.runtime.runtime_config import CPU_MODES, RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler
@@ -99,7 +100,11 @@ class Runtime:
         # on CUDA, bf16 verify rows round differently from decode rows, so drafted greedy
         # output is not yet shown identical there: "auto" drafts only when a request asks
         spec_mode = "requested" if rc.speculative == "auto" and self.device.type == "cuda" else rc.speculative
-        self.drafter = Drafter(self.cache, spec_mode, rc.speculative_tokens, self.context_len)
+        # the CPU's quantized layers compute a row as they would alone only in steps of
+        # fewer than DENSE_ROWS rows, so verify steps stay below that there
+        exact_rows = DENSE_ROWS if self.quantization in CPU_MODES else None
+        self.drafter = Drafter(self.cache, spec_mode, rc.speculative_tokens, self.context_len,
+                               exact_rows=exact_rows)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
                              overlap=rc.overlap, drafter=self.drafter, cpu_threads=threads)
         atexit.register(_shutdown_ref, weakref.ref(self))

@@ -182,7 +182,7 @@ class Scheduler:
         has no room for their extra tokens: drafts never evict or retract anything)."""
         if self.drafter is None:
             return None
-        drafts = [self.drafter.propose(r) for r in reqs]
+        drafts = self.drafter.fit([self.drafter.propose(r) for r in reqs])
         extra = sum(len(d.tokens) for d in drafts if d is not None)
         if not extra:
             return None

@@ -55,6 +55,11 @@ class Draft:
     source: str                      # "radix" | "history" | "prompt" | "forced"
     masks: list | None = None        # grammar: allowed mask per verified position (len + 1)
 
+    def cut(self, n: int) -> Draft:
+        """The first n (>= 1) draft tokens, with their masks."""
+        masks = None if self.masks is None else self.masks[: n + 1]
+        return Draft(self.tokens[:n], self.source, masks)
+
 
 @dataclass
 class SpecState:
@@ -161,10 +166,14 @@ class Drafter:
     without drafts), and for sampling requests only when they ask (`speculative=True`:
     rejection sampling keeps their distribution, but a seed then gives other samples
     depending on what the cache holds); "off" never drafts. `k`: most draft tokens per
-    step."""
+    step; `exact_rows`: see Runner.exact_rows."""
 
-    def __init__(self, cache, mode: str = "auto", k: int = 8, context_len: int = 1 << 30) -> None:
+    def __init__(self, cache, mode: str = "auto", k: int = 8, context_len: int = 1 << 30,
+                 exact_rows: int | None = None) -> None:
         self.cache, self.mode, self.k, self.context_len = cache, mode, k, context_len
+        # a verify step of fewer rows computes each row as a decode step would (None: any
+        # size does); drafts stay below it, so drafted greedy output is the same
+        self.exact_rows = exact_rows
         self.history = History()
         self.counters = dict(spec_drafted=0, spec_accepted=0, spec_verify_steps=0,
                              spec_verify_tokens=0, spec_radix_drafts=0, spec_history_drafts=0,
@@ -257,6 +266,21 @@ class Drafter:
         while len(out) < k and node.children:
             node = max(node.children.values(), key=lambda c: c.last_access)
             out += node.key[: k - len(out)]
+        return out
+
+    def fit(self, drafts: list[Draft | None]) -> list[Draft | None]:
+        """The drafts of one decode batch (a request each), cut in batch order so that the
+        verify step has fewer than `exact_rows` rows: then each of its rows is computed as
+        a decode step would compute it, and drafted greedy output is the same as without.
+        A batch whose plain decode step has that many rows already is not cut."""
+        if self.exact_rows is None or len(drafts) >= self.exact_rows:
+            return drafts
+        room = self.exact_rows - 1 - len(drafts)
+        out = []
+        for d in drafts:
+            n = 0 if d is None else min(len(d.tokens), room)
+            room -= n
+            out.append(d if d is None or n == len(d.tokens) else (d.cut(n) if n else None))
         return out
 
     # -- overlap ---------------------------------------------------------------------

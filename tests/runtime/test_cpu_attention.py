@@ -1,7 +1,9 @@
 """CPU attention reads a request's K/V in place when its slots are one range: the result
 is bitwise the gathered (and, for one decode request, the masked) computation's, on fresh
 random inputs. The allocator hands out ascending slots so that a request decoding alone
-keeps one range."""
+keeps one range. Below ROW_EXACT_ROWS rows a step computes every row as a decode step of
+its own request would: a short extend (a verified draft) row by row, and a decode batch
+request by request, bitwise."""
 from __future__ import annotations
 
 import pytest
@@ -58,8 +60,7 @@ def test_in_place_reads_equal_gathers(monkeypatch, prefix, ext, seed):
     fast = _run(backend, pool, batch(), qkv)
     b = batch()
     backend.init_forward(b)
-    assert (b.attn_state[0][0] if mode is Mode.EXTEND else b.attn_state[0]) is not None, \
-        "one slot range was not recognised"
+    assert b.attn_state[0][0] is not None, "one slot range was not recognised"
     monkeypatch.setattr(torch_backend, "contiguous_range", lambda s: None)
     slow = _run(backend, gathered_pool, batch(), qkv)
     assert all(torch.equal(a, c) for a, c in zip(fast, slow))
@@ -90,3 +91,50 @@ def test_allocator_hands_out_ascending_slots_and_reuses_the_lowest():
     assert a.alloc(2).tolist() == [1, 2] and a.alloc(1).tolist() == [3]
     assert a.alloc(5) is None and a.available() == 4
     assert sorted(a.free_slots().tolist()) == [7, 8, 9, 10]
+
+
+def _decode_alone(backend, pool, req_pool, row: int, n: int, q_row, layer: int):
+    """What a decode step of request `row` alone computes for its position n - 1."""
+    b = ForwardBatch.build(Mode.DECODE, [0], [row], [n - 1], [1],
+                           req_pool.table[row, n - 1 : n].long(), req_pool.table, [0])
+    backend.init_forward(b)
+    kbuf, vbuf = pool.k[layer], pool.v[layer]
+    slot = b.out_cache_loc
+    k_now, v_now = kbuf[slot].clone(), vbuf[slot].clone()   # the step stores them again
+    return backend.forward(q_row[None], k_now, v_now, layer, b, pool)[0]
+
+
+@pytest.mark.parametrize("prefix,ext,scattered,seed", [(30, 9, False, 4), (57, 15, True, 5),
+                                                       (1, 4, True, 6)])
+def test_a_short_extend_computes_each_row_as_a_decode_step(prefix, ext, scattered, seed):
+    assert ext < torch_backend.ROW_EXACT_ROWS
+    g, pool, req_pool, backend = _setup(seed)
+    n = prefix + ext
+    slots = torch.randperm(500, generator=g)[:n] + 1 if scattered else torch.arange(100, 100 + n)
+    req_pool.write(2, 0, slots)
+    qkv = _qkv(g, ext)
+    batch = ForwardBatch.build(Mode.EXTEND, [0] * ext, [2], [prefix], [ext], slots[prefix:],
+                               req_pool.table, list(range(ext)))
+    outs = _run(backend, pool, batch, qkv)   # stores the step's K/V, then attends
+    for layer, (q, _, _) in enumerate(qkv):
+        for j in range(ext):
+            alone = _decode_alone(backend, pool, req_pool, 2, prefix + j + 1, q[j], layer)
+            assert torch.equal(outs[layer][j], alone), (layer, j)
+
+
+def test_a_decode_batch_computes_each_request_as_if_alone():
+    g, pool, req_pool, backend = _setup(7)
+    lens = [40, 3, 77, 12]
+    start = 1
+    for row, n in enumerate(lens):
+        req_pool.write(row, 0, torch.arange(start, start + n))
+        start += n + 3
+    locs = torch.stack([req_pool.table[row, n - 1].long() for row, n in enumerate(lens)])
+    qkv = _qkv(g, len(lens))
+    batch = ForwardBatch.build(Mode.DECODE, [0] * len(lens), list(range(len(lens))),
+                               [n - 1 for n in lens], [1] * len(lens), locs, req_pool.table,
+                               list(range(len(lens))))
+    outs = _run(backend, pool, batch, qkv)
+    for layer, (q, _, _) in enumerate(qkv):
+        for row, n in enumerate(lens):
+            assert torch.equal(outs[layer][row], _decode_alone(backend, pool, req_pool, row, n, q[row], layer))

@@ -188,3 +188,24 @@ def test_json_schema_generation_on_quantized_weights(quantized):
     assert out["meta"]["finish_reason"] == "stop", out["text"]
     jsonschema.validate(json.loads(out["text"]), schema)
     quantized.check_integrity()
+
+
+def test_drafted_greedy_output_is_plain_decoding_on_quantized_weights(quantized):
+    """Drafts on (the default) give the very tokens of plain decoding on q4/q8: verify
+    steps stay below the row count where the layers switch kernels, and attention computes
+    each verified row as a decode step would."""
+    from tests.runtime.test_hf_parity import PROMPTS
+
+    before = quantized.stats()
+    for p in PROMPTS[:6]:
+        quantized.flush_cache()
+        plain = quantized.generate(p, max_new_tokens=24, temperature=0, ignore_eos=True,
+                                   speculative=False)[0]["output_ids"]
+        quantized.flush_cache()
+        first = quantized.generate(p, max_new_tokens=24, temperature=0, ignore_eos=True)[0]
+        again = quantized.generate(p, max_new_tokens=24, temperature=0, ignore_eos=True)[0]  # radix drafts
+        assert first["output_ids"] == plain and again["output_ids"] == plain, p
+        assert again["meta"]["decode_steps"] < 24 // 3
+    after = quantized.stats()
+    assert after["spec_accepted"] - before["spec_accepted"] >= 6 * 12
+    quantized.check_integrity()

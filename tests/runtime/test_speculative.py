@@ -54,6 +54,23 @@ def test_ngram_index_finds_the_longest_earlier_match():
     assert len(h.index.seq) <= 40
 
 
+def test_drafts_are_cut_to_stay_below_the_exact_row_count():
+    from lmnb.runtime.speculative import Draft, Drafter
+
+    d = Drafter(cache=None, exact_rows=16)
+    masks = [f"m{i}" for i in range(11)]
+    drafts = [Draft(list(range(10)), "radix", masks), None, Draft([7, 8, 9], "prompt")]
+    cut = d.fit(drafts)
+    assert 3 + sum(len(x.tokens) for x in cut if x) == 15      # rows of the verify step
+    assert cut[0].tokens == list(range(10)) and cut[0].masks == masks and cut[1] is None
+    assert cut[2].tokens == [7, 8]
+    tight = d.fit([Draft([1] * 20, "radix", [f"m{i}" for i in range(21)])] + [None] * 13)
+    assert tight[0].tokens == [1] and tight[0].masks == ["m0", "m1"]
+    assert d.fit([Draft([1, 2], "radix")] + [None] * 14)[0] is None   # no room left
+    full = [Draft([1], "radix")] + [None] * 15                        # 16 rows without drafts
+    assert d.fit(full) == full and Drafter(cache=None).fit(drafts) == drafts
+
+
 def test_options_are_checked():
     with pytest.raises(LmnbError, match="speculative must be 'auto' or 'off'"):
         lm.Runtime("dummy:tiny", device="cpu", speculative="yes")

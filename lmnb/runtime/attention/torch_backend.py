@@ -3,8 +3,13 @@
 Decode gathers every request's K/V into a padded [bs, max_len] batch (one SDPA call per
 layer); extend runs one SDPA call per request, so nothing is padded where prompts differ.
 On the CPU a request whose KV slots are one range (the allocator hands out ascending
-slots, see memory.TokenSlotAllocator) is read in place instead of gathered, and a decode
-step of one request runs without a mask; both give bitwise the same result.
+slots, see memory.TokenSlotAllocator) is read in place instead of gathered.
+
+A CPU step of fewer than ROW_EXACT_ROWS rows is row-exact: each row is computed as a
+decode step of its request alone would compute it (one unmasked SDPA call per decode
+request, and per row of an extend, over exactly that row's keys). The quantized layers
+are row-invariant in such steps too, so drafts verified in one step and requests decoded
+together give bitwise the tokens of plain decoding alone.
 """
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ import torch.nn.functional as F
 from lmnb.runtime.attention.base import AttentionBackend
 from lmnb.runtime.forward_batch import ForwardBatch, Mode
 from lmnb.runtime.memory import KVPool
+from lmnb.runtime.quant.cpu_linear import DENSE_ROWS
+
+# below this many rows in a step every CPU layer computes a row as it would alone
+# (cpu_linear's GEMV kernels); attention then does too (see the module docstring)
+ROW_EXACT_ROWS = DENSE_ROWS
 
 
 class TorchBackend(AttentionBackend):
@@ -21,44 +31,41 @@ class TorchBackend(AttentionBackend):
 
     def init_forward(self, batch: ForwardBatch) -> None:
         rows = batch.req_to_token[batch.req_pool_indices].long()
-        if batch.mode is Mode.DECODE:
+        spans = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
+        exact = not rows.is_cuda and batch.input_ids.numel() < ROW_EXACT_ROWS
+        if batch.mode is Mode.DECODE and not exact:
             max_len = max(batch.seq_lens_cpu)
-            idx = rows[:, :max_len]
-            if len(batch.seq_lens_cpu) == 1 and not idx.is_cuda:
-                # CPU, one request: every key is valid (no mask: bitwise the same result),
-                # and when its slots are one range the pool is read in place (no gather)
-                batch.attn_state = (contiguous_range(idx[0]), idx, None)
-                return
-            ar = torch.arange(max_len, device=idx.device)
+            ar = torch.arange(max_len, device=rows.device)
             valid = ar[None, :] < batch.seq_lens[:, None]
-            batch.attn_state = (None, idx, valid[:, None, None, :])
-        else:
-            spans = [rows[i, :s] for i, s in enumerate(batch.seq_lens_cpu)]
-            batch.attn_state = [(contiguous_range(idx), idx) for idx in spans]
+            batch.attn_state = (rows[:, :max_len], valid[:, None, None, :])
+            return
+        # per request: its slot range (or None), its slots, whether it runs row by row
+        batch.attn_state = [(contiguous_range(idx), idx, exact) for idx in spans]
 
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         pool.store(layer, batch.out_cache_loc, k, v)
         kbuf, vbuf = pool.k[layer], pool.v[layer]
-        if batch.mode is Mode.DECODE:
-            span, idx, mask = batch.attn_state
-            if span is not None:   # one request whose slots are one range: read in place
-                kk = _read(kbuf, span, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, L, D]
-                vv = _read(vbuf, span, idx).transpose(0, 1)[None].to(q.dtype)
-            else:
-                kk = _gather(kbuf, idx).transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
-                vv = _gather(vbuf, idx).transpose(1, 2).to(q.dtype)
-            # GQA without copying K/V: the query heads of one KV head become its queries
-            bs, kvh = q.shape[0], self.num_kv_heads
-            qg = q.reshape(bs, kvh, self.num_heads // kvh, self.head_dim)
-            o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask, scale=self.scale)
-            return o.reshape(bs, self.num_heads, self.head_dim)
+        if isinstance(batch.attn_state, tuple):
+            idx, mask = batch.attn_state   # decode, padded [bs, max_len]: one masked SDPA call
+            kk = _gather(kbuf, idx).transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
+            vv = _gather(vbuf, idx).transpose(1, 2).to(q.dtype)
+            return self._rows(q, kk, vv, mask)
         out = torch.empty_like(q)
         start = 0
-        for i, (span, idx) in enumerate(batch.attn_state):
+        for i, (span, idx, by_rows) in enumerate(batch.attn_state):
             ext, pre = batch.extend_lens_cpu[i], batch.prefix_lens_cpu[i]
+            ki, vi = _read(kbuf, span, idx), _read(vbuf, span, idx)   # [S, KVH, D]
+            if by_rows:   # each row as a decode step of its own, over exactly its own keys
+                for j in range(ext):
+                    n = pre + j + 1
+                    kk = ki[:n].transpose(0, 1)[None].to(q.dtype)       # [1, KVH, n, D]
+                    vv = vi[:n].transpose(0, 1)[None].to(q.dtype)
+                    out[start + j] = self._rows(q[start + j : start + j + 1], kk, vv, None)[0]
+                start += ext
+                continue
             qi = q[start : start + ext].transpose(0, 1)[None]          # [1, H, ext, D]
-            ki = _read(kbuf, span, idx).transpose(0, 1)[None].to(q.dtype)  # [1, KVH, S, D]
-            vi = _read(vbuf, span, idx).transpose(0, 1)[None].to(q.dtype)
+            ki = ki.transpose(0, 1)[None].to(q.dtype)                 # [1, KVH, S, D]
+            vi = vi.transpose(0, 1)[None].to(q.dtype)
             if pre == 0:
                 oi = self._sdpa(qi, ki, vi, None, causal=True)
             else:
@@ -68,6 +75,14 @@ class TorchBackend(AttentionBackend):
             out[start : start + ext] = oi[0].transpose(0, 1)
             start += ext
         return out
+
+    def _rows(self, q, kk, vv, mask) -> torch.Tensor:
+        """Attention of one query row per request ([bs, H, D]) over [bs, KVH, L, D] keys;
+        GQA without copying K/V: the query heads of one KV head become its queries."""
+        bs, kvh = q.shape[0], self.num_kv_heads
+        qg = q.reshape(bs, kvh, self.num_heads // kvh, self.head_dim)
+        o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask, scale=self.scale)
+        return o.reshape(bs, self.num_heads, self.head_dim)
 
     def _sdpa(self, q, k, v, mask, causal: bool = False) -> torch.Tensor:
         rep = self.num_heads // self.num_kv_heads

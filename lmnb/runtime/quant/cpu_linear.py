@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 INT4_GROUP = 32
-DENSE_ROWS = 16   # steps with at least this many rows use the dense copy
+DENSE_ROWS = 16   # steps with at least this many rows use the dense copy; below it every
+                  # row is computed exactly as it would be alone (the GEMV kernels are
+                  # row-invariant), which drafted and batched greedy decoding rely on
 _ACT = torch.bfloat16
 
 
