@@ -55,8 +55,9 @@ class Runtime:
     `speculative="auto"` (the default) verifies draft tokens taken from the radix cache
     (what was generated after the same text before) and from n-gram matches in the
     prompt, the output and recent requests, several per step, for greedy requests on the
-    CPU and for requests that pass `speculative=True` (on CUDA only those: bf16 greedy
-    output with drafts is not yet shown identical there); `"off"` never drafts.
+    CPU (their tokens are exactly plain decoding's, quantized weights included) and for
+    requests that pass `speculative=True` (on CUDA only those: bf16 greedy output with
+    drafts is not yet shown identical there); `"off"` never drafts.
     """
 
     def __init__(self, spec: str = "smollm2", device: str | None = None, **options) -> None:
