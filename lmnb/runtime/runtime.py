@@ -21,10 +21,10 @@ from lmnb.runtime.models import build_model
 from lmnb.runtime.multimodal import ImagePrompts, as_image, has_markers
 from lmnb.runtime.output import OutputProcessor
 from lmnb.runtime.quant import fp8
+from lmnb.runtime.quant.cpu_linear import DENSE_ROWS
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, new_rid
 from lmnb.runtime.results import GenResult
-from lmnb.runtime.quant.cpu_linear import DENSE_ROWS
 from lmnb.runtime.runtime_config import CPU_MODES, RuntimeConfig
 from lmnb.runtime.sampling_params import SamplingParams
 from lmnb.runtime.scheduler import Scheduler

@@ -166,7 +166,7 @@ class Drafter:
     without drafts), and for sampling requests only when they ask (`speculative=True`:
     rejection sampling keeps their distribution, but a seed then gives other samples
     depending on what the cache holds); "off" never drafts. `k`: most draft tokens per
-    step; `exact_rows`: see Runner.exact_rows."""
+    step; `exact_rows`: see `fit`."""
 
     def __init__(self, cache, mode: str = "auto", k: int = 8, context_len: int = 1 << 30,
                  exact_rows: int | None = None) -> None:

@@ -1,7 +1,8 @@
 """Reference attention in plain torch (CPU and GPU): the ground truth for the kernels.
 
-Decode gathers every request's K/V into a padded [bs, max_len] batch (one SDPA call per
-layer); extend runs one SDPA call per request, so nothing is padded where prompts differ.
+Decode on CUDA, and a CPU decode step of ROW_EXACT_ROWS requests or more, gathers every
+request's K/V into a padded [bs, max_len] batch (one SDPA call per layer); extend runs
+one SDPA call per request, so nothing is padded where prompts differ.
 On the CPU a request whose KV slots are one range (the allocator hands out ascending
 slots, see memory.TokenSlotAllocator) is read in place instead of gathered.
 
