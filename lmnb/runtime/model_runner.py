@@ -80,6 +80,30 @@ def step_layout(sb: ScheduledBatch) -> StepLayout:
     return lay
 
 
+def split_sampled_rows(lens: list[int], rows: list[int], exact_rows: int | None
+                       ) -> tuple[list[int], list[int]] | None:
+    """(body lens, tail) for an extend step that is run as two forwards, or None.
+
+    A step of `exact_rows` rows or more (cpu_linear.DENSE_ROWS) computes its rows in a
+    way that depends on the step; a re-run of a cached prompt computes that prompt's last
+    row alone. So such a step is run as its body (every request's rows but the last of
+    each request whose last row is sampled; `body lens` per request, 0 when nothing is
+    left) and then its tail (those last rows: the batch indices), fewer than exact_rows
+    rows that each come out as they would alone."""
+    if exact_rows is None or sum(lens) < exact_rows:
+        return None
+    wanted, tail, acc = set(rows), [], 0
+    for i, n in enumerate(lens):
+        acc += n
+        if acc - 1 in wanted:
+            tail.append(i)
+    tails = set(tail)
+    body = [n - 1 if i in tails else n for i, n in enumerate(lens)]
+    if not tail or len(tail) >= exact_rows or not any(body):
+        return None
+    return body, tail
+
+
 def graph_sized(is_decode: bool, num_tokens: int) -> bool:
     """Whether a step of this kind may replay a decode graph (if one that large exists)."""
     return is_decode or num_tokens <= GRAPH_EXTEND_TOKENS
@@ -100,8 +124,9 @@ class ModelRunner:
     the first decode step, for batch sizes up to the req_to_token table's request count."""
 
     def __init__(self, model, backend: AttentionBackend, pool: KVPool, req_pool: ReqToTokenPool,
-                 cuda_graph: bool | None = None) -> None:
+                 cuda_graph: bool | None = None, exact_rows: int | None = None) -> None:
         self.model, self.backend, self.pool, self.req_pool = model, backend, pool, req_pool
+        self.exact_rows = exact_rows   # see split_sampled_rows (None: steps are not split)
         wanted = cuda_graph_enabled() if cuda_graph is None else cuda_graph
         self.cuda_graph = (wanted and req_pool.table.is_cuda
                            and hasattr(backend, "init_forward_graph"))
@@ -128,6 +153,11 @@ class ModelRunner:
             return StepOutput(self._replay(sb, input_ids, rows, fill), sample_rows, logprob_rows,
                               draft_rows)
         mode = Mode.DECODE if sb.is_decode else Mode.EXTEND
+        split = (split_sampled_rows(sb.lens, rows, self.exact_rows)
+                 if mode is Mode.EXTEND and images is None and fill is None else None)
+        if split is not None:
+            return StepOutput(self._run_split(sb, input_ids, rows, *split), sample_rows,
+                              logprob_rows, draft_rows)
         fb = ForwardBatch.build(mode, input_ids, [r.req_pool_idx for r in sb.reqs], sb.prefix_lens,
                                 sb.lens, sb.out_cache_loc, self.req_pool.table, rows)
         if fill is not None:
@@ -135,6 +165,35 @@ class ModelRunner:
         fb.embed_override = images
         logits = self.model(fb, self.backend, self.pool)
         return StepOutput(logits, sample_rows, logprob_rows, draft_rows)
+
+    def _run_split(self, sb: ScheduledBatch, input_ids: list[int], rows: list[int],
+                   body: list[int], tail: list[int]) -> torch.Tensor:
+        """The step as its body, then its tail (split_sampled_rows): the logits of `rows`,
+        in order, each from the forward that computed its row."""
+        starts = [sum(sb.lens[:i]) for i in range(len(sb.lens))]
+        reqs, table = [r.req_pool_idx for r in sb.reqs], self.req_pool.table
+        b_req = [i for i, n in enumerate(body) if n]
+        b_src = [j for i in b_req for j in range(starts[i], starts[i] + body[i])]   # step rows
+        last = [starts[i] + sb.lens[i] - 1 for i in tail]
+        in_body = {j: k for k, j in enumerate(b_src)}
+        in_tail = {j: k for k, j in enumerate(last)}
+        b_rows = [in_body[j] for j in rows if j in in_body]
+        pick, nb, seen_b = [], len(b_rows), 0   # where each wanted row lands in cat(body, tail)
+        for j in rows:
+            if j in in_body:
+                pick.append(seen_b)
+                seen_b += 1
+            else:
+                pick.append(nb + in_tail[j])
+        fb = ForwardBatch.build(Mode.EXTEND, [input_ids[j] for j in b_src], [reqs[i] for i in b_req],
+                                [sb.prefix_lens[i] for i in b_req], [body[i] for i in b_req],
+                                sb.out_cache_loc[b_src], table, b_rows)
+        body_logits = self.model(fb, self.backend, self.pool)
+        fb = ForwardBatch.build(Mode.EXTEND, [input_ids[j] for j in last], [reqs[i] for i in tail],
+                                [sb.prefix_lens[i] + sb.lens[i] - 1 for i in tail], [1] * len(tail),
+                                sb.out_cache_loc[last], table, list(range(len(tail))))
+        tail_logits = self.model(fb, self.backend, self.pool)
+        return torch.cat([body_logits, tail_logits])[torch.tensor(pick)]
 
     def counters(self) -> dict:
         """Image counters (zeros for text-only models)."""

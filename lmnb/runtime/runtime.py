@@ -79,6 +79,10 @@ class Runtime:
             self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype) if mode in (None, "fp8") else mode
             self.quantization_info = None
             self.context_len = min(cfg.max_position, rc.context_length or cfg.max_position)
+            # the CPU's quantized layers compute a row as they would alone only in steps of
+            # fewer than DENSE_ROWS rows: verify steps stay below that, and a long prefill
+            # computes its sampled rows apart (ModelRunner)
+            self.exact_rows = DENSE_ROWS if self.quantization in CPU_MODES else None
             if rc.tp_size == 1:
                 runner = self._runner(lm)
             else:
@@ -101,11 +105,8 @@ class Runtime:
         # on CUDA, bf16 verify rows round differently from decode rows, so drafted greedy
         # output is not yet shown identical there: "auto" drafts only when a request asks
         spec_mode = "requested" if rc.speculative == "auto" and self.device.type == "cuda" else rc.speculative
-        # the CPU's quantized layers compute a row as they would alone only in steps of
-        # fewer than DENSE_ROWS rows, so verify steps stay below that there
-        exact_rows = DENSE_ROWS if self.quantization in CPU_MODES else None
         self.drafter = Drafter(self.cache, spec_mode, rc.speculative_tokens, self.context_len,
-                               exact_rows=exact_rows)
+                               exact_rows=self.exact_rows)
         self.engine = Engine(self.scheduler, runner, DeviceSampler(self.eos_token_ids), self.outputs,
                              overlap=rc.overlap, drafter=self.drafter, cpu_threads=threads)
         atexit.register(_shutdown_ref, weakref.ref(self))
@@ -125,7 +126,8 @@ class Runtime:
         backend = create_backend(rc.attention, self.device.type, num_heads=cfg.num_heads,
                                  num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                                  scale=cfg.head_dim ** -0.5)
-        return ModelRunner(model, backend, pool, req_pool, cuda_graph=rc.cuda_graph)
+        return ModelRunner(model, backend, pool, req_pool, cuda_graph=rc.cuda_graph,
+                           exact_rows=self.exact_rows)
 
     # -- text <-> tokens ---------------------------------------------------------
     def encode(self, text: str) -> list[int]:

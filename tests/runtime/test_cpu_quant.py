@@ -209,3 +209,39 @@ def test_drafted_greedy_output_is_plain_decoding_on_quantized_weights(quantized)
     after = quantized.stats()
     assert after["spec_accepted"] - before["spec_accepted"] >= 6 * 12
     quantized.check_integrity()
+
+
+def test_split_of_a_long_step_puts_each_sampled_last_row_apart():
+    from lmnb.runtime.model_runner import split_sampled_rows
+
+    # three requests: a 20-row prompt end, a 5-row chunk not at its prompt end, a 1-row end
+    lens, rows = [20, 5, 1], [19, 25]
+    assert split_sampled_rows(lens, rows, 16) == ([19, 5, 0], [0, 2])
+    assert split_sampled_rows(lens, [3, 4, 19, 25], 16) == ([19, 5, 0], [0, 2])  # + logprob rows
+    assert split_sampled_rows([10, 5], [9, 14], 16) is None       # 15 rows: exact already
+    assert split_sampled_rows(lens, rows, None) is None           # not a quantized CPU model
+    assert split_sampled_rows([1] * 16, list(range(16)), 16) is None   # 16 sampled rows
+    assert split_sampled_rows([30], [5], 16) is None              # no last row is sampled
+
+
+def test_a_cached_prompt_gives_the_first_token_and_logprobs_of_the_cold_run(quantized):
+    """A prompt computed in one long prefill step and the same prompt from the radix cache
+    (only its last token computed) give bitwise the same first-token logprobs."""
+    prompts = [f"Question {i}: name three {w} and say why each matters. " * 2
+               for i, w in enumerate(["rivers", "metals", "poets"])]
+    kw = dict(max_new_tokens=6, temperature=0, return_logprob=True, top_logprobs_num=3,
+              speculative=False)
+    for p in prompts:
+        quantized.flush_cache()
+        cold = quantized.generate(p, **kw)[0]
+        warm = quantized.generate(p, **kw)[0]
+        assert warm["meta"]["cached_tokens"] == len(quantized.encode(p)) - 1 >= 16
+        assert warm["output_ids"] == cold["output_ids"]
+        assert warm["meta"]["output_token_logprobs"] == cold["meta"]["output_token_logprobs"]
+        assert warm["meta"]["output_top_logprobs"] == cold["meta"]["output_top_logprobs"]
+    quantized.flush_cache()
+    cold = quantized.generate(prompts, **kw)   # batched: two forwards per step, logits in order
+    warm = quantized.generate(prompts, **kw)
+    assert [o["meta"]["output_token_logprobs"] for o in cold] == \
+        [o["meta"]["output_token_logprobs"] for o in warm]
+    quantized.check_integrity()
