@@ -3,7 +3,7 @@
 Modules: `reference` (torch), `norm`, `rope`, `activation` (Triton). Call the dispatchers
 below: on a CUDA tensor with Triton importable they run the Triton
 kernel (imported lazily, so CPU-only installs never import triton), otherwise the torch
-reference (RMSNorm in fp32: torch's own op, bitwise the reference).
+reference.
 
     rms_norm(x, weight, eps)                    -> y
     add_rms_norm(x, residual, weight, eps)      -> (rms_norm(x + residual), x + residual)
@@ -50,10 +50,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if triton_usable(x):
         from lmnb.runtime.kernels.norm import rms_norm_triton
         return rms_norm_triton(x, weight, eps)
-    if _fp32_pair(x, weight):
-        # torch's one-op RMSNorm does the reference's fp32 arithmetic in the same order
-        # (bitwise equal: tests/runtime/test_cpu_kernels.py), without its six dispatches
-        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
     return rms_norm_ref(x, weight, eps)
 
 
@@ -62,16 +58,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if triton_usable(x):
         from lmnb.runtime.kernels.norm import add_rms_norm_triton
         return add_rms_norm_triton(x, residual, weight, eps)
-    if _fp32_pair(x, weight):
-        s = x + residual
-        return torch.nn.functional.rms_norm(s, (s.shape[-1],), weight, eps), s
     return add_rms_norm_ref(x, residual, weight, eps)
-
-
-def _fp32_pair(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """fp32 input and weight: where torch's RMSNorm rounds as HF's does (in lower
-    precision HF rounds the normalised x before the weight multiply; torch does not)."""
-    return x.dtype == torch.float32 and weight.dtype == torch.float32
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
