@@ -84,7 +84,7 @@ class RuntimeBackend(Backend):
         if h is not None:
             h.result()
 
-    def start_prefix(self, prompt: str):
+    def start_prefix(self, prompt: str) -> StreamHandle | None:
         # the runtime inserts a request's KV into the radix cache when it finishes, so a
         # zero-token request makes the prefix shareable by everything sent after it
         return self.runtime.submit(prompt, max_new_tokens=0) if prompt else None
