@@ -14,6 +14,7 @@ settles the step before it first (while the GPU runs the new forward), then samp
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -54,6 +55,7 @@ class Engine:
             outputs.on_verified = drafter.verified
         self._inflight: SampledStep | None = None   # launched, not yet settled
         self.inbox: queue.Queue = queue.Queue()
+        self._held = threading.local()   # together(): this thread's queued messages
         self.reqs: dict[str, Req] = {}
         self.error: BaseException | None = None
         self.counters = dict(forward_steps=0, extend_steps=0, decode_steps=0, prefill_tokens=0,
@@ -70,11 +72,34 @@ class Engine:
     # -- called from any thread ----------------------------------------------
     def submit(self, req: Req) -> None:
         self.ensure_alive()
-        self.inbox.put(("submit", req))
+        self._put(("submit", req))
 
     def abort(self, rid: str) -> None:
         if self.thread.is_alive():
-            self.inbox.put(("abort", rid))
+            self._put(("abort", rid))
+
+    @contextlib.contextmanager
+    def together(self):
+        """Submissions (and aborts) this thread makes inside reach the engine as one
+        message, in order, so the engine schedules them as one set: a batch's first steps
+        then do not depend on how fast the caller submitted."""
+        if getattr(self._held, "items", None) is not None:
+            yield   # already inside
+            return
+        self._held.items = []
+        try:
+            yield
+        finally:
+            items, self._held.items = self._held.items, None
+            if items:
+                self.inbox.put(("many", items))
+
+    def _put(self, item: tuple) -> None:
+        held = getattr(self._held, "items", None)
+        if held is not None:
+            held.append(item)
+        else:
+            self.inbox.put(item)
 
     def call(self, fn, timeout: float | None = 60.0):
         """Run fn() on the engine thread between steps and return its result."""
@@ -156,7 +181,10 @@ class Engine:
                 return
 
     def _handle(self, kind: str, arg) -> None:
-        if kind == "submit":
+        if kind == "many":
+            for item in arg:
+                self._handle(*item)
+        elif kind == "submit":
             self.reqs[arg.rid] = arg
             self.sched.add(arg)
         elif kind == "abort":

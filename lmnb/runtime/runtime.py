@@ -216,16 +216,18 @@ class Runtime:
 
     def generate(self, prompts, images=None, **sampling) -> list[GenResult]:
         """Generate for one prompt or a list (texts or token-id lists); always a list of
-        results with `text`, `output_ids` and `meta`. All prompts are batched together;
-        with `n` > 1 each prompt gives n results in a row. `images`: one list of images
+        results with `text`, `output_ids` and `meta`. All prompts are batched together
+        (the engine receives them at once, so the same call on the same cache runs the
+        same steps); with `n` > 1 each prompt gives n results in a row. `images`: one list of images
         per prompt (see `submit`)."""
         handles: list = []
         prompts = _as_prompt_list(prompts)
         if images is not None and (not isinstance(images, Sequence) or len(images) != len(prompts)):
             raise LmnbError(f"images must be a list with one list of images per prompt ({len(prompts)})")
         try:  # Ctrl-C between submissions must abort those already queued too
-            for i, p in enumerate(prompts):
-                handles.append(self.submit(p, images=None if images is None else images[i], **sampling))
+            with self.engine.together():   # one set: the batch's steps do not depend on timing
+                for i, p in enumerate(prompts):
+                    handles.append(self.submit(p, images=None if images is None else images[i], **sampling))
             out: list[GenResult] = []
             for h in handles:
                 res = h.result()

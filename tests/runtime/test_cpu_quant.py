@@ -245,3 +245,19 @@ def test_a_cached_prompt_gives_the_first_token_and_logprobs_of_the_cold_run(quan
     assert [o["meta"]["output_token_logprobs"] for o in cold] == \
         [o["meta"]["output_token_logprobs"] for o in warm]
     quantized.check_integrity()
+
+
+def test_a_batch_gives_the_same_tokens_each_time_and_with_drafts(quantized):
+    """`generate` hands its prompts to the engine at once, so a batch runs the same steps
+    every time on the same cache, and drafts (cut to row-exact verify steps) change
+    nothing: bitwise the same tokens and logprobs on quantized weights."""
+    from tests.runtime.test_hf_parity import PROMPTS
+
+    kw = dict(max_new_tokens=24, temperature=0, ignore_eos=True, return_logprob=True)
+    runs = []
+    for spec in (False, False, True):
+        quantized.flush_cache()
+        runs.append([(o["output_ids"], o["meta"]["output_token_logprobs"])
+                     for o in quantized.generate(PROMPTS[:8], speculative=spec, **kw)])
+    assert runs[0] == runs[1] == runs[2]
+    quantized.check_integrity()
