@@ -138,6 +138,8 @@ def _drive(lab, page, root: Path) -> dict:
         page.screenshot(path=str(ARTIFACTS / "0-no-live-view.png"), full_page=True)
         shown = {i: _output_text(page, i)[-300:] for i in range(len(CELLS))}
         raise AssertionError(f"the long generation never showed a live view: {shown}") from e
+    first = _view(page, STORY).inner_text()   # "running" shows before the first token
+    _wait(lambda: _view(page, STORY).inner_text() != first, 60, "the long generation's first text")
     mark("ran to the long generation")
     facts["live"] = {i: _view(page, i).inner_text() for i in (PROGRAM, CACHE, STATS)}
     page.screenshot(path=str(ARTIFACTS / "1-live.png"), full_page=True)
