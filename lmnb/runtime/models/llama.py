@@ -102,10 +102,15 @@ class LlamaForCausalLM(nn.Module):
                              dtype, device)
         self.quant_head: nn.Module | None = None   # set by quantize()
         self.quantization: dict | None = None
+        self.fused_decode = None   # set by quantize() where lmnb's CPU kernels run the step
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, backend: AttentionBackend, pool: KVPool) -> torch.Tensor:
         """Runs the step and returns fp32 logits of the rows in `batch.logits_rows`."""
+        fused = self.fused_decode
+        if fused is not None and fused.accepts(batch, pool):   # one C call for the layers
+            x = fused.hidden(self.embed_tokens(batch.input_ids), batch, pool)
+            return self.logits(x if batch.logits_rows is None else x[batch.logits_rows])
         backend.init_forward(batch)
         return self.forward_planned(batch, backend, pool)
 
@@ -144,6 +149,10 @@ class LlamaForCausalLM(nn.Module):
 
     def set_quantized_head(self, head: nn.Module) -> None:
         self.quant_head, self.lm_head = head, None
+
+    def set_fused_decode(self, fused) -> None:
+        """A `quant.cpu_decode.FusedDecode` that runs the few-row steps (or None)."""
+        self.fused_decode = fused
 
     # -- weights -------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,189 @@
+"""lmnb's own CPU matmul kernels for quantized weights (`cpu_kernels.c`), built on first use.
+
+The C source ships with the package. The first runtime that needs it compiles it with the
+machine's C compiler (`$CC`, else `cc`) for the CPU it runs on (`-march=native`, OpenMP), into
+`$LMNB_CACHE_DIR` (default `~/.cache/lmnb`). The library's name carries a hash of the
+source, the flags, the compiler and the CPU's feature flags, so a changed source or another
+machine builds its own. It takes about a second; later runtimes load the cached library.
+
+Where no compiler works, or with `LMNB_CPU_KERNELS=torch`, `load()` returns None and
+the quantized layers use torch's own int4/int8 kernels (`status()` says why).
+
+The library uses the process's OpenMP runtime (the one torch loaded: same soname), so a
+call's threads are the calling thread's OpenMP team, as for torch's own CPU ops.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+GROUP = 32            # activation and 4-bit weight group along the input dim (the C GROUP)
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+ENV_SWITCH = "LMNB_CPU_KERNELS"   # "torch": do not build or use them
+_SIMD = {0: "scalar C", 1: "AVX2", 2: "AVX2 + AVX512-VNNI"}
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+class Linear(ctypes.Structure):
+    """`lmnb_linear`: one quantized layer's weights, as the C code reads them."""
+    _fields_ = [("bits", _I64), ("n", _I64), ("k", _I64), ("w", _P), ("scale", _P),
+                ("minv", _P), ("bias", _P)]
+
+
+class Layer(ctypes.Structure):
+    """`lmnb_layer`: one decoder layer for the fused step."""
+    _fields_ = [("qkv", Linear), ("o", Linear), ("gate_up", Linear), ("down", Linear),
+                ("norm1", _P), ("norm2", _P), ("k_cache", _P), ("v_cache", _P)]
+
+
+class Model(ctypes.Structure):
+    """`lmnb_model`: the decoder for the fused step."""
+    _fields_ = [("n_layers", _I64), ("hidden", _I64), ("heads", _I64), ("kv_heads", _I64),
+                ("head_dim", _I64), ("inter", _I64), ("eps", ctypes.c_float),
+                ("scale", ctypes.c_float), ("cos", _P), ("sin", _P),
+                ("layers", ctypes.POINTER(Layer)), ("final_norm", _P)]
+
+
+def linear_desc(bits: int, weight: torch.Tensor, scale: torch.Tensor, minv: torch.Tensor | None,
+                bias: torch.Tensor | None) -> Linear:
+    """The C view of a layer's buffers (which must stay alive and in place while it is used)."""
+    n = weight.shape[0]
+    k = weight.shape[1] * (2 if bits == 4 else 1)
+    return Linear(bits, n, k, weight.data_ptr(), scale.data_ptr(),
+                  None if minv is None else minv.data_ptr(),
+                  None if bias is None else bias.data_ptr())
+
+
+def _check(rc: int, what: str) -> None:
+    if rc:
+        raise MemoryError(f"lmnb CPU kernel {what}: out of memory for its buffers")
+
+
+class Kernels:
+    """The loaded library, called with torch tensors (CPU, contiguous)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        self.simd = _SIMD.get(lib.lmnb_kernels_simd(), "unknown")
+        self._linear, self._step, self._quant = lib.lmnb_linear_forward, lib.lmnb_decode_step, lib.lmnb_quant_rows
+        self._linear.argtypes = [ctypes.POINTER(Linear), _P, _I64, _P, ctypes.c_int]
+        self._step.argtypes = [ctypes.POINTER(Model), _I64, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+        self._quant.argtypes = [_P, _I64, _I64, _P, _P, _P]
+        self._linear.restype = self._step.restype = ctypes.c_int
+
+    def linear(self, desc: Linear, x: torch.Tensor) -> torch.Tensor:
+        """x [R, K] fp32 contiguous @ W.T (+ bias) -> [R, N] fp32."""
+        y = torch.empty(x.shape[0], desc.n, dtype=torch.float32)
+        _check(self._linear(ctypes.byref(desc), x.data_ptr(), x.shape[0], y.data_ptr(),
+                            torch.get_num_threads()), "linear")
+        return y
+
+    def decode_step(self, model: Model, x: torch.Tensor, positions: torch.Tensor,
+                    out_slots: torch.Tensor, key_slots: torch.Tensor, key_off: torch.Tensor,
+                    key_cnt: torch.Tensor) -> torch.Tensor:
+        """The decoder layers and final norm for x [R, hidden] fp32 (in place; see
+        `lmnb_decode_step`); the index tensors are int64, contiguous."""
+        _check(self._step(ctypes.byref(model), x.shape[0], x.data_ptr(), positions.data_ptr(),
+                          out_slots.data_ptr(), key_slots.data_ptr(), key_off.data_ptr(),
+                          key_cnt.data_ptr(), torch.get_num_threads()), "decode step")
+        return x
+
+    def quant_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kernels' activation quantization of x [R, K] fp32: (int8 codes [R, K], step
+        per group [R, K/32], fp32 sum per group [R, K/32])."""
+        r, k = x.shape
+        xq = torch.empty(r, k, dtype=torch.int8)
+        xd = torch.empty(r, k // GROUP)
+        xs = torch.empty(r, k // GROUP)
+        self._quant(x.data_ptr(), r, k, xq.data_ptr(), xd.data_ptr(), xs.data_ptr())
+        return xq, xd, xs
+
+
+def fits(n_in: int) -> bool:
+    """The kernels take inputs in whole groups of 32."""
+    return n_in % GROUP == 0
+
+
+def pack_q4(codes: torch.Tensor) -> torch.Tensor:
+    """codes 0..15 [N, K] -> uint8 [N, K/2]: in each group of 32, byte i holds code i
+    (low nibble) and code i + 16 (high nibble)."""
+    n, k = codes.shape
+    g = codes.to(torch.uint8).reshape(n, k // GROUP, 2, GROUP // 2)
+    return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LMNB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmnb")
+    return Path(root)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _build() -> tuple[Kernels | None, str]:
+    cc = os.environ.get("CC", "cc")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"no C compiler ({cc}: {e.__class__.__name__})"
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), "".join(version).encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:16]
+    out = _cache_dir() / f"cpu_kernels-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        try:
+            res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+                                 capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                err = (res.stderr.strip().splitlines() or ["failed"])[-1]
+                return None, f"building {SOURCE.name} failed: {err}"
+            os.replace(tmp, out)   # atomic: concurrent builders each write their own file
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"building {SOURCE.name} failed: {e}"
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    try:
+        lib = ctypes.CDLL(str(out))
+    except OSError as e:
+        return None, f"loading {out.name} failed: {e}"
+    return Kernels(lib, out), ""
+
+
+@functools.cache
+def _loaded() -> tuple[Kernels | None, str]:
+    if os.environ.get(ENV_SWITCH, "").lower() == "torch":
+        return None, f"{ENV_SWITCH}=torch"
+    return _build()
+
+
+def load() -> Kernels | None:
+    """The kernels, built on first use; None where they cannot be (see `status`)."""
+    return _loaded()[0]
+
+
+def status() -> str:
+    """What the quantized CPU layers run on, in words."""
+    k, why = _loaded()
+    return f"lmnb C kernels ({k.simd})" if k is not None else f"torch kernels ({why})"
