@@ -242,7 +242,7 @@ with lm.Runtime("dummy:tiny", device="cpu", quantization="q4", max_total_tokens=
 @pytest.mark.parametrize("env", [{"CC": "/nonexistent/cc"}, {"LMNB_CPU_KERNELS": "torch"}])
 def test_without_the_kernels_the_runtime_says_so_and_runs(tmp_path, env):
     e = dict(os.environ, LMNB_CACHE_DIR=str(tmp_path), **env)
-    r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=e, timeout=300)
+    r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=e, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     status, describe, n = r.stdout.strip().splitlines()[-3:]
     assert status.startswith("torch kernels (") and describe.count("torch kernels") == 1

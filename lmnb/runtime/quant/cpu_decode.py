@@ -21,10 +21,10 @@ import ctypes
 import torch
 
 from lmnb.runtime.forward_batch import ForwardBatch
+from lmnb.runtime.kernels.reference import full_rope_table
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.quant import cpu_kernels
 from lmnb.runtime.quant.cpu_linear import DENSE_ROWS, QuantLinear
-from lmnb.runtime.kernels.reference import full_rope_table
 
 
 class FusedDecode:

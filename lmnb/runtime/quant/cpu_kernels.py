@@ -140,7 +140,7 @@ def _cpu_flags() -> str:
 def _build() -> tuple[Kernels | None, str]:
     cc = os.environ.get("CC", "cc")
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False,
                                  timeout=30).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"no C compiler ({cc}: {e.__class__.__name__})"
@@ -149,12 +149,15 @@ def _build() -> tuple[Kernels | None, str]:
                                      _cpu_flags().encode()])).hexdigest()[:16]
     out = _cache_dir() / f"cpu_kernels-{key}.so"
     if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+            os.close(fd)
+        except OSError as e:
+            return None, f"cannot write the kernel cache {out.parent} ({e.strerror}); set LMNB_CACHE_DIR"
         try:
             res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
-                                 capture_output=True, text=True, timeout=300)
+                                 capture_output=True, text=True, check=False, timeout=300)
             if res.returncode != 0:
                 err = (res.stderr.strip().splitlines() or ["failed"])[-1]
                 return None, f"building {SOURCE.name} failed: {err}"
