@@ -227,6 +227,35 @@ def test_fused_verify_extend_is_successive_decode_steps():
         assert torch.equal(a, b)
 
 
+def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path, monkeypatch):
+    """The AVX-512 loops keep the AVX2 loops' lanes and order (even groups in the low half,
+    odd ones in the high half), so a machine of either kind prints the same tokens."""
+    if not kernels.simd.startswith("AVX-512"):
+        pytest.skip(f"this machine builds {kernels.simd}")
+    monkeypatch.setenv("LMNB_CACHE_DIR", str(tmp_path))
+    avx2, why = cpu_kernels.build(("-mno-avx512f",))
+    assert avx2 is not None, why
+    assert avx2.simd.startswith("AVX2")
+    g = torch.Generator().manual_seed(11)
+    for bits in (4, 8):
+        for n, k in [(96, 64), (48, 544), (64, 32), (320, 1536)]:   # 17 and 1 groups: odd tails
+            lin = QuantLinear(torch.randn(n, k, generator=g) * 0.1, torch.randn(n, generator=g), bits,
+                              dense=False, kernels=kernels)
+            for rows in (1, 3, 15):
+                x = torch.randn(rows, k, generator=g)
+                assert torch.equal(kernels.linear(lin.desc, x), avx2.linear(lin.desc, x))
+    from lmnb.runtime.quant.cpu_decode import FusedDecode
+
+    model = _model("q4", seed=6)
+    pools = [_pool(7), _pool(7)]
+    outs = []
+    for k_, pool in zip((kernels, avx2), pools):
+        model.set_fused_decode(FusedDecode(model, k_))
+        outs.append(_step(model, pool, [0, 1, 2], [1, 2, 3]))
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(pools[0].k + pools[0].v, pools[1].k + pools[1].v))
+
+
 # ---- where the kernels cannot be used ----------------------------------------------------------
 
 _PROBE = """

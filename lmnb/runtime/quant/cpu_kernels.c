@@ -52,13 +52,19 @@ static inline float half_to_float(uint16_t h) {
 #endif
 }
 
+#if defined(LMNB_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LMNB_AVX512 1
+#endif
+
 #define GROUP 32
 #define TILE 4
 
 int lmnb_kernels_version(void) { return 1; }
 
 int lmnb_kernels_simd(void) {
-#if defined(LMNB_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(LMNB_AVX512)
+    return 3;
+#elif defined(LMNB_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
     return 2;
 #elif defined(LMNB_AVX2)
     return 1;
@@ -168,7 +174,84 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
             y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1[r])) + (hsum8(mv[r]) + mt[r]);      \
     }                                                                                        \
 }
+#ifdef LMNB_AVX512
+/* The same arithmetic two groups at a time in 512-bit registers: lanes 0-7 hold what the
+ * AVX2 loop's even-group accumulator holds, lanes 8-15 the odd one's, and every lane sees
+ * the same operations in the same order, so both give bitwise the same results. */
+#define Q4_PAIR_ROWS(RT, gi)                                                                 \
+    do {                                                                                     \
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(c + (gi) * 16));                  \
+        __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1); \
+        __m512i w = _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), lo4z); \
+        const __m512i idx = _mm512_add_epi32(pick, _mm512_set1_epi32((int)((gi) - g0)));     \
+        for (int r = 0; r < RT; r++) {                                                       \
+            __m512i a = _mm512_loadu_si512((const void *)(xq + r * K + (gi) * GROUP));       \
+            __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sdv[r]));          \
+            az[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a)), \
+                                    sc, az[r]);                                              \
+        }                                                                                    \
+    } while (0)
+
+#define Q4_TILE512(RT)                                                                      \
+static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,       \
+                         const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,  \
+                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
+    const int64_t G = K / GROUP;                                                             \
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);                                              \
+    const __m512i lo4z = _mm512_set1_epi8(0x0F);                                             \
+    const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);   \
+    for (int64_t n = n0; n < n1; n++) {                                                      \
+        const uint8_t *c = codes + n * (K / 2);                                              \
+        const uint16_t *s = scale + n * G, *m = minv + n * G;                                \
+        __m512 az[RT];                                                                       \
+        __m256 mv[RT], sdv[RT], a0[RT];                                                      \
+        float mt[RT], sd[RT][8];                                                             \
+        for (int r = 0; r < RT; r++) {                                                       \
+            az[r] = _mm512_setzero_ps();                                                     \
+            mv[r] = _mm256_setzero_ps();                                                     \
+            mt[r] = 0.0f;                                                                    \
+        }                                                                                    \
+        int64_t tail = -1;                                                                   \
+        for (int64_t g0 = 0; g0 < G; g0 += 8) {                                              \
+            const int64_t gn = G - g0 < 8 ? G - g0 : 8;                                      \
+            if (gn == 8) {                                                                   \
+                __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g0)));     \
+                __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g0)));     \
+                for (int r = 0; r < RT; r++) {                                               \
+                    sdv[r] = _mm256_mul_ps(sv, _mm256_loadu_ps(xd + r * G + g0));            \
+                    mv[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + r * G + g0), mv[r]);    \
+                }                                                                            \
+            } else {                                                                         \
+                for (int r = 0; r < RT; r++) {                                               \
+                    for (int64_t j = 0; j < gn; j++) {                                       \
+                        sd[r][j] = half_to_float(s[g0 + j]) * xd[r * G + g0 + j];            \
+                        mt[r] += half_to_float(m[g0 + j]) * xs[r * G + g0 + j];              \
+                    }                                                                        \
+                    sdv[r] = _mm256_loadu_ps(sd[r]);                                         \
+                }                                                                            \
+            }                                                                                \
+            int64_t j = 0;                                                                   \
+            for (; j + 2 <= gn; j += 2) Q4_PAIR_ROWS(RT, g0 + j);                            \
+            if (j < gn) {                                                                    \
+                tail = g0 + j;                                                               \
+                for (int r = 0; r < RT; r++) _mm256_storeu_ps(sd[r], sdv[r]);                \
+            }                                                                                \
+        }                                                                                    \
+        for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
+        if (tail >= 0) {   /* the last group, when their count is odd: an even one */        \
+            const int64_t g0 = tail / 8 * 8;                                                 \
+            Q4_GROUP_ROWS(RT, tail, a0);                                                     \
+        }                                                                                    \
+        for (int r = 0; r < RT; r++) {                                                       \
+            __m256 a1 = _mm512_extractf32x8_ps(az[r], 1);                                    \
+            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1)) + (hsum8(mv[r]) + mt[r]);         \
+        }                                                                                    \
+    }                                                                                        \
+}
+Q4_TILE512(1) Q4_TILE512(2) Q4_TILE512(3) Q4_TILE512(4)
+#else
 Q4_TILE(1) Q4_TILE(2) Q4_TILE(3) Q4_TILE(4)
+#endif
 
 #define Q8_GROUP_ROWS(RT, gi, acc)                                                          \
     do {                                                                                     \
@@ -200,7 +283,44 @@ static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,          
             y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1[r])) * wscale[n];                   \
     }                                                                                        \
 }
+#ifdef LMNB_AVX512
+#define Q8_TILE512(RT)                                                                      \
+static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,                       \
+                         const int8_t *wq, const float *wscale,                              \
+                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
+    const int64_t G = K / GROUP;                                                             \
+    const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);   \
+    for (int64_t n = n0; n < n1; n++) {                                                      \
+        const int8_t *w = wq + n * K;                                                        \
+        __m512 az[RT];                                                                       \
+        __m256 a0[RT];                                                                       \
+        for (int r = 0; r < RT; r++) az[r] = _mm512_setzero_ps();                            \
+        int64_t g = 0;                                                                       \
+        for (; g + 2 <= G; g += 2) {                                                         \
+            __m512i wv = _mm512_loadu_si512((const void *)(w + g * GROUP));                  \
+            __m512i wa = _mm512_abs_epi8(wv);                                                \
+            __mmask64 neg = _mm512_movepi8_mask(wv);                                         \
+            for (int r = 0; r < RT; r++) {                                                   \
+                __m512i a = _mm512_loadu_si512((const void *)(xq + r * K + g * GROUP));      \
+                a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);                 \
+                __m512 d = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(               \
+                    _mm_castpd_ps(_mm_load_sd((const double *)(xd + r * G + g)))));          \
+                az[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, a)), \
+                                        d, az[r]);                                           \
+            }                                                                                \
+        }                                                                                    \
+        for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
+        if (g < G) Q8_GROUP_ROWS(RT, g, a0);                                                 \
+        for (int r = 0; r < RT; r++) {                                                       \
+            __m256 a1 = _mm512_extractf32x8_ps(az[r], 1);                                    \
+            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1)) * wscale[n];                      \
+        }                                                                                    \
+    }                                                                                        \
+}
+Q8_TILE512(1) Q8_TILE512(2) Q8_TILE512(3) Q8_TILE512(4)
+#else
 Q8_TILE(1) Q8_TILE(2) Q8_TILE(3) Q8_TILE(4)
+#endif
 
 static void q4_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const float *xs,
                     const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,
@@ -439,7 +559,7 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
     kmax = kmax > nq ? kmax : nq;
     for (int64_t r = 0; r < R; r++) max_keys = key_cnt[r] > max_keys ? key_cnt[r] : max_keys;
     int nt = nthreads > 0 ? nthreads : 1;
-    float *res = (float *)malloc(sizeof(float) * (size_t)(R * (2 * H + nqkv + nq + 2 * I)
+    float *res = (float *)malloc(sizeof(float) * (size_t)(R * (2 * H + nqkv + nq + 3 * I)
                                                           + nt * max_keys));
     qbuf qb;
     if (!res || qbuf_alloc(&qb, R, kmax)) {
@@ -447,7 +567,7 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
         return -1;
     }
     float *h = res + R * H, *qkv = h + R * H, *att = qkv + R * nqkv, *gu = att + R * nq;
-    float *scores = gu + R * 2 * I;
+    float *act = gu + R * 2 * I, *scores = act + R * I;
     memcpy(res, x, sizeof(float) * (size_t)(R * H));
     qrows xr = {0};
 
@@ -512,17 +632,13 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
             split_cols(L->gate_up.n, t, T, &n0, &n1);
             linear_cols(&L->gate_up, R, xr, n0, n1, gu);
 #pragma omp barrier
-#pragma omp single
-            {
-                for (int64_t r = 0; r < R; r++) {
-                    float *g = gu + r * 2 * I, *u = g + I, *a = gu + r * 2 * I;
-                    for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-                }
-                /* the products overwrite each row's gate half in place; gather them */
-                for (int64_t r = 1; r < R; r++)
-                    memmove(gu + r * I, gu + r * 2 * I, sizeof(float) * (size_t)I);
-                xr = qbuf_fill(&qb, gu, R, I);
+#pragma omp for schedule(static)
+            for (int64_t ri = 0; ri < R * I; ri++) {   /* silu(gate) * up, element by element */
+                const float g = gu[ri / I * 2 * I + ri % I], u = gu[ri / I * 2 * I + I + ri % I];
+                act[ri] = g / (1.0f + expf(-g)) * u;
             }
+#pragma omp single
+            xr = qbuf_fill(&qb, act, R, I);
             split_cols(L->down.n, t, T, &n0, &n1);
             linear_cols(&L->down, R, xr, n0, n1, h);
 #pragma omp barrier

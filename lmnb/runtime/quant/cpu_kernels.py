@@ -28,7 +28,7 @@ GROUP = 32            # activation and 4-bit weight group along the input dim (t
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 ENV_SWITCH = "LMNB_CPU_KERNELS"   # "torch": do not build or use them
-_SIMD = {0: "scalar C", 1: "AVX2", 2: "AVX2 + AVX512-VNNI"}
+_SIMD = {0: "scalar C", 1: "AVX2", 2: "AVX2 + AVX512-VNNI", 3: "AVX-512 + VNNI"}
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -137,7 +137,10 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build() -> tuple[Kernels | None, str]:
+def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
+    """Build (or find in the cache) and load the library: (kernels, "") or (None, why).
+    `extra_flags` are added to FLAGS (tests build an AVX2-only variant with them)."""
+    flags = (*FLAGS, *extra_flags)
     cc = os.environ.get("CC", "cc")
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False,
@@ -145,7 +148,7 @@ def _build() -> tuple[Kernels | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"no C compiler ({cc}: {e.__class__.__name__})"
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), "".join(version).encode(),
+    key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), "".join(version).encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
     out = _cache_dir() / f"cpu_kernels-{key}.so"
     if not out.exists():
@@ -156,7 +159,7 @@ def _build() -> tuple[Kernels | None, str]:
         except OSError as e:
             return None, f"cannot write the kernel cache {out.parent} ({e.strerror}); set LMNB_CACHE_DIR"
         try:
-            res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+            res = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"],
                                  capture_output=True, text=True, check=False, timeout=300)
             if res.returncode != 0:
                 err = (res.stderr.strip().splitlines() or ["failed"])[-1]
@@ -178,7 +181,7 @@ def _build() -> tuple[Kernels | None, str]:
 def _loaded() -> tuple[Kernels | None, str]:
     if os.environ.get(ENV_SWITCH, "").lower() == "torch":
         return None, f"{ENV_SWITCH}=torch"
-    return _build()
+    return build()
 
 
 def load() -> Kernels | None:
