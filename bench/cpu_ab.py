@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent
 
 CHILD = r"""
 import json, os, sys
+sys.path.insert(0, os.environ["PYTHONPATH"])   # the checkout, before the cwd that -c puts first
 import lmnb as lm
 sys.path.append(sys.argv[3])   # this bench directory; lmnb itself comes from PYTHONPATH
 from common import median_time
@@ -28,7 +29,7 @@ rt = lm.Runtime("smollm2", device="cpu", kv_memory_gb=0.25, **mode_options(mode)
 single, shared = workloads(rt.model_config.vocab_size)
 prompts, new = ([single], NEW_A) if case == "a" else (shared, NEW_B)
 t = median_time(lambda: run_lmnb(rt, prompts, new), 3)
-print(json.dumps({"tok_s": len(prompts) * new / t, "load1": os.getloadavg()[0]}))
+print(json.dumps({"tok_s": len(prompts) * new / t, "load1": os.getloadavg()[0], "lmnb": lm.__file__}))
 rt.shutdown()
 """
 
@@ -36,10 +37,13 @@ rt.shutdown()
 def run(checkout: str, mode: str, case: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout))
     r = subprocess.run([sys.executable, "-c", CHILD, mode, case, str(BENCH)], env=env,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=900, check=False)
     if r.returncode != 0:
         raise SystemExit(f"{checkout} {mode} {case} failed:\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    if not got["lmnb"].startswith(os.path.abspath(checkout) + os.sep):
+        raise SystemExit(f"the child imported {got['lmnb']}, not the checkout {checkout}")
+    return got
 
 
 def main() -> None:

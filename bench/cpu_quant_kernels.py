@@ -6,6 +6,8 @@ prefill chunk: which kernel keeps the weights small *and* fast.
     fp16w        fbgemm fp16 weights, fp32 activations (quantized.linear_dynamic_fp16)
     int8         aten._weight_int8pack_mm, bf16 activations (fp32 activations: int8_f32)
     int4         aten._weight_int4pack_mm_for_cpu, groups of 32, bf16 activations (int4_f32)
+    lmnb_int8    lmnb's own kernel (cpu_kernels.c): int8 weights, activations int8 per 32
+    lmnb_int4    lmnb's own kernel: 4-bit codes with fp16 scale + min per 32 (Q4_1's form)
 Prints one line per (shape, rows, threads) with the best-of-5 microseconds per call and
 the weight bytes each layout reads. Usage: python bench/cpu_quant_kernels.py [--threads 1,2]
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import emit, save  # noqa: E402
 
+from lmnb.runtime.quant import cpu_kernels  # noqa: E402
 from lmnb.runtime.quant.cpu_linear import QuantLinear  # noqa: E402
 
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536),
@@ -57,13 +60,25 @@ def kernels(w: torch.Tensor) -> dict:
         "int4": (lambda x: q4(x.bfloat16()), q4.nbytes()),
         "int4_f32": (lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q4.qweight, 32, q4.scales.float()),
                      q4.nbytes()),
+        **own(w),
     }
+
+
+def own(w: torch.Tensor) -> dict:
+    """lmnb's kernels, called directly (any row count), where they build."""
+    k = cpu_kernels.load()
+    if k is None:
+        return {}
+    l8 = QuantLinear(w, None, 8, dense=False, kernels=k)
+    l4 = QuantLinear(w, None, 4, dense=False, kernels=k)
+    return {"lmnb_int8": (lambda x: k.linear(l8.desc, x), l8.nbytes()),
+            "lmnb_int4": (lambda x: k.linear(l4.desc, x), l4.nbytes())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--rows", default="1,128")
+    ap.add_argument("--rows", default="1,15,128")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows_out = []
