@@ -232,7 +232,10 @@ def test_sampling_keeps_the_distribution(tiny, spec):
     drafted = after["spec_drafted"] - before["spec_drafted"]
     accepted = after["spec_accepted"] - before["spec_accepted"]
     if spec:
-        assert drafted >= 500 and accepted >= 25 and drafted - accepted >= 100, (drafted, accepted)
+        # at most one draft token per request (the token budget cuts the rest), and none on
+        # a step whose 400-token pool has no room for its drafts; how many such steps there
+        # are depends on the machine (500 here, 436 on a 16-core GPU host)
+        assert drafted >= 300 and accepted >= 25 and drafted - accepted >= 100, (drafted, accepted)
     else:
         assert drafted == 0
     rt.check_integrity()
