@@ -61,6 +61,8 @@ static inline float half_to_float(uint16_t h) {
 
 int lmnb_kernels_version(void) { return 1; }
 
+int lmnb_kernels_group(void) { return GROUP; }   /* checked against cpu_kernels.GROUP at load */
+
 int lmnb_kernels_simd(void) {
 #if defined(LMNB_AVX512)
     return 3;

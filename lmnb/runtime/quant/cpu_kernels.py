@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-GROUP = 32            # activation and 4-bit weight group along the input dim (the C GROUP)
+GROUP = 32   # activation and 4-bit weight group along the input dim: GGUF Q4_1's block (the
+             # C source's GROUP, which `build` checks; cpu_linear.INT4_GROUP is this one)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 ENV_SWITCH = "LMNB_CPU_KERNELS"   # "torch": do not build or use them
@@ -174,6 +175,8 @@ def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         return None, f"loading {out.name} failed: {e}"
+    if lib.lmnb_kernels_group() != GROUP:
+        return None, f"{out.name} groups by {lib.lmnb_kernels_group()}, not {GROUP}"
     return Kernels(lib, out), ""
 
 

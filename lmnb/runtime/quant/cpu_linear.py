@@ -34,7 +34,7 @@ from torch import nn
 
 from lmnb.runtime.quant import cpu_kernels
 
-INT4_GROUP = 32
+INT4_GROUP = cpu_kernels.GROUP   # 32: Q4_1's block, torch's int4 kernel's group size too
 DENSE_ROWS = 16   # steps with at least this many rows use the dense copy; below it every
                   # row is computed exactly as it would be alone (the GEMV kernels are
                   # row-invariant), which drafted and batched greedy decoding rely on
