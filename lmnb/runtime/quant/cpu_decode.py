@@ -47,7 +47,7 @@ class FusedDecode:
                 layer.input_layernorm.weight.data_ptr(),
                 layer.post_attention_layernorm.weight.data_ptr(), None, None)
         self._layers = layers
-        self.model = cpu_kernels.Model(
+        self.desc = cpu_kernels.Model(   # the C view of the decoder
             cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, d,
             cfg.intermediate_size, cfg.rms_norm_eps, d ** -0.5,
             self._keep[0].data_ptr(), self._keep[1].data_ptr(),
@@ -95,5 +95,5 @@ class FusedDecode:
         key_slots = torch.cat(spans).long()
         x = embed.float().contiguous()
         return self.kernels.decode_step(
-            self.model, x, batch.positions.contiguous(), batch.out_cache_loc.contiguous(),
+            self.desc, x, batch.positions.contiguous(), batch.out_cache_loc.contiguous(),
             key_slots, torch.tensor(offs, dtype=torch.int64), torch.tensor(cnts, dtype=torch.int64))
