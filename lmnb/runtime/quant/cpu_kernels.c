@@ -57,7 +57,11 @@ static inline float half_to_float(uint16_t h) {
 #endif
 
 #define GROUP 32
+#ifdef LMNB_AVX512
+#define TILE 8   /* rows per weight load: 32 vector registers hold 8 rows' accumulators */
+#else
 #define TILE 4
+#endif
 
 int lmnb_kernels_version(void) { return 1; }
 
@@ -251,6 +255,7 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
     }                                                                                        \
 }
 Q4_TILE512(1) Q4_TILE512(2) Q4_TILE512(3) Q4_TILE512(4)
+Q4_TILE512(5) Q4_TILE512(6) Q4_TILE512(7) Q4_TILE512(8)
 #else
 Q4_TILE(1) Q4_TILE(2) Q4_TILE(3) Q4_TILE(4)
 #endif
@@ -320,6 +325,7 @@ static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,          
     }                                                                                        \
 }
 Q8_TILE512(1) Q8_TILE512(2) Q8_TILE512(3) Q8_TILE512(4)
+Q8_TILE512(5) Q8_TILE512(6) Q8_TILE512(7) Q8_TILE512(8)
 #else
 Q8_TILE(1) Q8_TILE(2) Q8_TILE(3) Q8_TILE(4)
 #endif
@@ -331,7 +337,15 @@ static void q4_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd, co
     case 1: q4_tile_1(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
     case 2: q4_tile_2(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
     case 3: q4_tile_3(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+#ifdef LMNB_AVX512
+    case 4: q4_tile_4(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+    case 5: q4_tile_5(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+    case 6: q4_tile_6(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+    case 7: q4_tile_7(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+    default: q4_tile_8(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+#else
     default: q4_tile_4(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
+#endif
     }
 }
 
@@ -342,7 +356,15 @@ static void q8_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd,
     case 1: q8_tile_1(K, xq, xd, wq, wscale, n0, n1, N, y); break;
     case 2: q8_tile_2(K, xq, xd, wq, wscale, n0, n1, N, y); break;
     case 3: q8_tile_3(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+#ifdef LMNB_AVX512
+    case 4: q8_tile_4(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+    case 5: q8_tile_5(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+    case 6: q8_tile_6(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+    case 7: q8_tile_7(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+    default: q8_tile_8(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+#else
     default: q8_tile_4(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+#endif
     }
 }
 #else
