@@ -28,30 +28,30 @@ from lmnb.runtime.quant.cpu_linear import DENSE_ROWS, QuantLinear
 
 
 class FusedDecode:
-    """Holds the C view of a model's weights (and references to the tensors behind it).
-    It keeps no reference to the model itself."""
+    """Holds the C view of a model's weights and references to the tensors and layers
+    behind it; it keeps no reference to the model itself (the model holds it)."""
 
     def __init__(self, model, kernels: cpu_kernels.Kernels) -> None:
         cfg = model.cfg
         self.kernels = kernels
         d = cfg.head_dim
-        self._keep = [full_rope_table(model.rotary.cos, d).float().contiguous(),
-                      full_rope_table(model.rotary.sin, d).float().contiguous(),
-                      model.norm.weight.detach()]
+        cos = full_rope_table(model.rotary.cos, d).float().contiguous()
+        sin = full_rope_table(model.rotary.sin, d).float().contiguous()
+        # everything the C structs point into stays referenced here
+        self._keep: list = [cos, sin, model.norm.weight]
         layers = (cpu_kernels.Layer * cfg.num_layers)()
         for i, layer in enumerate(model.layers):
             a, m = layer.self_attn, layer.mlp
-            self._keep += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-            layers[i] = cpu_kernels.Layer(
-                a.qkv_proj.desc, a.o_proj.desc, m.gate_up_proj.desc, m.down_proj.desc,
-                layer.input_layernorm.weight.data_ptr(),
-                layer.post_attention_layernorm.weight.data_ptr(), None, None)
+            lins = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
+            norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+            self._keep += [*lins, *norms]
+            layers[i] = cpu_kernels.Layer(*(lin.desc for lin in lins),
+                                          *(w.data_ptr() for w in norms), None, None)
         self._layers = layers
         self.desc = cpu_kernels.Model(   # the C view of the decoder
             cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, d,
-            cfg.intermediate_size, cfg.rms_norm_eps, d ** -0.5,
-            self._keep[0].data_ptr(), self._keep[1].data_ptr(),
-            ctypes.cast(layers, ctypes.POINTER(cpu_kernels.Layer)), self._keep[2].data_ptr())
+            cfg.intermediate_size, cfg.rms_norm_eps, d ** -0.5, cos.data_ptr(), sin.data_ptr(),
+            ctypes.cast(layers, ctypes.POINTER(cpu_kernels.Layer)), model.norm.weight.data_ptr())
         self._pool: tuple | None = None   # (k buffers, v buffers) the layers point at
 
     @staticmethod

@@ -63,8 +63,6 @@ static inline float half_to_float(uint16_t h) {
 #define TILE 4
 #endif
 
-int lmnb_kernels_version(void) { return 1; }
-
 int lmnb_kernels_group(void) { return GROUP; }   /* checked against cpu_kernels.GROUP at load */
 
 int lmnb_kernels_simd(void) {
@@ -135,6 +133,29 @@ static inline __m256i dot_u8s8(__m256i a, __m256i b) {
         }                                                                                    \
     } while (0)
 
+/* One block of groups g0 .. g0 + gn (gn <= 8) of a 4-bit row: each row's combined steps
+ * (weight scale x activation step) into sd[r][0 .. gn), and the min term accumulated, as
+ * a vector for a whole block (mv) and one group at a time for the last, partial one (mt).
+ * Both builds use it, so they form the same products in the same order. */
+static inline __attribute__((always_inline)) void
+q4_block(int rt, int64_t g0, int64_t gn, int64_t G, const uint16_t *s, const uint16_t *m,
+         const float *xd, const float *xs, float (*sd)[8], __m256 *mv, float *mt) {
+    if (gn == 8) {
+        __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g0)));
+        __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g0)));
+        for (int r = 0; r < rt; r++) {
+            _mm256_storeu_ps(sd[r], _mm256_mul_ps(sv, _mm256_loadu_ps(xd + r * G + g0)));
+            mv[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + r * G + g0), mv[r]);
+        }
+    } else {
+        for (int r = 0; r < rt; r++)
+            for (int64_t j = 0; j < gn; j++) {
+                sd[r][j] = half_to_float(s[g0 + j]) * xd[r * G + g0 + j];
+                mt[r] += half_to_float(m[g0 + j]) * xs[r * G + g0 + j];
+            }
+    }
+}
+
 /* For 8 groups at a time, each row's combined step (weight scale x activation step) is
  * computed once as a vector and its min term accumulated as a vector; the group loop then
  * needs one integer dot, one conversion and one FMA per row and group. */
@@ -155,20 +176,7 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
         }                                                                                    \
         for (int64_t g0 = 0; g0 < G; g0 += 8) {                                              \
             const int64_t gn = G - g0 < 8 ? G - g0 : 8;                                      \
-            if (gn == 8) {                                                                   \
-                __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g0)));     \
-                __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g0)));     \
-                for (int r = 0; r < RT; r++) {                                               \
-                    _mm256_storeu_ps(sd[r], _mm256_mul_ps(sv, _mm256_loadu_ps(xd + r * G + g0))); \
-                    mv[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + r * G + g0), mv[r]);    \
-                }                                                                            \
-            } else {                                                                         \
-                for (int r = 0; r < RT; r++)                                                 \
-                    for (int64_t j = 0; j < gn; j++) {                                       \
-                        sd[r][j] = half_to_float(s[g0 + j]) * xd[r * G + g0 + j];            \
-                        mt[r] += half_to_float(m[g0 + j]) * xs[r * G + g0 + j];              \
-                    }                                                                        \
-            }                                                                                \
+            q4_block(RT, g0, gn, G, s, m, xd, xs, sd, mv, mt);                               \
             int64_t j = 0;                                                                   \
             for (; j + 2 <= gn; j += 2) {                                                    \
                 Q4_GROUP_ROWS(RT, g0 + j, a0);                                               \
@@ -184,6 +192,12 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
 /* The same arithmetic two groups at a time in 512-bit registers: lanes 0-7 hold what the
  * AVX2 loop's even-group accumulator holds, lanes 8-15 the odd one's, and every lane sees
  * the same operations in the same order, so both give bitwise the same results. */
+/* The sum of a row's accumulators: the even groups' (a0, with the odd tail group added) and
+ * the odd groups' (the high half of az), added lane by lane as the AVX2 loops add theirs. */
+static inline float hsum_halves(__m256 a0, __m512 az) {
+    return hsum8(_mm256_add_ps(a0, _mm512_extractf32x8_ps(az, 1)));
+}
+
 #define Q4_PAIR_ROWS(RT, gi)                                                                 \
     do {                                                                                     \
         __m256i raw = _mm256_loadu_si256((const __m256i *)(c + (gi) * 16));                  \
@@ -220,38 +234,19 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
         int64_t tail = -1;                                                                   \
         for (int64_t g0 = 0; g0 < G; g0 += 8) {                                              \
             const int64_t gn = G - g0 < 8 ? G - g0 : 8;                                      \
-            if (gn == 8) {                                                                   \
-                __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g0)));     \
-                __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g0)));     \
-                for (int r = 0; r < RT; r++) {                                               \
-                    sdv[r] = _mm256_mul_ps(sv, _mm256_loadu_ps(xd + r * G + g0));            \
-                    mv[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + r * G + g0), mv[r]);    \
-                }                                                                            \
-            } else {                                                                         \
-                for (int r = 0; r < RT; r++) {                                               \
-                    for (int64_t j = 0; j < gn; j++) {                                       \
-                        sd[r][j] = half_to_float(s[g0 + j]) * xd[r * G + g0 + j];            \
-                        mt[r] += half_to_float(m[g0 + j]) * xs[r * G + g0 + j];              \
-                    }                                                                        \
-                    sdv[r] = _mm256_loadu_ps(sd[r]);                                         \
-                }                                                                            \
-            }                                                                                \
+            q4_block(RT, g0, gn, G, s, m, xd, xs, sd, mv, mt);                               \
+            for (int r = 0; r < RT; r++) sdv[r] = _mm256_loadu_ps(sd[r]);                    \
             int64_t j = 0;                                                                   \
             for (; j + 2 <= gn; j += 2) Q4_PAIR_ROWS(RT, g0 + j);                            \
-            if (j < gn) {                                                                    \
-                tail = g0 + j;                                                               \
-                for (int r = 0; r < RT; r++) _mm256_storeu_ps(sd[r], sdv[r]);                \
-            }                                                                                \
+            if (j < gn) tail = g0 + j;   /* sd still holds its block's steps */              \
         }                                                                                    \
         for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
         if (tail >= 0) {   /* the last group, when their count is odd: an even one */        \
             const int64_t g0 = tail / 8 * 8;                                                 \
             Q4_GROUP_ROWS(RT, tail, a0);                                                     \
         }                                                                                    \
-        for (int r = 0; r < RT; r++) {                                                       \
-            __m256 a1 = _mm512_extractf32x8_ps(az[r], 1);                                    \
-            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1)) + (hsum8(mv[r]) + mt[r]);         \
-        }                                                                                    \
+        for (int r = 0; r < RT; r++)                                                         \
+            y[r * N + n] = hsum_halves(a0[r], az[r]) + (hsum8(mv[r]) + mt[r]);               \
     }                                                                                        \
 }
 Q4_TILE512(1) Q4_TILE512(2) Q4_TILE512(3) Q4_TILE512(4)
@@ -318,10 +313,8 @@ static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,          
         }                                                                                    \
         for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
         if (g < G) Q8_GROUP_ROWS(RT, g, a0);                                                 \
-        for (int r = 0; r < RT; r++) {                                                       \
-            __m256 a1 = _mm512_extractf32x8_ps(az[r], 1);                                    \
-            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1)) * wscale[n];                      \
-        }                                                                                    \
+        for (int r = 0; r < RT; r++)                                                         \
+            y[r * N + n] = hsum_halves(a0[r], az[r]) * wscale[n];                            \
     }                                                                                        \
 }
 Q8_TILE512(1) Q8_TILE512(2) Q8_TILE512(3) Q8_TILE512(4)

@@ -71,8 +71,7 @@ def _check(rc: int, what: str) -> None:
 class Kernels:
     """The loaded library, called with torch tensors (CPU, contiguous)."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
-        self.path = path
+    def __init__(self, lib: ctypes.CDLL) -> None:
         self.simd = _SIMD.get(lib.lmnb_kernels_simd(), "unknown")
         self._linear, self._step, self._quant = lib.lmnb_linear_forward, lib.lmnb_decode_step, lib.lmnb_quant_rows
         self._linear.argtypes = [ctypes.POINTER(Linear), _P, _I64, _P, ctypes.c_int]
@@ -177,7 +176,7 @@ def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
         return None, f"loading {out.name} failed: {e}"
     if lib.lmnb_kernels_group() != GROUP:
         return None, f"{out.name} groups by {lib.lmnb_kernels_group()}, not {GROUP}"
-    return Kernels(lib, out), ""
+    return Kernels(lib), ""
 
 
 @functools.cache
