@@ -1,5 +1,5 @@
 """Every supported JSON-Schema keyword on the default engine (llguidance running lmnb's
-regexes): each schema compiles; random token walks always give JSON that `jsonschema`
+grammars): each schema compiles; random token walks always give JSON that `jsonschema`
 validates (formats checked); mutants breaking one constraint are never accepted; the
 engine's masks agree with lmnb's own byte automaton on sampled tokens."""
 from __future__ import annotations

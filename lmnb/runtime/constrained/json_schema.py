@@ -1,4 +1,4 @@
-"""JSON schema → regex whose matches are JSON documents valid under the schema.
+"""JSON schema → regex or Lark grammar whose matches are JSON documents valid under it.
 
 Supported: string / integer / number / boolean / null; objects with required and optional
 properties (in declared order), `additionalProperties` and `patternProperties` (schemas
@@ -19,6 +19,7 @@ from typing import Any
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.constrained import json_terminals as T
+from lmnb.runtime.constrained.grammar_out import EMPTY, LarkOut, RegexOut
 from lmnb.runtime.constrained.json_numbers import integer_multiple, number_range
 from lmnb.runtime.constrained.json_schema_check import bounds, check_node, number_bounds
 from lmnb.runtime.constrained.regex_emit import json_string_pattern, regex_literal
@@ -73,10 +74,20 @@ def build_regex_from_schema(schema: Any, whitespace: Whitespace = "compact") -> 
     `whitespace`: "compact" (none), "flexible" (up to 16 of space/tab/newline
     between tokens) or a regex of your own used between tokens.
     """
+    return _build(schema, whitespace, RegexOut())
+
+
+def build_lark_from_schema(schema: Any, whitespace: Whitespace = "compact") -> str:
+    """The same language as `build_regex_from_schema`, as a Lark grammar for llguidance:
+    each JSON terminal a lexeme, the structure grammar rules (see `grammar_out.py`)."""
+    return _build(schema, whitespace, LarkOut())
+
+
+def _build(schema: Any, whitespace: Whitespace, out) -> str:
     ws = {"compact": "", "flexible": FLEXIBLE_WS}.get(whitespace, whitespace)
     root = schema_to_dict(schema)
     try:
-        return _Converter(root, ws).convert(root, "#", ())
+        return out.finish(_Converter(root, ws, out).convert(root, "#", ()))
     except _Never as e:
         raise LmnbError(f"recursive $ref {e.ref!r} at {e.path} cannot end within "
                         f"{RECURSION_DEPTH} levels (lmnb unrolls recursion that deep); make the "
@@ -98,13 +109,18 @@ _MERGE_MAX = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProper
 
 
 class _Converter:
-    def __init__(self, root: dict, ws: str):
+    """Schema -> parts of `out` (a `grammar_out` output: one regex, or a Lark grammar).
+    Every decision about the language is made here, once for both outputs."""
+
+    def __init__(self, root: dict, ws: str, out):
         self.root = root
         self.ws = ws
+        self.out = out
+        self.sep = out.leaf(f"{ws},{ws}")
 
     def convert(self, s: Any, path: str, refs: tuple[str, ...]) -> str:
         out = self._convert(s, path, refs)
-        if len(out) > MAX_REGEX_CHARS:  # checked per level: nested arrays double it each time
+        if self.out.size(out) > MAX_REGEX_CHARS:  # checked per level: nested arrays double it each time
             raise LmnbError(f"json_schema at {path} expands to a regex of {len(out):,} characters "
                             f"(limit {MAX_REGEX_CHARS:,}); flatten nested arrays or optional "
                             "properties, or constrain with a regex")
@@ -125,9 +141,9 @@ class _Converter:
         if "allOf" in s:
             return self.convert(self._all_of(s, path), f"{path}/allOf", refs)
         if "const" in s:
-            return T.literal(s["const"])
+            return self.out.leaf(T.literal(s["const"]))
         if "enum" in s:
-            return self._alternation([T.literal(v) for v in s["enum"]])
+            return self._alternation([self.out.leaf(T.literal(v)) for v in s["enum"]])
         for key in ("anyOf", "oneOf"):
             if key in s:
                 return self._options([(lambda i=i, sub=sub, key=key: self.convert(
@@ -236,18 +252,18 @@ class _Converter:
             if has_len and (lo > short or hi is not None and (long is None or hi < long)):
                 raise LmnbError(f"string at {path} combines format {fmt!r} with min/maxLength "
                                 "that cut into it; drop the length or use a pattern")
-            return f'"{T.FORMATS[fmt]}"'
+            return self.out.leaf(f'"{T.FORMATS[fmt]}"')
         if "pattern" in s:
-            return '"' + json_string_pattern(s["pattern"], f"string pattern at {path}") + '"'
+            return self.out.leaf('"' + json_string_pattern(s["pattern"], f"string pattern at {path}") + '"')
         if has_len:
-            return T.string_of_length(lo, hi)
-        return T.STRING
+            return self.out.leaf(T.string_of_length(lo, hi))
+        return self.out.leaf(T.STRING)
 
     def _integer(self, s: dict, path: str, refs) -> str:
         lo, hi = bounds(s)
         if "multipleOf" in s:
-            return integer_multiple(s["multipleOf"], lo, hi)
-        return T.integer_range(lo, hi)
+            return self.out.leaf(integer_multiple(s["multipleOf"], lo, hi))
+        return self.out.leaf(T.integer_range(lo, hi))
 
     def _number(self, s: dict, path: str, refs) -> str:
         if "multipleOf" in s:
@@ -257,13 +273,13 @@ class _Converter:
                                 "whole multipleOf (or an integer with a scaled unit)")
             return self._integer({**s, "type": "integer"}, path, refs)
         lo, lo_ex, hi, hi_ex = number_bounds(s)
-        return number_range(lo, hi, lo_ex, hi_ex)
+        return self.out.leaf(number_range(lo, hi, lo_ex, hi_ex))
 
     def _boolean(self, s: dict, path: str, refs) -> str:
-        return T.BOOLEAN
+        return self.out.leaf(T.BOOLEAN)
 
     def _null(self, s: dict, path: str, refs) -> str:
-        return T.NULL
+        return self.out.leaf(T.NULL)
 
     def _object(self, s: dict, path: str, refs) -> str:
         props: dict = s.get("properties") or {}
@@ -285,13 +301,14 @@ class _Converter:
                 if name in required:
                     raise
                 continue
-            members.append((f"{T.literal(name)}{ws}:{ws}{value}", name in required))
+            members.append((self.out.seq(self.out.leaf(f"{T.literal(name)}{ws}:{ws}"), value),
+                            name in required))
         pair = self._free_pair(s, path, refs, list(props))
         if lo == 0 and hi is None:
             body = self._members(members, pair)
         else:
             body = self._counted(members, pair, lo, hi, path)
-        return rf"\{{{ws}{body}{ws}\}}"
+        return self._brackets(r"\{", body, r"\}")
 
     def _free_pair(self, s: dict, path: str, refs, declared: list[str]) -> str | None:
         """Regex of one `"key":value` for keys other than the declared ones, or None."""
@@ -314,7 +331,8 @@ class _Converter:
                 value = self.convert(sub, f"{path}/patternProperties/{pattern}", refs)
             except _Never:
                 return None
-            return f'"{key}"{ws}:{ws}{value}'   # other free keys are not generated
+            # other free keys are not generated
+            return self.out.seq(self.out.leaf(f'"{key}"{ws}:{ws}'), value)
         if extra is False or (extra in (None, True) and declared):
             return None   # beside declared properties, unconstrained free keys are not generated
         try:
@@ -322,52 +340,49 @@ class _Converter:
                      else self.convert(extra, f"{path}/additionalProperties", refs))
         except _Never:
             return None
-        return f'"{_string_not_in(declared)}"{ws}:{ws}{value}'
+        return self.out.seq(self.out.leaf(f'"{_string_not_in(declared)}"{ws}:{ws}'), value)
 
     def _members(self, items: list[tuple[str, bool]], pair: str | None = None) -> str:
         """Comma-joined members where optional ones may be absent, keeping declared order,
         then any number of free pairs."""
-        sep = f"{self.ws},{self.ws}"
+        o, sep = self.out, self.sep
         if pair is not None:
-            items = items + [(f"{pair}(?:{sep}{pair})*", False)]
+            items = items + [(o.seq(pair, o.rep(o.seq(sep, pair), 0, None)), False)]
         if not items:
-            return ""
-        tails = [""] * (len(items) + 1)  # tails[i]: members after i, each with a leading comma
+            return EMPTY
+        tails = [EMPTY] * (len(items) + 1)  # tails[i]: members after i, each with a leading comma
         for i in range(len(items) - 1, -1, -1):
             text, req = items[i]
-            tails[i] = f"{sep}{text}{tails[i + 1]}" if req else f"(?:{sep}{text})?{tails[i + 1]}"
+            tails[i] = o.seq(sep, text, tails[i + 1]) if req else \
+                o.seq(o.opt(o.seq(sep, text)), tails[i + 1])
         options = []
         for i, (text, req) in enumerate(items):  # i: the first member present
-            options.append(text + tails[i + 1])
+            options.append(o.seq(text, tails[i + 1]))
             if req:
                 break
         body = self._alternation(options)
-        return body if any(req for _, req in items) else f"(?:{body})?"
+        return body if any(req for _, req in items) else o.opt(body)
 
     def _counted(self, items: list[tuple[str, bool]], pair: str | None, lo: int,
                  hi: int | None, path: str) -> str:
         """Members with between lo and hi of them present (min/maxProperties)."""
-        sep = f"{self.ws},{self.ws}"
+        o, sep = self.out, self.sep
         n = len(items)
         memo: dict = {}
 
         def rest(i: int, need: int, room: int | None, first: bool) -> str | None:
-            """Regex for members i.. (and free pairs) adding between need and room."""
+            """Members i.. (and free pairs) adding between need and room."""
             key = (i, need, room, first)
             if key in memo:
                 return memo[key]
-            lead = "" if first else sep
+            lead = EMPTY if first else sep
             if i == n:
-                if pair is None:
-                    out = "" if need == 0 else None
+                if pair is None or room == 0:
+                    out = EMPTY if need == 0 else None
                 else:
                     more = None if room is None else room - 1
-                    if room == 0:
-                        out = "" if need == 0 else None
-                    else:
-                        reps = f"{{{max(need - 1, 0)},{'' if more is None else more}}}"
-                        chain = f"{lead}{pair}(?:{sep}{pair}){reps}"
-                        out = chain if need > 0 else f"(?:{chain})?"
+                    chain = o.seq(lead, pair, o.rep(o.seq(sep, pair), max(need - 1, 0), more))
+                    out = chain if need > 0 else o.opt(chain)
                 memo[key] = out
                 return out
             text, req = items[i]
@@ -375,14 +390,13 @@ class _Converter:
             if room is None or room > 0:
                 tail = rest(i + 1, max(need - 1, 0), None if room is None else room - 1, False)
                 if tail is not None:
-                    options.append(lead + text + tail)
+                    options.append(o.seq(lead, text, tail))
             if not req:
                 tail = rest(i + 1, need, room, first)
                 if tail is not None:
                     options.append(tail)
-            out = None if not options else options[0] if len(options) == 1 else \
-                "(?:" + "|".join(options) + ")"
-            if out is not None and len(out) > MAX_REGEX_CHARS:
+            out = o.alt(options) if options else None
+            if out is not None and o.size(out) > MAX_REGEX_CHARS:
                 raise LmnbError(f"min/maxProperties at {path} over {n} properties expands past "
                                 f"{MAX_REGEX_CHARS:,} regex characters; relax them")
             memo[key] = out
@@ -400,8 +414,7 @@ class _Converter:
         lo, hi = int(s.get("minItems", 0)), _opt_int(s.get("maxItems"))
         if hi is not None and hi < lo:
             raise LmnbError(f"maxItems {hi} is below minItems {lo} at {path}; fix the schema")
-        ws, items = self.ws, s.get("items")
-        sep = f"{ws},{ws}"
+        items = s.get("items")
         prefix = s.get("prefixItems", items if isinstance(items, list) else None)
         if prefix is not None:
             return self._tuple(prefix, s, path, refs, lo, hi)
@@ -415,37 +428,42 @@ class _Converter:
         if hi == 0 or item is None:   # items: false allows only the empty array
             if lo > 0:
                 raise LmnbError(f"minItems {lo} with items false at {path} matches nothing; fix the schema")
-            return rf"\[{ws}\]"
-        more = f"{{{max(lo - 1, 0)},{'' if hi is None else hi - 1}}}"
-        body = f"{item}(?:{sep}{item}){more}"
-        return rf"\[{ws}{body if lo else f'(?:{body})?'}{ws}\]"
+            return self.out.leaf(rf"\[{self.ws}\]")
+        o = self.out
+        body = o.seq(item, o.rep(o.seq(self.sep, item), max(lo - 1, 0), None if hi is None else hi - 1))
+        return self._brackets(r"\[", body if lo else o.opt(body), r"\]")
 
     def _tuple(self, prefix: list, s: dict, path: str, refs, lo: int, hi: int | None) -> str:
         n = len(prefix)
         if lo > n or (hi is not None and hi < n) or s.get("items") not in (None, False, prefix):
             raise LmnbError(f"prefixItems with extra items or item counts other than {n} at {path} "
                             "are not supported; make the tuple exact")
-        sep = f"{self.ws},{self.ws}"
-        parts = [self.convert(sub, f"{path}/prefixItems/{i}", refs) for i, sub in enumerate(prefix)]
-        return rf"\[{self.ws}{sep.join(parts)}{self.ws}\]"
+        parts = []
+        for i, sub in enumerate(prefix):
+            parts += [self.sep] * bool(parts) + [self.convert(sub, f"{path}/prefixItems/{i}", refs)]
+        return self._brackets(r"\[", self.out.seq(*parts), r"\]")
+
+    def _brackets(self, left: str, body: str, right: str) -> str:
+        """`left` body `right` (bracket regexes), with the whitespace allowed inside them."""
+        o, ws = self.out, self.ws
+        return o.seq(o.leaf(left + ws), body, o.leaf(ws + right))
 
     def any_value(self, depth: int) -> str:
         """Any JSON value nested at most `depth` levels (regexes cannot count brackets)."""
-        scalar = self._alternation([T.STRING, T.NUMBER, T.BOOLEAN, T.NULL])
+        o = self.out
+        scalar = self._alternation([o.leaf(t) for t in (T.STRING, T.NUMBER, T.BOOLEAN, T.NULL)])
         if depth <= 0:
             return scalar
         inner, ws = self.any_value(depth - 1), self.ws
-        sep = f"{ws},{ws}"
-        arr = rf"\[{ws}(?:{inner}(?:{sep}{inner})*)?{ws}\]"
-        pair = f"{T.STRING}{ws}:{ws}{inner}"
-        obj = rf"\{{{ws}(?:{pair}(?:{sep}{pair})*)?{ws}\}}"
+        arr = self._brackets(r"\[", o.opt(o.seq(inner, o.rep(o.seq(self.sep, inner), 0, None))), r"\]")
+        pair = o.seq(o.leaf(f"{T.STRING}{ws}:{ws}"), inner)
+        obj = self._brackets(r"\{", o.opt(o.seq(pair, o.rep(o.seq(self.sep, pair), 0, None))), r"\}")
         return self._alternation([scalar, arr, obj])
 
-    @staticmethod
-    def _alternation(options: list[str]) -> str:
+    def _alternation(self, options: list[str]) -> str:
         if not options:
             raise LmnbError("an empty enum/anyOf/oneOf matches nothing; give at least one option")
-        return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+        return self.out.alt(options)
 
 
 def _merge_all(parts: list[dict], path: str) -> dict:

@@ -1,9 +1,10 @@
 """The default mask engine: lmnb's patterns run by llguidance, behind lmnb's cursor contract.
 
-lmnb turns a JSON schema (or a `regex=`) into one regex (`json_schema.py`: the schema
-semantics, sound string escaping and every error message are lmnb's); llguidance (Rust,
-MIT, used by vLLM, SGLang and llama.cpp) compiles that regex lazily into a lexer over the
-token trie and computes each step's allowed-token bitmask in microseconds. Why this engine
+lmnb turns a JSON schema into a Lark grammar of small lexemes and, for the same language,
+one regex (`json_schema.py`: the schema semantics, sound string escaping and every error
+message are lmnb's); a `regex=` stays a regex. llguidance (Rust, MIT, used by vLLM, SGLang
+and llama.cpp) compiles either lazily into a lexer over the token trie and computes each
+step's allowed-token bitmask in microseconds. Why this engine
 and not lmnb's own byte FSM (`guide.py`, still the reference the tests compare against):
 docs/constrained.md.
 
@@ -22,7 +23,11 @@ import numpy as np
 import torch
 
 from lmnb.errors import LmnbError
-from lmnb.runtime.constrained.json_schema import Whitespace, build_regex_from_schema
+from lmnb.runtime.constrained.json_schema import (
+    Whitespace,
+    build_lark_from_schema,
+    build_regex_from_schema,
+)
 from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
@@ -45,11 +50,17 @@ class _Bytes:
         self.bos_token_id = None
         self.tokens = [t or b"" for t in tokens]
         self.special_token_ids = [i for i, t in enumerate(tokens) if t is None]
-        self._tok = tokenizer
+        # llguidance tokenizes forced text inside mask computations (where the grammar
+        # forces bytes, the mask is their first canonical token): a Hugging Face fast
+        # tokenizer's Rust backend does it without the Python wrapper's ~30 us per call
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._encode = ((lambda text: backend.encode(text, add_special_tokens=False).ids)
+                        if backend is not None and hasattr(backend, "encode") else
+                        (lambda text: tokenizer.encode(text, add_special_tokens=False)))
 
     def __call__(self, data: bytes | str) -> list[int]:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        return list(self._tok.encode(text, add_special_tokens=False))
+        return list(self._encode(text))
 
 
 class LlgVocabulary:
@@ -86,13 +97,18 @@ class LlgVocabulary:
 
 
 class LlgGuide:
-    """One pattern compiled against one vocabulary; `cursor()` copies a compiled matcher."""
+    """One pattern compiled against one vocabulary; `cursor()` copies a compiled matcher.
 
-    def __init__(self, pattern: str, vocab: LlgVocabulary):
+    `pattern` is the language as one regex (messages, `fsm`); `lark`, where given, is the
+    same language as a grammar of small lexemes (`build_lark_from_schema`), which llguidance
+    then runs instead: its masks are computed on small lexer states."""
+
+    def __init__(self, pattern: str, vocab: LlgVocabulary, lark: str | None = None):
         llg = _llguidance()
         self.pattern = pattern
         self.vocab = vocab
-        grammar = llg.LLMatcher.grammar_from_regex(pattern)
+        grammar = (llg.LLMatcher.grammar_from_regex(pattern) if lark is None
+                   else llg.LLMatcher.grammar_from_lark(lark))
         self._proto = llg.LLMatcher(vocab.lltok, grammar, log_level=0)
         if self._proto.is_error():
             raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
@@ -314,8 +330,10 @@ class LlgBackend:
         """Compile (cached by pattern) or raise LmnbError naming the unsupported feature."""
         if (regex is None) == (json_schema is None):
             raise LmnbError("pass exactly one of regex= or json_schema= to constrain generation")
+        lark = None
         if json_schema is not None:
             regex = build_regex_from_schema(json_schema, whitespace=self.whitespace)
+            lark = build_lark_from_schema(json_schema, whitespace=self.whitespace)
         elif isinstance(regex, str):
             regex = canonical_regex(regex)
         if not isinstance(regex, str):
@@ -325,7 +343,7 @@ class LlgBackend:
             if guide is not None:
                 self._guides.move_to_end(regex)
                 return guide
-        guide = LlgGuide(regex, self.vocab)
+        guide = LlgGuide(regex, self.vocab, lark)
         with self._lock:
             guide = self._guides.setdefault(regex, guide)
             while len(self._guides) > GUIDE_CACHE:
