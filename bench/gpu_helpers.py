@@ -145,6 +145,11 @@ def without_jump_forward(rt):
     return _switched_off(rt, rt.outputs, "jump_forward")
 
 
+def without_mixed_steps(rt):
+    """As `Runtime(..., mixed_steps=False)`: jump-forward extends carry no decode tokens."""
+    return _switched_off(rt, rt.scheduler, "mixed")
+
+
 def without_overlap(rt):
     """As `Runtime(..., overlap=False)`: every step settled before the next is launched."""
     return _switched_off(rt, rt.engine, "overlap")

@@ -35,6 +35,7 @@ from gpu_helpers import (
     timed,
     weight_bytes_per_step,
     without_jump_forward,
+    without_mixed_steps,
     without_overlap,
     without_radix_cache,
 )
@@ -336,6 +337,9 @@ def json_decode(s: Suite) -> None:
     run()  # compiles the grammar, caches the documents
     t_jf = statistics.median(run() for _ in range(s.args.repeats))
     jf_out = res[0]
+    with without_mixed_steps(rt):   # jump-forward with its extends run as steps of their own
+        run()
+        t_unmixed = statistics.median(run() for _ in range(s.args.repeats))
     with without_jump_forward(rt):
         run()
         t_nojf = statistics.median(run() for _ in range(s.args.repeats))
@@ -350,7 +354,8 @@ def json_decode(s: Suite) -> None:
     t_hf = timed(lambda: hf_generate(s.hf, docs, new))
     n = len(docs)
     s.emit("json_decode", programs=n, lmnb_prog_s=n / t_jf, nojf_prog_s=n / t_nojf,
-           jf_speedup=t_nojf / t_jf, decode_steps_jf=steps_jf, decode_steps_nojf=steps_nojf,
+           jf_speedup=t_nojf / t_jf, jf_unmixed_prog_s=n / t_unmixed,
+           jf_speedup_unmixed=t_nojf / t_unmixed, decode_steps_jf=steps_jf, decode_steps_nojf=steps_nojf,
            valid_json=valid, **masks, hf_unconstrained_prog_s=n / t_hf, speedup_vs_hf=t_hf / t_jf,
            hf_note=f"unconstrained_{new}_tokens_padded_batch")
 

@@ -60,7 +60,8 @@ class Engine:
         self.error: BaseException | None = None
         self.counters = dict(forward_steps=0, extend_steps=0, decode_steps=0, prefill_tokens=0,
                              decode_tokens=0, computed_tokens=0, max_batch_size=0,
-                             finished_requests=0, aborted_requests=0, grammar_run_ahead_steps=0)
+                             finished_requests=0, aborted_requests=0, grammar_run_ahead_steps=0,
+                             mixed_steps=0)
         self.history: deque = deque(maxlen=2048)   # (t_end, mode, tokens, seconds, rids)
         self._stop = False
         self._last_settle = 0.0
@@ -223,8 +224,9 @@ class Engine:
             # requests admitted next step reuse them instead of computing them again (the
             # KV is still being written: later steps read it after this one on the stream)
             # (not a decode step with drafts: its drafts' KV is not theirs yet, and the
-            # other requests' last token may be a run-ahead placeholder)
-            for r in batch.reqs:
+            # other requests' last token may be a run-ahead placeholder; nor riders, whose
+            # last token may be one too)
+            for r in batch.reqs[: len(batch.reqs) - batch.riders]:
                 if r.status is Status.RUNNING and r.kv_len > r.cache_len:
                     self.sched.cache_progress(r)
         if before is not None and not settle_first:
@@ -274,10 +276,13 @@ class Engine:
             c["decode_tokens"] += len(batch.reqs)
         else:
             c["extend_steps"] += 1
-            c["prefill_tokens"] += ntok
-        for r, n in zip(batch.reqs, batch.lens):
+            c["prefill_tokens"] += ntok - batch.riders
+            c["decode_tokens"] += batch.riders
+            c["mixed_steps"] += bool(batch.riders)
+        first_rider = len(batch.reqs) - batch.riders
+        for i, (r, n) in enumerate(zip(batch.reqs, batch.lens)):
             r.computed_tokens += n
-            if batch.is_decode or batch.drafts is not None:
+            if batch.is_decode or batch.drafts is not None or i >= first_rider:
                 r.decode_steps += 1
 
     def _finish(self, r: Req, reason: dict, error: BaseException | None = None) -> None:

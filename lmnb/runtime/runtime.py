@@ -37,7 +37,7 @@ class Runtime:
 
     `Runtime("smollm2")`; `device=None` picks CUDA when available. Keyword options are
     those of `RuntimeConfig` (kv_memory_gb, max_total_tokens, max_running_requests,
-    context_length, chunked_prefill_size, enable_radix_cache, jump_forward, cuda_graph,
+    context_length, chunked_prefill_size, enable_radix_cache, jump_forward, mixed_steps, cuda_graph,
     overlap, attention, dtype, schedule_policy, seed, quantization, kv_cache_dtype, tp_size,
     speculative, speculative_tokens),
     or SGLang's names for them (`Runtime(model_path=..., mem_fraction_static=...,
@@ -93,7 +93,8 @@ class Runtime:
         self.model, self.pool, self.req_pool = runner.model, runner.pool, runner.req_pool
         self.cache = RadixCache(self.pool.allocator.free, disabled=not rc.enable_radix_cache)
         self.scheduler = Scheduler(self.pool.allocator, self.req_pool, self.cache,
-                                   rc.chunked_prefill_size, rc.max_running_requests, rc.schedule_policy)
+                                   rc.chunked_prefill_size, rc.max_running_requests, rc.schedule_policy,
+                                   mixed=rc.mixed_steps)
         self.attention_backend = runner.backend.name
         self.eos_token_ids = eos_token_ids(lm.tokenizer, lm.generation_config)
         self.outputs = OutputProcessor(lm.tokenizer, self.eos_token_ids, self.context_len, rc.jump_forward)

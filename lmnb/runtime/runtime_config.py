@@ -35,7 +35,10 @@ class RuntimeConfig:
     GPUs of compute capability 8.9+; see lmnb.runtime.quant.fp8); 'q8' / 'q4' keep the
     weights as int8 / int4 on the CPU; None or 'none' keeps them in `dtype`; 'auto'
     (default) means q4 on the CPU for a GGUF checkpoint when no dtype is given, else none.
-    kv_cache_dtype: None / 'auto' (the model dtype; an FP8 KV cache is not supported yet)."""
+    kv_cache_dtype: None / 'auto' (the model dtype; an FP8 KV cache is not supported yet).
+    mixed_steps: a step that extends running requests (their jump-forward text, the next
+    chunk of a long prompt) also carries every other running request's next token, instead
+    of making them wait for a decode step of their own."""
 
     device: str = "cpu"
     dtype: str | None = None
@@ -48,6 +51,7 @@ class RuntimeConfig:
     chunked_prefill_size: int | None = None
     enable_radix_cache: bool = True
     jump_forward: bool = True
+    mixed_steps: bool = True         # decode tokens ride along running requests' extend steps
     cuda_graph: bool | None = None   # None: on unless LMNB_CUDA_GRAPH=0
     overlap: bool | None = None      # launch step n+1 before settling step n; None: on CUDA
     schedule_policy: str = "lpm"

@@ -2,7 +2,10 @@
 
 Pure CPU bookkeeping over the slot allocator, the req_to_token table and the radix
 cache. Each step is either an EXTEND batch (new prompts, prompt chunks, tokens after a
-jump-forward) or a DECODE batch (one token for every running request). Waiting requests
+jump-forward) or a DECODE batch (one token for every running request). With `mixed`, an
+extend batch of running requests only (jump-forward text, prompt chunks) also carries the
+other running requests' next tokens ("riders", last in the batch), so a jump costs the
+batch no step of its own. Waiting requests
 are admitted longest-cached-prefix first; a waiting request whose uncached prefix is
 being computed by another request of the same batch waits one step so it reads that
 prefix from the cache instead of computing it again. When the pool runs short, unlocked
@@ -30,6 +33,7 @@ class ScheduledBatch:
     out_cache_loc: torch.Tensor
 
     is_decode: bool = False
+    riders: int = 0           # the last `riders` requests are decode tokens of an extend batch
     # speculative decoding: per request its Draft or None. A request with a draft computes
     # its last token and the draft tokens (lens = 1 + draft length); such a step is an
     # extend whose every position of those requests is verified
@@ -39,9 +43,10 @@ class ScheduledBatch:
 class Scheduler:
     def __init__(self, allocator: TokenSlotAllocator, req_pool: ReqToTokenPool,
                  cache: RadixCache, max_prefill_tokens: int, max_running: int,
-                 policy: str = "lpm") -> None:
+                 policy: str = "lpm", mixed: bool = False) -> None:
         self.alloc, self.req_pool, self.cache = allocator, req_pool, cache
         self.max_prefill_tokens, self.max_running, self.policy = max_prefill_tokens, max_running, policy
+        self.mixed = mixed
         self.waiting: deque[Req] = deque()
         self.running: list[Req] = []
         self.new_token_ratio = self.min_ratio = 0.1
@@ -86,11 +91,19 @@ class Scheduler:
                     break
                 picked.append((r, n))
                 budget -= n
+        riders: list[tuple[Req, int]] = []
         if self.waiting and budget > 0:
             picked += self._admit(budget, sum(k for _, k in picked))
+        elif picked and self.mixed:   # running requests only: the others' next tokens ride along
+            going = {id(r) for r, _ in picked}
+            riders = [(r, 1) for r in self.running if r.pending == 1 and id(r) not in going]
+            if riders and self.alloc.available() < sum(k for _, k in picked) + len(riders):
+                riders = []   # no room without evicting: they wait for their decode step
         if not picked:
             return None
-        return self._materialize(picked)
+        batch = self._materialize(picked + riders)
+        batch.riders = len(riders)
+        return batch
 
     def _admit(self, budget: int, taken: int) -> list[tuple[Req, int]]:
         candidates = list(self.waiting)

@@ -30,6 +30,7 @@ _MAP = {
     "quantization": ("quantization", None),
     "tp_size": ("tp_size", None),
     "speculative_algorithm": ("speculative", None),
+    "enable_mixed_chunk": ("mixed_steps", None),
 }
 # only about SGLang's server process, logging or tokenizer: nothing to do in process
 _NO_EFFECT = {"log_level", "log_level_http", "log_requests", "host", "port", "launch_timeout",

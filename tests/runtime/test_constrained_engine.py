@@ -100,6 +100,42 @@ def test_jump_forward_halves_decode_steps_and_retokenizes(smollm2):
     smollm2.check_integrity()
 
 
+COUNTS = {"type": "object", "properties": {k: {"type": "integer", "minimum": 0, "maximum": 99}
+                                           for k in ("number_of_open_orders_this_month",
+                                                     "number_of_closed_support_tickets",
+                                                     "number_of_registered_user_devices",
+                                                     "number_of_unread_inbox_messages")}}
+COUNTS["required"] = list(COUNTS["properties"])
+
+
+def test_jumps_carry_the_batch_along(smollm2):
+    """With mixed steps a jump-forward extend also decodes the other running requests: the
+    same greedy tokens, no extra step for the batch, pool and cache consistent."""
+    prompts = [_chat(smollm2, f"Give account {i}'s counters as JSON.") for i in range(2)]
+    free = "The history of the printing press"
+    kw = dict(max_new_tokens=40, temperature=0, speculative=False)
+
+    def run(mixed: bool):
+        smollm2.scheduler.mixed = mixed
+        before = dict(smollm2.engine.counters)
+        try:
+            hs = [smollm2.submit(p, json_schema=json.dumps(COUNTS), **kw) for p in prompts]
+            hs.append(smollm2.submit(free, **kw))
+            outs = [h.result() for h in hs]
+        finally:
+            smollm2.scheduler.mixed = True
+        after = smollm2.engine.counters
+        return outs, {k: after[k] - before[k] for k in ("forward_steps", "mixed_steps")}
+
+    alone, plain = run(False)
+    mixed, steps = run(True)
+    assert [o["output_ids"] for o in mixed] == [o["output_ids"] for o in alone]
+    assert steps["mixed_steps"] > 0 and plain["mixed_steps"] == 0
+    assert steps["forward_steps"] < plain["forward_steps"], (steps, plain)
+    print("mixed steps", steps, "plain", plain)
+    smollm2.check_integrity()
+
+
 def test_constrained_and_free_requests_share_a_batch(smollm2):
     free = smollm2.submit("The weather today is", max_new_tokens=12, temperature=0)
     num = smollm2.submit(_chat(smollm2, "Pick a number."), regex=r"[1-9][0-9]?", max_new_tokens=5, temperature=0)
