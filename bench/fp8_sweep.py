@@ -52,6 +52,7 @@ def cases(rows: list[int]) -> list[tuple]:
                 tiles = list(fp8_gemm.GEMV_TILES[bm]) + (EXTRA_GEMV if m == 1 else [])
                 for bn, bk, w in tiles:
                     out.append((name, m, "gemv", (bn, bk, w, 1)))
+                    out.append((name, m, "gemv", (bn, bk, w, 1, True)))
                     if m == 1:
                         out.append((name, m, "gemv_nopdl", (bn, bk, w, 1)))
                 if m == 1:
@@ -148,7 +149,8 @@ def precompile(all_cases: list[tuple], workers: int) -> None:
     todo = {}
     for c in all_cases:
         if c[2] not in ("bf16", "scaled_mm"):
-            cfg = c[3][:-1] + (c[3][-1] > 1,)
+            at = 3 if c[2].startswith("gemv") else 5   # where split_k sits in the config
+            cfg = tuple(v > 1 if i == at else v for i, v in enumerate(c[3]))   # split or not
             todo.setdefault((c[2], c[1], cfg), c)
         elif c[2] == "scaled_mm":   # quantize_rows per row count
             todo.setdefault(("quant", c[1]), (c[0], c[1], "w8a8", fp8_gemm.w8a8_configs(c[1], 4096, 4096)[0]))

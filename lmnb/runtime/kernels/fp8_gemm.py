@@ -97,7 +97,7 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr,
                      EVEN_K: tl.constexpr, SPLIT: tl.constexpr, ACT: tl.constexpr,
-                     PDL: tl.constexpr):
+                     PIPE: tl.constexpr, PDL: tl.constexpr):
     """Y[m, n] = sum_k X[m, k] * W[n, k] * scale for M <= BLOCK_M <= 4 rows.
 
     Program (pid_n, pid_k) owns BLOCK_N output rows over K[pid_k * K_SPLIT, +K_SPLIT)
@@ -110,7 +110,8 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
     applies the per-channel scale); else write Y directly. ACT == 1: X is [M, 2K] and the
     GEMV reads silu(gate) * up (the MLP's down projection without its own activation
     kernel). PDL: the first weight tile is loaded before waiting for the previous kernel
-    (see `kernels.pdl`)."""
+    (see `kernels.pdl`). PIPE: the next tile's loads are issued before the current tile's
+    math (two tiles in flight per program; also two before the wait)."""
     pdl_trigger(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -131,6 +132,9 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
         w = tl.load(w_ptr, mask=n_ok[:, None], other=0.0)
     else:
         w = tl.load(w_ptr, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    if PIPE:
+        w_nxt = tl.load(w_ptr + BLOCK_K, mask=n_ok[:, None] & (offs_k + BLOCK_K < k_hi)[None, :],
+                        other=0.0)
     pdl_wait(PDL)
     acc0, acc1, acc2, acc3 = _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm, stride_sn,
                                         pid_n, offs_k, k_ok, BLOCK_M, BLOCK_N, SCALE, SB_N, SB_K,
@@ -139,7 +143,11 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
         w_ptr += BLOCK_K
         offs_k = k0 + rk
         k_ok = offs_k < k_hi
-        if EVEN_K:
+        if PIPE:
+            w = w_nxt
+            w_nxt = tl.load(w_ptr + BLOCK_K, mask=n_ok[:, None] & (offs_k + BLOCK_K < k_hi)[None, :],
+                            other=0.0)
+        elif EVEN_K:
             w = tl.load(w_ptr, mask=n_ok[:, None], other=0.0)
         else:
             w = tl.load(w_ptr, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
@@ -296,7 +304,7 @@ def _launch_gemv(x, q, s, block, y, cfg, act: int = 0) -> None:
     if act:
         k //= 2
     n = q.shape[0]
-    bn, bk, warps, split_k = cfg
+    bn, bk, warps, split_k, *pipe = cfg
     per, splits = k_splits(k, bk, split_k)
     mode = _scale_mode(s, block)
     sb_n, sb_k, stride_sn = _scale_args(s, block)
@@ -306,7 +314,8 @@ def _launch_gemv(x, q, s, block, y, cfg, act: int = 0) -> None:
         x, q, s if s is not None else y, y, p, m, n, k, per,
         x.stride(0), q.stride(0), y.stride(0), stride_sn,
         BLOCK_M=_gemv_rows(m), BLOCK_N=bn, BLOCK_K=bk, SCALE=mode, SB_N=sb_n, SB_K=sb_k,
-        EVEN_K=k % bk == 0, SPLIT=splits > 1, ACT=act, PDL=pdl, num_warps=warps,
+        EVEN_K=k % bk == 0, SPLIT=splits > 1, ACT=act, PIPE=bool(pipe and pipe[0]), PDL=pdl,
+        num_warps=warps,
         **launch_kwargs(x.device))
     if splits > 1:
         _reduce_splits(p, s, y, mode)
@@ -372,17 +381,20 @@ def _split_for(n: int, k: int, bn: int, bk: int) -> int:
     return split
 
 
-def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple[int, int, int, int]]:
-    """Candidate (BLOCK_N, BLOCK_K, warps, split_k), the default first. No split-K: on the
-    8B shapes it never beat whole-K programs at M <= 4 (the sweep), whose grids already
-    hold >= 4 programs per SM; the kernel takes a split for other shapes and callers."""
+def gemv_configs(bm: int, n: int, k: int, block) -> list[tuple]:
+    """Candidate (BLOCK_N, BLOCK_K, warps, split_k[, pipe]), the default first: every tile,
+    then every tile with the next-tile pipelining. No split-K: on the 8B shapes it never
+    beat whole-K programs at M <= 4 (the sweep), whose grids already hold >= 4 programs
+    per SM; the kernel takes a split for other shapes and callers."""
     out = []
-    for bn, bk, warps in GEMV_TILES[bm]:
-        bk = min(bk, max(16, triton.next_power_of_2(k)))
-        if block is not None and block[0] % bn:
-            continue
-        if (bn, bk, warps, 1) not in out:
-            out.append((bn, bk, warps, 1))
+    for pipe in (False, True):
+        for bn, bk, warps in GEMV_TILES[bm]:
+            bk = min(bk, max(16, triton.next_power_of_2(k)))
+            if block is not None and block[0] % bn:
+                continue
+            cfg = (bn, bk, warps, 1, True) if pipe else (bn, bk, warps, 1)
+            if cfg not in out and (not pipe or k > bk):
+                out.append(cfg)
     return out
 
 
@@ -681,11 +693,12 @@ def cold_copies(w: torch.Tensor, total_bytes: int = COLD_BYTES, most: int = MAX_
     return [w] + [w.clone() for _ in range(n - 1)]
 
 
-def time_cold(launch, weights: list[torch.Tensor], replays: int = 5) -> float:
+def time_cold(launch, weights: list, replays: int = 5) -> float:
     """Seconds per `launch(w)` over distinct weight tensors, back to back in one graph:
     MIN_LAUNCHES launches, fewer (down to 4) for weights so large that fewer stream
     TIMING_BYTES."""
-    launches = min(MIN_LAUNCHES, max(4, TIMING_BYTES // max(1, weights[0].nbytes)))
+    w0 = weights[0][0] if isinstance(weights[0], (tuple, list)) else weights[0]   # (q, s) pairs too
+    launches = min(MIN_LAUNCHES, max(4, TIMING_BYTES // max(1, w0.nbytes)))
     reps = -(-launches // len(weights))
     return time_graph([lambda w=w: launch(w) for w in weights] * reps, replays)
 
