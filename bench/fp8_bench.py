@@ -3,9 +3,8 @@ latency against the roofline, and the throughput workload.
 
     python bench/fp8_bench.py --model dummy:llama3-8b --out $OUT/fp8_llama3-8b.json
 
-Parts (--only): kernels (FP8 GEMV / skinny GEMM / _scaled_mm vs bf16 F.linear on the
-model's projection shapes, weights streamed from HBM: L2 flushed before every timed
-call), accuracy (bench/fp8_accuracy.py: FP8 vs bf16 logits on the same random weights,
+Parts (--only): kernels (the FP8 dispatch vs bf16 F.linear on the model's projection
+shapes, each over distinct weight copies in one CUDA graph: weights from HBM), accuracy (bench/fp8_accuracy.py: FP8 vs bf16 logits on the same random weights,
 greedy-token agreement over 256 steps), latency (batch 1, 128 in / 256 out, ms/token and
 % of the byte roofline), decode_steps (graph replay alone), throughput (256 requests,
 lengths uniform in [100, 1024], ignore_eos). One line per case (`name key=value ...`);
@@ -83,22 +82,10 @@ def _warm(rt) -> None:
 
 
 # ---------------------------------------------------------------------------- parts
-def _gpu_time(fn, flush: torch.Tensor, reps: int = 10) -> float:
-    """Median seconds of fn() with L2 flushed before each call (weights come from HBM)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
-
-
 def kernels_part(b: Bench) -> None:
+    """FP8 (what fp8_matmul dispatches to) vs bf16 F.linear on the model's shapes, each timed
+    over distinct copies of its weight inside one CUDA graph (fp8_gemm.time_cold: weights
+    from HBM, a decode step's launch gaps; bench/fp8_sweep.py times every tile this way)."""
     from lmnb.runtime.models.config import DUMMY_SHAPES, ModelConfig
     from lmnb.runtime.quant.fp8_reference import quantize_per_channel
 
@@ -111,21 +98,20 @@ def kernels_part(b: Bench) -> None:
     shapes = {"qkv": (q_size + 2 * kv, cfg.hidden_size), "o": (cfg.hidden_size, q_size),
               "gate_up": (2 * cfg.intermediate_size, cfg.hidden_size),
               "down": (cfg.hidden_size, cfg.intermediate_size)}
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
     g = torch.Generator(device="cuda").manual_seed(0)
     for name, (n, k) in shapes.items():
         w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
         q, s = quantize_per_channel(w)
+        w16, w8 = fp8_gemm.cold_copies(w), fp8_gemm.cold_copies(q)
         for m in (1, 2, 4, 8, 16, 64, 256):
             x = torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)
-            t8 = _gpu_time(lambda x=x, q=q, s=s: fp8_gemm.fp8_matmul(x, q, s, None), flush)
-            t16 = _gpu_time(lambda x=x, w=w: F.linear(x, w), flush)
-            path = ("small_m" if m <= fp8_gemm.SKINNY_MAX_M
-                    else "scaled_mm" if fp8_gemm.scaled_mm_usable(x.device, n, k) else "w8a16")
-            b.emit("kernel", shape=name, n=n, k=k, m=m, path=path, fp8_us=t8 * 1e6, bf16_us=t16 * 1e6,
+            fp8_gemm.fp8_matmul(x, q, s, None)   # the timed choice, outside the graph
+            t8 = fp8_gemm.time_cold(lambda qq, x=x, s=s: fp8_gemm.fp8_matmul(x, qq, s, None), w8)
+            t16 = fp8_gemm.time_cold(lambda ww, x=x: F.linear(x, ww), w16)
+            b.emit("kernel", shape=name, n=n, k=k, m=m, fp8_us=t8 * 1e6, bf16_us=t16 * 1e6,
                    speedup=t16 / t8, fp8_gbs=n * k / t8 / 1e9, bf16_gbs=2 * n * k / t16 / 1e9,
                    fp8_of_hbm=n * k / t8 / b.bw, bf16_of_hbm=2 * n * k / t16 / b.bw)
-    del flush
+        del w16, w8
     torch.cuda.empty_cache()
 
 

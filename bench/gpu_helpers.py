@@ -104,7 +104,8 @@ def hbm_bandwidth_gbs(nbytes: int = 2**30, repeats: int = 20) -> float:
 def weight_bytes_per_step(rt) -> int:
     """Bytes of weights a decode step reads: every matrix once, one embedding row."""
     total = sum(p.numel() * p.element_size() for p in rt.model.parameters())
-    if rt.model.lm_head is not None:  # untied: the embedding table is only gathered
+    if rt.model.lm_head is not None or getattr(rt.model, "quant_head", None) is not None:
+        # the head is its own matrix (untied, or a quantized copy): the embedding is only gathered
         total -= rt.model.embed_tokens.weight.numel() * rt.model.embed_tokens.weight.element_size()
     return total
 

@@ -121,6 +121,8 @@ class Runtime:
         model.eval()
         if self.quant is None and self.quantization in CPU_MODES:
             self.quantization_info = model.quantize(self.quantization)
+        elif self.quant is not None:
+            fp8.quantize_head(model, self.quant)
         pool = KVPool(rc.pool_tokens(cfg, self.dtype), cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
                       self.dtype, self.device)
         req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)

@@ -81,6 +81,79 @@ def test_gemv_every_config(m, block):
 
 
 @pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("split", [2, 3, 8])
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_split_k(m, split, block):
+    """Split-K partials summed by the reduction kernel in a fixed order: the reference's
+    result, and bit-identical on a second run (no atomics)."""
+    n, k = (136, 200) if INTERPRET else (1000, 3000)
+    q, s = _weights(n, k, block, seed=split)
+    x = _x(m, k, seed=split + m)
+    cfg = (8, 64 if INTERPRET else 256, 4, split)
+    y = fp8_gemm.fp8_gemv(x, q, s, block, config=cfg)
+    assert rel_err(y, fp8_linear_ref(x.float(), q, s, None, block)) < TOL
+    assert torch.equal(y, fp8_gemm.fp8_gemv(x, q, s, block, config=cfg))
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_gemv_fused_silu_mul(m, block):
+    """act=1: the GEMV reads silu(gate) * up from [M, 2K], as silu_and_mul rounds it."""
+    from lmnb.runtime.kernels.reference import silu_and_mul_ref
+
+    n, k = (136, 200) if INTERPRET else (4096, 14336)
+    q, s = _weights(n, k, block, seed=m + 40)
+    h = _x(m, 2 * k, seed=m + 41)
+    y = torch.full((m, n), float("nan"), dtype=h.dtype, device=DEVICE)
+    cfg = fp8_gemm.gemv_configs(fp8_gemm._gemv_rows(m), n, k, block)[0]
+    fp8_gemm._launch_gemv(h, q, s, block, y, cfg, act=1)
+    assert rel_err(y, fp8_linear_ref(silu_and_mul_ref(h).float(), q, s, None, block)) < TOL
+    if CUDA:   # and the dispatcher's fused path (what the MLP calls)
+        assert rel_err(fp8_linear(h, q, s, None, block, act=1),
+                       fp8_linear_ref(silu_and_mul_ref(h).float(), q, s, None, block)) < TOL
+
+
+@pytest.mark.parametrize("n,k", SHAPES[:3])
+@pytest.mark.parametrize("split", [1, 2])
+def test_gemv_unscaled_weight(n, k, split):
+    """The same kernel on a bf16 weight (no scales): the dense batch-1 path."""
+    g = torch.Generator().manual_seed(n)
+    w = (torch.randn(n, k, generator=g) * 0.02).to(DEVICE, BF16)
+    x = _x(1, k, seed=k)
+    for cfg in fp8_gemm.gemv_configs(1, n, k, None)[:3]:
+        y = fp8_gemm.fp8_gemv(x, w, None, None, config=cfg[:3] + (split,))
+        assert rel_err(y, x.float() @ w.float().t()) < TOL, cfg
+    if CUDA:
+        from lmnb.runtime.kernels.reference import silu_and_mul_ref
+
+        h = _x(1, 2 * k, seed=k + 1)
+        ref = silu_and_mul_ref(h).float() @ w.float().t()
+        assert rel_err(fp8_gemm.dense_small_m(h, w, act=1), ref) < TOL
+        assert rel_err(fp8_gemm.dense_small_m(x, w), x.float() @ w.float().t()) < TOL
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("m", [17, 64, 130, 256])
+def test_w8a8_every_config(m, n, k):
+    """FP8 x FP8 tl.dot (per-token activations) against the reference of its own
+    quantized input, every candidate tile; and loosely against bf16 activations."""
+    if INTERPRET and m > 64:
+        pytest.skip("interpreter: small M only")
+    from lmnb.runtime.quant.fp8_reference import dequantize
+
+    q, s = _weights(n, k, None, seed=m + n)
+    x = _x(m, k, seed=m + 7)
+    xq, xs = fp8_gemm.quantize_rows(x)
+    exact = ((xq.float() * xs) @ dequantize(q, s, None).t())
+    cfgs = fp8_gemm.w8a8_configs(m, n, k)
+    for cfg in cfgs if not INTERPRET else [(32, 32, 32, 4, 2, 1), (32, 32, 32, 4, 2, 2)]:
+        y = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEVICE)
+        fp8_gemm._launch_w8a16(xq, q, s, None, y, cfg, xs=xs)
+        assert rel_err(y, exact) < TOL, cfg
+    assert rel_err(fp8_gemm.fp8_w8a8(x, q, s), fp8_linear_ref(x.float(), q, s, None, None)) < 8e-2
+
+
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("m", [5, 8, 16, 17, 64, 130])
 def test_w8a16(m, n, k, block):
@@ -173,6 +246,44 @@ def test_cuda_graph_capture(m, block):
         assert rel_err(y, fp8_linear(x, q, s, None, block)) < 1e-3
 
 
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 2, 16])
+def test_pdl_chain_in_graph(m):
+    """norm -> GEMV -> GEMV -> norm, each launched with programmatic dependent launch
+    (where the GPU has it) inside one CUDA graph: every kernel sees its predecessor's
+    output, replay after replay on new inputs (a missing wait shows as a stale result)."""
+    from lmnb.runtime.kernels import add_rms_norm, rms_norm
+    from lmnb.runtime.kernels.pdl import pdl_enabled
+
+    k, n = 4096, 2048
+    q1, s1 = _weights(n, k, None, seed=21)
+    q2, s2 = _weights(k, n, None, seed=22)
+    wn = _x(1, k, seed=23)[0]
+    x, r = _x(m, k, seed=24), _x(m, k, seed=25)
+
+    def chain():
+        h = rms_norm(x, wn, 1e-6)
+        y = fp8_linear(fp8_linear(h, q1, s1, None, None), q2, s2, None, None)
+        return add_rms_norm(y, r, wn, 1e-6)
+
+    chain()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, res = chain()
+    for seed in range(5):
+        x.copy_(_x(m, k, seed=100 + seed))
+        r.copy_(_x(m, k, seed=200 + seed))
+        graph.replay()
+        torch.cuda.synchronize()
+        want, want_res = chain()
+        assert torch.equal(res, want_res) and rel_err(out, want) < 1e-3, (seed, pdl_enabled(DEVICE))
+
+
 # ---------------------------------------------------------------------------- models
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -207,6 +318,7 @@ def test_fp8_model_matches_bf16(qwen_pair):
     proj = q.model.layers[0].mlp.gate_up_proj
     assert proj.weight.dtype == FP8 and q.model.lm_head is None   # tied: embeddings stay bf16
     assert q.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert q.model.quant_head is not None and q.model.quant_head.weight.dtype == FP8   # FP8 head copy
     prompt = list(range(40, 104))
     r = compare(ref, q, prompt, steps=128)
     print(r)
@@ -264,16 +376,16 @@ def test_fp8_block_checkpoint_on_gpu(tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("m", [1, 3, 8, 40])
 def test_timed_choice(m, monkeypatch):
     """The tuned path (what runtimes use): a choice is made, cached, and correct."""
     monkeypatch.setenv("LMNB_FP8_TUNE", "1")
     n, k = 3072, 2048
     q, s = _weights(n, k, None, seed=m)
     x = _x(m, k, seed=m)
-    y = fp8_gemm.fp8_small_m(x, q, s, None)
-    rows = fp8_gemm._gemv_rows(m) if m <= fp8_gemm.GEMV_MAX_M else m
+    y = fp8_gemm.fp8_matmul(x, q, s, None)
+    rows = fp8_gemm.small_m_bucket(m) if m <= fp8_gemm.SKINNY_MAX_M else 64
     (chosen,) = [v for key, v in fp8_gemm._CHOSEN.items() if key[1:4] == (rows, n, k)]
-    # _scaled_mm (a candidate too) quantizes the activations per token: its reference does
-    exact = fp8_linear_ref(x.float(), q, s, None, None, quantize_input=chosen[0] == "scaled_mm")
+    # _scaled_mm and the fp8 tl.dot quantize the activations per token: their reference does
+    exact = fp8_linear_ref(x.float(), q, s, None, None, quantize_input=chosen[0] in ("scaled_mm", "w8a8"))
     assert rel_err(y, exact) < TOL

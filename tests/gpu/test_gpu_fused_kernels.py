@@ -85,6 +85,35 @@ def test_rotary(dtype, tokens, heads, kv_heads, head_dim):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,heads,kv_heads,head_dim", [(1, 32, 8, 128), (5, 9, 3, 64), (64, 16, 2, 128)])
+def test_rotary_store(dtype, tokens, heads, kv_heads, head_dim):
+    """Rotary and the KV store in one kernel: the rotated q of rotary_triton, and the pool
+    rows at the slots hold the rotated k and v (cast to the pool dtype); no other row moves."""
+    from lmnb.runtime.kernels.rope import rotary_store_triton
+
+    dtype = usable(dtype)
+    cos, sin = _rope_table(4096, head_dim, dtype)
+    g = torch.Generator().manual_seed(tokens + 1)
+    positions = torch.randint(0, 4096, (tokens,), generator=g).to(DEVICE)
+    qkv = _randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, seed=tokens + 2)
+    q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
+    slots = 3 * tokens + 7
+    k_buf = _randn(slots, kv_heads, head_dim, dtype=dtype, seed=3)
+    v_buf = _randn(slots, kv_heads, head_dim, dtype=dtype, seed=4)
+    k0, v0 = k_buf.clone(), v_buf.clone()
+    loc = torch.randperm(slots, generator=g)[:tokens].to(DEVICE)
+    qo = rotary_store_triton(q, k, v, positions, cos, sin, k_buf, v_buf, loc)
+    q_ref, k_ref = rotary_triton(q, k, positions, cos, sin)
+    assert torch.equal(qo, q_ref)
+    assert torch.equal(k_buf[loc], k_ref) and torch.equal(v_buf[loc], v)
+    other = torch.ones(slots, dtype=torch.bool, device=DEVICE)
+    other[loc] = False
+    assert torch.equal(k_buf[other], k0[other]) and torch.equal(v_buf[other], v0[other])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,inter", [(1, 64), (3, 1536), (17, 14336), (64, 1000)])
 def test_silu_and_mul(dtype, rows, inter):
     dtype = usable(dtype)

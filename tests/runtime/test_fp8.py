@@ -231,7 +231,7 @@ def test_status_shows_quantization(fake_fp8_device):
     try:
         s.load("dummy:tiny")
         first = s.status().splitlines()[0]
-        assert "weights fp8 (e4m3 projections" in first and "lm_head bf16" in first
+        assert "weights fp8 (e4m3 projections" in first and "lm_head fp8" in first
     finally:
         s.close()
 

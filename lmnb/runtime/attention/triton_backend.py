@@ -118,6 +118,19 @@ class TritonBackend(AttentionBackend):
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         k_buf, v_buf = pool.k[layer], pool.v[layer]
         tk.store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
+        return self._attend(q, k_buf, v_buf, batch)
+
+    def forward_rotary(self, q, k, v, positions, cos, sin, layer: int, batch: ForwardBatch,
+                       pool: KVPool) -> torch.Tensor:
+        """forward() of q, k before their rotary embedding: one kernel rotates q and k and
+        stores k and v in the pool (`kernels.rope.rotary_store_triton`), then attention."""
+        from lmnb.runtime.kernels.rope import rotary_store_triton
+
+        k_buf, v_buf = pool.k[layer], pool.v[layer]
+        q = rotary_store_triton(q, k, v, positions, cos, sin, k_buf, v_buf, batch.out_cache_loc)
+        return self._attend(q, k_buf, v_buf, batch)
+
+    def _attend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         plan = batch.attn_state
         if batch.mode is Mode.DECODE:

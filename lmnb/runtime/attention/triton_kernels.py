@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start
+
 LOG2E = 1.4426950408889634
 
 
@@ -37,7 +39,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
 @triton.jit
 def _store_kv_kernel(K, V, KBuf, VBuf, Loc, stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_bt, stride_bh, num_heads, head_dim,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     t = tl.program_id(0)
     slot = tl.load(Loc + t).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
@@ -60,7 +63,8 @@ def store_kv(k_buf: torch.Tensor, v_buf: torch.Tensor, loc: torch.Tensor,
     _store_kv_kernel[(t,)](
         k, v, k_buf, v_buf, loc, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_buf.stride(0), k_buf.stride(1), h, d,
-        BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d), num_warps=2,
+        BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d),
+        PDL=pdl_enabled(k.device), num_warps=2, **launch_kwargs(k.device),
     )
 
 
@@ -191,7 +195,9 @@ def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLe
                          stride_vt, stride_vh, stride_ot, stride_oh, stride_mb, stride_mh,
                          stride_ms, stride_lb, stride_lh, stride_r2t, num_splits, head_dim,
                          GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PREC: tl.constexpr):
+                         BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PREC: tl.constexpr,
+                         PDL: tl.constexpr):
+    pdl_start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
@@ -231,9 +237,10 @@ def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLe
 @triton.jit
 def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, stride_mh,
                          stride_ms, stride_lb, stride_lh, num_splits, head_dim,
-                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     """All splits of one (request, head) in one tile: a single round trip to memory, not
     one per split (a loop over splits made batch-1 decode latency-bound)."""
+    pdl_start(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -300,13 +307,15 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        PDL=pdl_enabled(q.device), num_warps=num_warps, num_stages=num_stages,
+        **launch_kwargs(q.device),
     )
     if not direct:
         _decode_merge_kernel[(bs, h)](
             o, mid_o, mid_lse, o.stride(0), o.stride(1), mid_o.stride(0), mid_o.stride(1),
             mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), num_splits, d,
             BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
-            num_warps=4 if num_splits * block_d >= 4096 else 2,
+            PDL=pdl_enabled(q.device), num_warps=4 if num_splits * block_d >= 4096 else 2,
+            **launch_kwargs(q.device),
         )
     return o

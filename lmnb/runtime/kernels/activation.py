@@ -6,9 +6,12 @@ import torch
 import triton
 import triton.language as tl
 
+from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start
+
 
 @triton.jit
-def _silu_and_mul_kernel(X, Y, stride_x, stride_y, inter, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(X, Y, stride_x, stride_y, inter, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -27,5 +30,6 @@ def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(max(inter, 16)))
     if x2.shape[0]:
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(inter, block))](
-            x2, y, x2.stride(0), y.stride(0), inter, BLOCK=block, num_warps=4)
+            x2, y, x2.stride(0), y.stride(0), inter, BLOCK=block, PDL=pdl_enabled(x.device),
+            num_warps=4, **launch_kwargs(x.device))
     return y.view(*x.shape[:-1], inter)

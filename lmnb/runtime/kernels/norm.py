@@ -6,10 +6,13 @@ import torch
 import triton
 import triton.language as tl
 
+from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start
+
 
 @triton.jit
 def _rms_norm_kernel(X, R, W, Y, S, stride_x, stride_r, stride_y, stride_s, n, eps,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_start(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < n
@@ -42,7 +45,8 @@ def _launch(x, residual, weight, eps):
     if x2.shape[0]:
         _rms_norm_kernel[(x2.shape[0],)](
             x2, r2, weight, y, s, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0), n, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps)
+            HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl_enabled(x.device),
+            num_warps=warps, **launch_kwargs(x.device))
     return y.view(x.shape), s.view(x.shape)
 
 

@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start
+
 
 @triton.jit
 def _rotate(X, XO, t, stride_t, stride_h, stride_ot, stride_oh, n_heads, half, c, s,
@@ -23,10 +25,15 @@ def _rotate(X, XO, t, stride_t, stride_h, stride_ot, stride_oh, n_heads, half, c
 
 
 @triton.jit
-def _rotary_kernel(Q, K, QO, KO, Pos, Cos, Sin, stride_qt, stride_qh, stride_kt, stride_kh,
-                   stride_qot, stride_qoh, stride_kot, stride_koh, stride_cos, stride_sin,
-                   n_q, n_k, half, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                   BLOCK_HALF: tl.constexpr):
+def _rotary_kernel(Q, K, QO, KO, Pos, Cos, Sin, V, VO, Loc, stride_qt, stride_qh, stride_kt,
+                   stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh, stride_cos,
+                   stride_sin, stride_vt, stride_vh, stride_vot, stride_voh, n_q, n_k, half,
+                   head_dim, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+                   BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr, STORE: tl.constexpr,
+                   PDL: tl.constexpr):
+    """STORE: KO / VO are the layer's KV pool buffers and token t's rotated k and its v go
+    to row Loc[t] (cast to the pool dtype): rotary and the KV store in one kernel."""
+    pdl_start(PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(Pos + t).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -35,8 +42,52 @@ def _rotary_kernel(Q, K, QO, KO, Pos, Cos, Sin, stride_qt, stride_qh, stride_kt,
     c, s = c[None, :], s[None, :]
     _rotate(Q, QO, t, stride_qt, stride_qh, stride_qot, stride_qoh, n_q, half, c, s,
             BLOCK_HQ, BLOCK_HALF)
-    _rotate(K, KO, t, stride_kt, stride_kh, stride_kot, stride_koh, n_k, half, c, s,
-            BLOCK_HK, BLOCK_HALF)
+    if STORE:
+        row = tl.load(Loc + t).to(tl.int64)
+        _rotate(K, KO + row * stride_kot, t, stride_kt, stride_kh, 0, stride_koh, n_k, half, c, s,
+                BLOCK_HK, BLOCK_HALF)
+        offs_h = tl.arange(0, BLOCK_HK)
+        offs_v = tl.arange(0, BLOCK_D)
+        mask = (offs_h[:, None] < n_k) & (offs_v[None, :] < head_dim)
+        v = tl.load(V + t * stride_vt + offs_h[:, None] * stride_vh + offs_v[None, :], mask=mask)
+        tl.store(VO + row * stride_vot + offs_h[:, None] * stride_voh + offs_v[None, :],
+                 v.to(VO.dtype.element_ty), mask=mask)
+    else:
+        _rotate(K, KO, t, stride_kt, stride_kh, stride_kot, stride_koh, n_k, half, c, s,
+                BLOCK_HK, BLOCK_HALF)
+
+
+def _launch(q, k, positions, cos, sin, qo, ko, v=None, vo=None, loc=None) -> None:
+    t, hq, d = q.shape
+    hk = k.shape[1]
+    if not t:
+        return
+    store = v is not None
+    vv = v if store else q
+    half = d // 2
+    _rotary_kernel[(t,)](
+        q, k, qo, ko, positions, cos, sin, vv, vo if store else qo, loc if store else positions,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), qo.stride(0), qo.stride(1),
+        ko.stride(0), ko.stride(1), cos.stride(0), sin.stride(0), vv.stride(0), vv.stride(1),
+        vo.stride(0) if store else 0, vo.stride(1) if store else 0, hq, hk, half, d,
+        BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HK=triton.next_power_of_2(hk),
+        BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(d), STORE=store,
+        PDL=pdl_enabled(q.device), num_warps=4, **launch_kwargs(q.device))
+
+
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rotary_store_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                        cos: torch.Tensor, sin: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                        loc: torch.Tensor) -> torch.Tensor:
+    """Rotates q and k (as rotary_triton) and writes k_buf[loc] = rotated k, v_buf[loc] = v
+    (as attention.triton_kernels.store_kv) in one launch; returns the rotated q."""
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    qo = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    _launch(q, k, positions, cos, sin, qo, k_buf, v, v_buf, loc)
+    return qo
 
 
 def rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
@@ -44,20 +95,8 @@ def rotary_triton(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
     """q [T, H, D], k [T, KVH, D] (views of a fused projection are fine: only the last
     dim must be contiguous); cos/sin [max_pos, D] (HF layout, first half read) or
     [max_pos, D // 2]. Returns new tensors."""
-    t, hq, d = q.shape
-    hk = k.shape[1]
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    qo, ko = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(
-        k.shape, dtype=k.dtype, device=k.device)
-    if t:
-        half = d // 2
-        _rotary_kernel[(t,)](
-            q, k, qo, ko, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0),
-            k.stride(1), qo.stride(0), qo.stride(1), ko.stride(0), ko.stride(1), cos.stride(0),
-            sin.stride(0), hq, hk, half, BLOCK_HQ=triton.next_power_of_2(hq),
-            BLOCK_HK=triton.next_power_of_2(hk), BLOCK_HALF=triton.next_power_of_2(half),
-            num_warps=4)
+    q, k = _rows_contiguous(q), _rows_contiguous(k)
+    qo = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    _launch(q, k, positions, cos, sin, qo, ko)
     return qo, ko

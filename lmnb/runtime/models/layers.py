@@ -4,9 +4,12 @@
 transformers so greedy outputs match it."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmnb.errors import LmnbError
@@ -84,13 +87,55 @@ class Rotary(nn.Module):
         return x * c + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * s
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose one-row calls on CUDA (batch-1 decode) take
+    `kernels.fp8_gemm.dense_small_m`: lmnb's GEMV on the bf16/fp16 weight where the timed
+    choice finds it faster than cuBLAS (programmatic dependent launch, no workspace)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+    def silu_mul_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """self(silu_and_mul(h)) for h [..., 2 * in_features] (gate, up), fused at one row."""
+        if _gemv_row(h, self.weight):
+            from lmnb.runtime.kernels.fp8_gemm import dense_small_m
+
+            y = dense_small_m(h.reshape(1, -1), self.weight, act=1)
+            y = y.view(*h.shape[:-1], y.shape[-1])
+            return y if self.bias is None else y + self.bias
+        from lmnb.runtime.kernels import silu_and_mul
+
+        return F.linear(silu_and_mul(h), self.weight, self.bias)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, with one-row CUDA calls through `fp8_gemm.dense_small_m` (see Linear)."""
+    if _gemv_row(x, w):
+        from lmnb.runtime.kernels.fp8_gemm import dense_small_m
+
+        y = dense_small_m(x.reshape(1, -1), w)
+        y = y.view(*x.shape[:-1], y.shape[-1])
+        return y if bias is None else y + bias
+    return F.linear(x, w, bias)
+
+
+def _gemv_row(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return (x.is_cuda and x.dtype == w.dtype and x.dtype in (torch.bfloat16, torch.float16)
+            and x.numel() == x.shape[-1] and x.stride(-1) == 1 and _have_triton())
+
+
+@functools.cache
+def _have_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def empty_linear(n_in: int, n_out: int, bias: bool, dtype, device, quant=None) -> nn.Module:
     """A Linear whose storage is left uninitialised (weights are loaded right after).
     `quant`: a quantization method (e.g. `lmnb.runtime.quant.fp8.Fp8Method`) whose
     `make_linear` builds the layer instead; such layers load their rows themselves."""
     if quant is not None:
         return quant.make_linear(n_in, n_out, bias, dtype, device)
-    lin = nn.Linear(n_in, n_out, bias=bias, device="meta")
+    lin = Linear(n_in, n_out, bias=bias, device="meta")
     lin.weight = nn.Parameter(torch.empty(n_out, n_in, dtype=dtype, device=device))
     if bias:
         lin.bias = nn.Parameter(torch.empty(n_out, dtype=dtype, device=device))

@@ -1,13 +1,12 @@
 """The Llama-family decoder (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) over the token-level
 KV pool. Weights come from HF state-dict names; q/k/v and gate/up are fused on load.
-`quant` (optional) builds the attention and MLP projections (e.g. FP8); embeddings,
-norms and lm_head are never quantized."""
+`quant` (optional) builds the attention and MLP projections (e.g. FP8); embeddings and
+norms are never quantized; a quantized LM head is a copy set by `set_quantized_head`."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmnb.errors import LmnbError
@@ -16,7 +15,7 @@ from lmnb.runtime.forward_batch import ForwardBatch
 from lmnb.runtime.kernels import silu_and_mul
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
-from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear
+from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear, linear
 from lmnb.runtime.quant.fp8_checkpoint import Fp8Weight
 
 
@@ -48,6 +47,10 @@ class Attention(nn.Module):
         v = v.view(-1, self.kvh, self.d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        fused = getattr(backend, "forward_rotary", None)   # triton: rotary + KV store in one kernel
+        if fused is not None and qkv.is_cuda:
+            o = fused(q, k, v, positions, rotary.cos, rotary.sin, self.layer, batch, pool)
+            return self.o_proj(o.reshape(-1, self.q_size))
         q, k = rotary(q, k, positions)
         o = backend.forward(q, k, v, self.layer, batch, pool)
         return self.o_proj(o.reshape(-1, self.q_size))
@@ -61,7 +64,9 @@ class MLP(nn.Module):
         self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        h = self.gate_up_proj(x)
+        fused = getattr(self.down_proj, "silu_mul_forward", None)   # FP8: the GEMV applies it
+        return fused(h) if fused is not None else self.down_proj(silu_and_mul(h))
 
 
 class DecoderLayer(nn.Module):
@@ -134,7 +139,7 @@ class LlamaForCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.quant_head is not None:
             return self.quant_head(hidden).float()
-        return F.linear(hidden, self.head_weight()).float()
+        return linear(hidden, self.head_weight()).float()
 
     def head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

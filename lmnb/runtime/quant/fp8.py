@@ -1,10 +1,13 @@
 """`Runtime(..., quantization="fp8")`: FP8 (e4m3) weights for the attention and MLP
 projections on CUDA GPUs with FP8 support (compute capability 8.9+: Ada, Hopper).
 
-What is quantized: q/k/v (fused), o, gate/up (fused) and down projections. Embeddings,
-norms and lm_head stay in bf16 (the lm_head's logits are what sampling reads; it is 1 GB
-of the 8B model's 9 GB step, kept exact on purpose). Activations stay bf16 except on the
-large-batch path, where they are quantized per token for `torch._scaled_mm`.
+What is quantized: q/k/v (fused), o, gate/up (fused) and down projections, and the LM
+head of a model quantized at load (a per-channel FP8 copy of the bf16 head or tied
+embedding: the bf16 head is 1 GB of the 8B model's 9 GB step; `LMNB_FP8_HEAD=0` keeps it
+bf16; an FP8 checkpoint's head stays as shipped).
+Embeddings and norms stay bf16. Activations stay bf16 except on the batch paths above 16
+rows, where they are quantized per token for the FP8 tensor cores; the down projection's
+GEMV (up to 4 rows) reads silu(gate) * up itself, without the activation kernel.
 
 Weights come either from a bf16 model quantized at load (per output channel, one fp32
 scale per row, computed on the device tensor by tensor as the loader streams them, so
@@ -16,6 +19,7 @@ checkpoint is dequantized to the runtime dtype at load (the CPU path).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -49,6 +53,7 @@ class Fp8Method:
 
     block: tuple[int, int] | None = None
     checkpoint: Fp8CheckpointFormat | None = None
+    head: bool = True
 
     def make_linear(self, n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> Fp8Linear:
         return Fp8Linear(n_in, n_out, bias, dtype, device, self.block)
@@ -56,7 +61,8 @@ class Fp8Method:
     def describe(self) -> str:
         scales = "per-channel scales" if self.block is None else f"{self.block[0]}x{self.block[1]} block scales"
         src = "quantized at load" if self.checkpoint is None else "from the FP8 checkpoint"
-        return f"fp8 (e4m3 projections, {scales}, {src}; embeddings, norms, lm_head bf16)"
+        head = "lm_head fp8 per-channel; embeddings, norms bf16" if self.head else "embeddings, norms, lm_head bf16"
+        return f"fp8 (e4m3 projections, {scales}, {src}; {head})"
 
 
 class Fp8Linear(nn.Module):
@@ -76,6 +82,11 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.block)
+
+    def silu_mul_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """self(silu_and_mul(h)) for h [..., 2 * in_features] (gate, up): the decode GEMV
+        computes the activation as it reads h (no separate kernel)."""
+        return fp8_linear(h, self.weight, self.weight_scale, self.bias, self.block, act=1)
 
     def extra_repr(self) -> str:
         scales = "per_channel" if self.block is None else f"block={self.block}"
@@ -115,16 +126,34 @@ class Fp8Linear(nn.Module):
 
 
 def fp8_linear(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, bias: torch.Tensor | None,
-               block: tuple[int, int] | None) -> torch.Tensor:
-    """The projection: Triton / _scaled_mm on CUDA, the fp32 reference elsewhere."""
+               block: tuple[int, int] | None, act: int = 0) -> torch.Tensor:
+    """The projection: Triton / _scaled_mm on CUDA, the fp32 reference elsewhere.
+    act == 1: x is [..., 2K] (gate, up) and the input is silu(gate) * up."""
     if not (x.is_cuda and _have_triton()):
+        if act:
+            from lmnb.runtime.kernels import silu_and_mul
+
+            x = silu_and_mul(x)
         return fp8_linear_ref(x, q, s, bias, block)
     from lmnb.runtime.kernels.fp8_gemm import fp8_matmul
 
-    y = fp8_matmul(x.reshape(-1, x.shape[-1]), q, s, block)
+    y = fp8_matmul(x.reshape(-1, x.shape[-1]), q, s, block, act)
     if bias is not None:
         y = y + bias
     return y.view(*x.shape[:-1], q.shape[0])
+
+
+def quantize_head(model: nn.Module, method: Fp8Method) -> bool:
+    """Give `model` an FP8 copy of its LM head (per channel, from the loaded bf16 head or
+    tied embedding), which its `logits` then use; an untied bf16 head is freed. False
+    (nothing done) when the method keeps the head or the model has no such hook."""
+    if not method.head or not hasattr(model, "set_quantized_head") or not hasattr(model, "head_weight"):
+        return False
+    w = model.head_weight()
+    head = Fp8Linear(w.shape[1], w.shape[0], False, w.dtype, w.device, None)
+    head.load_weight("weight", w.detach(), 0)
+    model.set_quantized_head(head)
+    return True
 
 
 def _have_triton() -> bool:
@@ -165,11 +194,14 @@ def plan_fp8(quantization: str | None, hf_config: dict, cfg: ModelConfig, device
     elif reason or dtype != torch.bfloat16:
         return None   # an FP8 checkpoint where FP8 cannot run (or another dtype asked): dequantize
     block = fmt.block if fmt is not None and fmt.block and blocks_align(cfg, fmt.block) else None
+    # an FP8 checkpoint's head stays as its authors shipped it (bf16); a model quantized at
+    # load gets an FP8 head unless LMNB_FP8_HEAD=0
+    head = fmt is None and os.environ.get("LMNB_FP8_HEAD", "1").strip().lower() not in ("0", "false", "no", "off")
     if device.type == "cuda":
         from lmnb.runtime.kernels.fp8_gemm import scaled_mm_usable
 
         scaled_mm_usable(device, 16, 16)   # probe once, outside any graph capture
-    return Fp8Method(block=block, checkpoint=fmt)
+    return Fp8Method(block=block, checkpoint=fmt, head=head)
 
 
 def blocks_align(cfg: ModelConfig, block: tuple[int, int]) -> bool:
