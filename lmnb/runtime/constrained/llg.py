@@ -42,6 +42,18 @@ def _llguidance():
     return llguidance
 
 
+# token slices for short string contents: a string with room for fewer than 10 more
+# characters (a maxLength near its end) is otherwise a walk over the whole token trie
+SHORT_STRING_SLICES = (2, 4, 6)
+
+
+def slices(llg) -> list[str]:
+    """llguidance's precomputed token sets: its defaults and `SHORT_STRING_SLICES`."""
+    out = llg.LLTokenizer.general_slices()
+    plain = '[^"\\\\\\x00-\\x1F\\x7F]'
+    return out + [f"{plain}{{1,{k}}}" for k in SHORT_STRING_SLICES if f"{plain}{{1,{k}}}" not in out]
+
+
 class _Bytes:
     """The tokenizer as llguidance's TokenizerWrapper wants it: token bytes plus encode."""
 
@@ -81,7 +93,8 @@ class LlgVocabulary:
         wrapper = llg.TokenizerWrapper(_Bytes(tokenizer, self.tokens[:real], int(self.eos_ids[0])))
         # llguidance's default "slices" (token subsets precomputed for common lexeme shapes,
         # e.g. string contents) cost ~0.15 s here and cut the slow tail of first-visit masks
-        self.lltok = llg.LLTokenizer(wrapper, n_vocab=real, eos_token=[int(i) for i in self.eos_ids])
+        self.lltok = llg.LLTokenizer(wrapper, n_vocab=real, eos_token=[int(i) for i in self.eos_ids],
+                                     slices=slices(llg))
         self.words = (self.vocab_size + 31) // 32
         self.llg_words = (self.lltok.vocab_size + 31) // 32   # the buffer llguidance fills
         if self.llg_words > self.words:
