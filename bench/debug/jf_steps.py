@@ -62,7 +62,8 @@ def main() -> None:
     spent: dict = defaultdict(float)
     eng = rt.engine
     rt.engine.call(lambda: [_wrap(eng.sched, "next_batch", spent), _wrap(eng.runner, "run", spent),
-                            _wrap(eng.sampler, "sample", spent), _wrap(eng.outputs, "settle", spent)])
+                            _wrap(eng.sampler, "sample", spent), _wrap(eng.outputs, "settle", spent),
+                            _wrap(eng.sched, "cache_progress", spent), _wrap(eng, "_step", spent)])
     rt.generate(docs, **kw)   # grammar compiled, documents cached
 
     def measure(label: str) -> None:
@@ -86,11 +87,11 @@ def main() -> None:
         import cProfile
         import pstats
 
-        PROFILES.update(next_batch=cProfile.Profile(), settle=cProfile.Profile())
+        PROFILES.update(_step=cProfile.Profile())
         measure("jf_mixed_profiled")
         for name, prof in PROFILES.items():
             print(f"--- {name}")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(28)
         PROFILES.clear()
     measure("jf_mixed")
     with without_mixed_steps(rt):
