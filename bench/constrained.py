@@ -300,7 +300,8 @@ def environment() -> dict:
 
 
 def bench_decode(programs_per_schema: int, repeats: int) -> list[dict]:
-    """JSON decoding programs/s on smollm2, jump-forward on vs off, side by side."""
+    """JSON decoding programs/s on smollm2: no jump-forward, jump-forward without and with
+    mixed steps, side by side."""
     import statistics
 
     import lmnb as lm
@@ -315,8 +316,8 @@ def bench_decode(programs_per_schema: int, repeats: int) -> list[dict]:
                 add_generation_prompt=True, tokenize=False)
             jobs.append((p, json.dumps(SCHEMAS[name])))
 
-    def run(jump: bool) -> tuple[float, int, int]:
-        rt.outputs.jump_forward = jump
+    def run(jump: bool, mixed: bool = True) -> tuple[float, int, int]:
+        rt.outputs.jump_forward, rt.scheduler.mixed = jump, mixed
         rt.flush_cache()
         t = time.perf_counter()
         handles = [rt.submit(p, json_schema=sch, max_new_tokens=256, temperature=0) for p, sch in jobs]
@@ -325,20 +326,24 @@ def bench_decode(programs_per_schema: int, repeats: int) -> list[dict]:
         valid = sum(o["meta"]["finish_reason"] == "stop" for o in outs)
         return dt, sum(o["meta"]["decode_steps"] for o in outs), valid
 
-    rows = []
+    rows, default = [], rt.scheduler.mixed
     run(True)  # warm-up: masks and compiled patterns are cached from here on
-    res = {jump: [run(jump) for _ in range(repeats)] for jump in (False, True)}
-    for jump in (False, True):
-        dt = statistics.median(r[0] for r in res[jump])
-        rows.append({"jump_forward": jump, "programs": len(jobs), "seconds": dt,
-                     "programs_per_s": len(jobs) / dt, "decode_steps": res[jump][0][1],
-                     "finished": res[jump][0][2]})
-    speedup = rows[1]["programs_per_s"] / rows[0]["programs_per_s"]
+    modes = [(False, True), (True, False), (True, True)]   # (jump-forward, mixed steps)
+    res = {m: [run(*m) for _ in range(repeats)] for m in modes}
+    for jump, mixed in modes:
+        r = res[(jump, mixed)]
+        dt = statistics.median(x[0] for x in r)
+        rows.append({"jump_forward": jump, "mixed_steps": mixed, "programs": len(jobs),
+                     "seconds": dt, "programs_per_s": len(jobs) / dt, "decode_steps": r[0][1],
+                     "finished": r[0][2]})
+    rt.scheduler.mixed = default
+    speedup = rows[2]["programs_per_s"] / rows[0]["programs_per_s"]
     for r in rows:
-        print(f"constrained decode jump_forward={int(r['jump_forward'])} programs={r['programs']} "
-              f"programs_per_s={r['programs_per_s']:.3f} decode_steps={r['decode_steps']} "
-              f"finished={r['finished']}")
-    print(f"constrained decode jump_forward_speedup={speedup:.2f}")
+        print(f"constrained decode jump_forward={int(r['jump_forward'])} mixed_steps={int(r['mixed_steps'])} "
+              f"programs={r['programs']} programs_per_s={r['programs_per_s']:.3f} "
+              f"decode_steps={r['decode_steps']} finished={r['finished']}")
+    print(f"constrained decode jump_forward_speedup={speedup:.2f} "
+          f"without_mixed_steps={rows[1]['programs_per_s'] / rows[0]['programs_per_s']:.2f}")
     rt.shutdown()
     return rows
 

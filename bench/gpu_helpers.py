@@ -147,7 +147,8 @@ def without_jump_forward(rt):
 
 
 def without_mixed_steps(rt):
-    """As `Runtime(..., mixed_steps=False)`: jump-forward extends carry no decode tokens."""
+    """As `Runtime(..., mixed_steps=False)` (the default is on, on CUDA): jump-forward
+    extends carry no decode tokens."""
     return _switched_off(rt, rt.scheduler, "mixed")
 
 

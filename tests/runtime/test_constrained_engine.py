@@ -115,6 +115,8 @@ def test_jumps_carry_the_batch_along(smollm2):
     free = "The history of the printing press"
     kw = dict(max_new_tokens=40, temperature=0, speculative=False)
 
+    default = smollm2.scheduler.mixed
+
     def run(mixed: bool):
         smollm2.scheduler.mixed = mixed
         before = dict(smollm2.engine.counters)
@@ -123,7 +125,7 @@ def test_jumps_carry_the_batch_along(smollm2):
             hs.append(smollm2.submit(free, **kw))
             outs = [h.result() for h in hs]
         finally:
-            smollm2.scheduler.mixed = True
+            smollm2.scheduler.mixed = default
         after = smollm2.engine.counters
         return outs, {k: after[k] - before[k] for k in ("forward_steps", "mixed_steps")}
 
