@@ -480,16 +480,26 @@ static int qbuf_alloc(qbuf *b, int64_t R, int64_t K) {
     return 0;
 }
 
-static qrows qbuf_fill(qbuf *b, const float *x, int64_t R, int64_t K) {
+/* Row r of R rows of K inputs (x: that row) into the buffers; rows are independent. */
+static void quant_row(const qbuf *b, int64_t r, const float *x, int64_t K) {
     const int64_t G = K / GROUP;
-    lmnb_quant_rows(x, R, K, b->q, b->d, b->s);
-    for (int64_t i = 0; i < R * G; i++) {
+    int8_t *q = b->q + r * K;
+    lmnb_quant_rows(x, 1, K, q, b->d + r * G, b->s + r * G);
+    for (int64_t g = 0; g < G; g++) {
         int32_t sum = 0;
-        for (int j = 0; j < GROUP; j++) sum += b->q[i * GROUP + j];
-        b->c[i] = -128 * sum;
+        for (int j = 0; j < GROUP; j++) sum += q[g * GROUP + j];
+        b->c[r * G + g] = -128 * sum;
     }
+}
+
+static qrows qbuf_rows(const qbuf *b) {
     qrows r = {b->q, b->d, b->s, b->c};
     return r;
+}
+
+static qrows qbuf_fill(qbuf *b, const float *x, int64_t R, int64_t K) {
+    for (int64_t r = 0; r < R; r++) quant_row(b, r, x + r * K, K);
+    return qbuf_rows(b);
 }
 
 /* y [R, n] = x [R, k] @ W.T (+ bias). Returns 0, or -1 when memory ran out. */
@@ -594,8 +604,10 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
     float *h = res + R * H, *qkv = h + R * H, *att = qkv + R * nqkv, *gu = att + R * nq;
     float *act = gu + R * 2 * I, *scores = act + R * I;
     memcpy(res, x, sizeof(float) * (size_t)(R * H));
-    qrows xr = {0};
+    const qrows xr = qbuf_rows(&qb);
 
+    /* The per-row phases (norms, quantization, rotary and the KV writes, residual adds) are
+     * split by rows among the threads: a row's operations are the same whoever does them. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int t = thread_id(), T = thread_count();
@@ -604,15 +616,15 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
         for (int64_t li = 0; li < m->n_layers; li++) {
             const lmnb_layer *L = m->layers + li;
             /* attention block */
-#pragma omp single
-            {
-                for (int64_t r = 0; r < R; r++) rms_norm_row(res + r * H, L->norm1, m->eps, H, h + r * H);
-                xr = qbuf_fill(&qb, h, R, H);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                rms_norm_row(res + r * H, L->norm1, m->eps, H, h + r * H);
+                quant_row(&qb, r, h + r * H, H);
             }
             split_cols(L->qkv.n, t, T, &n0, &n1);
             linear_cols(&L->qkv, R, xr, n0, n1, qkv);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for schedule(static)
             for (int64_t r = 0; r < R; r++) {
                 float *row = qkv + r * nqkv;
                 const float *c = m->cos + pos[r] * D, *s = m->sin + pos[r] * D;
@@ -640,19 +652,17 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
                 const float inv = 1.0f / sum;
                 for (int64_t i = 0; i < D; i++) o[i] *= inv;
             }
-#pragma omp single
-            xr = qbuf_fill(&qb, att, R, nq);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) quant_row(&qb, r, att + r * nq, nq);
             split_cols(L->o.n, t, T, &n0, &n1);
             linear_cols(&L->o, R, xr, n0, n1, h);
 #pragma omp barrier
             /* MLP block */
-#pragma omp single
-            {
-                for (int64_t r = 0; r < R; r++) {
-                    for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
-                    rms_norm_row(res + r * H, L->norm2, m->eps, H, h + r * H);
-                }
-                xr = qbuf_fill(&qb, h, R, H);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
+                rms_norm_row(res + r * H, L->norm2, m->eps, H, h + r * H);
+                quant_row(&qb, r, h + r * H, H);
             }
             split_cols(L->gate_up.n, t, T, &n0, &n1);
             linear_cols(&L->gate_up, R, xr, n0, n1, gu);
@@ -662,12 +672,12 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
                 const float g = gu[ri / I * 2 * I + ri % I], u = gu[ri / I * 2 * I + I + ri % I];
                 act[ri] = g / (1.0f + expf(-g)) * u;
             }
-#pragma omp single
-            xr = qbuf_fill(&qb, act, R, I);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) quant_row(&qb, r, act + r * I, I);
             split_cols(L->down.n, t, T, &n0, &n1);
             linear_cols(&L->down, R, xr, n0, n1, h);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for schedule(static)
             for (int64_t r = 0; r < R; r++)
                 for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
         }
