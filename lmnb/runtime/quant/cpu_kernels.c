@@ -9,6 +9,9 @@
  * q = round(x / d)); each group's dot product is exact integer arithmetic, scaled by
  * scale * d. The min term of the 4-bit grid uses the exact fp32 sum of the group's x.
  *
+ * The weights are repacked at load in blocks of 16 output columns ("the matmul tiles"
+ * below), so that each output is one vector lane: no horizontal sums.
+ *
  * Row-invariant by construction: a row's result is computed by the same instructions in
  * the same order whatever the other rows of the call, how many there are, and how the
  * output columns are split among threads. Rows are processed in tiles that share each
