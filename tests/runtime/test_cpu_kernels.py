@@ -2,7 +2,7 @@
 
 - the int4/int8 matmuls equal a torch reference of the same math (activations quantized
   per group of 32, exact integer dots), and a call's rows are bitwise each row alone,
-  with one thread or two;
+  with one thread or two; the repacked weight layouts round-trip;
 - the fused decode step gives the per-layer path's logits and KV (same weights, torch
   attention), and is row-exact: a decode batch gives each request's step alone, and a
   verify extend of k rows gives k single decode steps, bitwise;
@@ -34,14 +34,15 @@ def _reference(lin: QuantLinear, x: torch.Tensor) -> torch.Tensor:
     xq, xd, xs = kernels.quant_rows(x)
     r, k = x.shape
     g = k // cpu_kernels.GROUP
+    n = lin.out_features
     if lin.bits == 4:
-        lo, hi = lin.qweight & 0x0F, lin.qweight >> 4
-        codes = torch.cat([lo.view(-1, g, 16), hi.view(-1, g, 16)], dim=-1).float()   # [N, G, 32]
+        codes = cpu_kernels.unpack_q4(lin.qweight, n, k).view(n, g, 32)
         dots = torch.einsum("ngi,rgi->rng", codes.double(), xq.view(r, g, 32).double())
-        y = (dots * lin.scales.double()[None] * xd.double()[:, None]).sum(-1) \
-            + (lin.mins.double()[None] * xs.double()[:, None]).sum(-1)   # fp16 -> exact in double
+        scales, mins = cpu_kernels.unpack_cols(lin.scales), cpu_kernels.unpack_cols(lin.mins)
+        y = (dots * scales.double()[None] * xd.double()[:, None]).sum(-1) \
+            + (mins.double()[None] * xs.double()[:, None]).sum(-1)   # fp16 -> exact in double
     else:
-        dots = torch.einsum("ngi,rgi->rng", lin.qweight.view(-1, g, 32).double(),
+        dots = torch.einsum("ngi,rgi->rng", cpu_kernels.unpack_q8(lin.qweight, n, k).view(n, g, 32).double(),
                             xq.view(r, g, 32).double())
         y = (dots * xd.double()[:, None]).sum(-1) * lin.scales.double()[None]
     if lin.bias is not None:
@@ -84,6 +85,36 @@ def test_matmul_equals_the_reference_and_rows_are_independent(bits, shape):
             torch.set_num_threads(threads)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_int8_columns_past_the_last_block_of_16():
+    """An int8 layer whose outputs are not a multiple of 16 (a vocabulary, say): the last
+    columns form a narrower block, computed by the same lane operations."""
+    g = torch.Generator().manual_seed(5)
+    for n, k in [(50, 96), (7, 32), (16 * 3 + 15, 544)]:
+        lin = QuantLinear(torch.randn(n, k, generator=g) * 0.1, torch.randn(n, generator=g), 8,
+                          dense=False, kernels=kernels)
+        for rows in (1, 4, 15):
+            x = torch.randn(rows, k, generator=g)
+            y = lin(x)
+            assert torch.allclose(y, _reference(lin, x), rtol=1e-5, atol=1e-4)
+            assert torch.equal(y, torch.cat([lin(x[i:i + 1]) for i in range(rows)]))
+
+
+def test_the_repacked_layouts_round_trip():
+    g = torch.Generator().manual_seed(9)
+    n, k = 48, 160
+    codes = torch.randint(0, 16, (n, k), generator=g)
+    assert torch.equal(cpu_kernels.unpack_q4(cpu_kernels.pack_q4(codes), n, k).long(), codes)
+    scales = torch.rand(n, k // 32, generator=g).half()
+    assert torch.equal(cpu_kernels.unpack_cols(cpu_kernels.pack_cols(scales)), scales)
+    for rows in (n, n + 5):
+        q = torch.randint(-127, 128, (rows, k), generator=g).to(torch.int8)
+        packed = cpu_kernels.pack_q8(q)
+        assert packed.numel() == q.numel() and torch.equal(cpu_kernels.unpack_q8(packed, rows, k), q)
+    # a layer keeps its weights in the repacked form, the same bytes as unpacked
+    lin = QuantLinear(torch.randn(n, k, generator=g), None, 4, dense=False, kernels=kernels)
+    assert lin.qweight.numel() == n * k // 2 and lin.scales.shape == lin.mins.shape == (n // 16, k // 32, 16)
 
 
 def test_a_q4_1_matrix_comes_back_with_its_own_codes_scales_and_mins():
@@ -238,7 +269,9 @@ def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path, monkeypatch):
     assert avx2.simd.startswith("AVX2")
     g = torch.Generator().manual_seed(11)
     for bits in (4, 8):
-        for n, k in [(96, 64), (48, 544), (64, 32), (320, 1536)]:   # 17 and 1 groups: odd tails
+        for n, k in [(96, 64), (48, 544), (64, 32), (320, 1536), (50, 96)]:   # 17 and 1 groups; 50: a
+            if bits == 4 and n % 16:                                         # narrower last block
+                continue
             lin = QuantLinear(torch.randn(n, k, generator=g) * 0.1, torch.randn(n, generator=g), bits,
                               dense=False, kernels=kernels)
             for rows in (1, 3, 15):

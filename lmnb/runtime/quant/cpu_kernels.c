@@ -9,6 +9,9 @@
  * q = round(x / d)); each group's dot product is exact integer arithmetic, scaled by
  * scale * d. The min term of the 4-bit grid uses the exact fp32 sum of the group's x.
  *
+ * The weights are repacked at load in blocks of 16 output columns ("the matmul tiles"
+ * below), so that each output is one vector lane: no horizontal sums.
+ *
  * Row-invariant by construction: a row's result is computed by the same instructions in
  * the same order whatever the other rows of the call, how many there are, and how the
  * output columns are split among threads. Rows are processed in tiles that share each
@@ -57,11 +60,6 @@ static inline float half_to_float(uint16_t h) {
 #endif
 
 #define GROUP 32
-#ifdef LMNB_AVX512
-#define TILE 8   /* rows per weight load: 32 vector registers hold 8 rows' accumulators */
-#else
-#define TILE 4
-#endif
 
 int lmnb_kernels_group(void) { return GROUP; }   /* checked against cpu_kernels.GROUP at load */
 
@@ -107,332 +105,326 @@ static inline float hsum8(__m256 v) {
     lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
     return _mm_cvtss_f32(lo);
 }
-
-/* sum over 32 lanes of u8 a * s8 b, as 8 int32 partial sums */
-static inline __m256i dot_u8s8(__m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 #endif
+
+/* ---- the matmul tiles -------------------------------------------------------------------
+ *
+ * The weights are repacked at load (cpu_kernels.py: pack_q4, pack_q8, pack_cols) in blocks of
+ * COLS = 16 output columns. In a block, the 16 columns' codes for 4 consecutive inputs (a
+ * "quad") are 64 bytes, column c's four at bytes 4c .. 4c + 3: vpdpbusd's operand layout.
+ * So one register holds 16 columns (AVX-512) or 8 (AVX2) for one quad, and a row's 4
+ * activation bytes, broadcast against it, add each column's partial dot to its own lane.
+ *   4-bit: per block and group, 4 chunks of 64 bytes; chunk i holds quad i in its low
+ *          nibbles and quad i + 4 in its high ones. Scale and min: fp16 [N/16, G, 16].
+ *   8-bit: per block and group, 8 quads of 64 bytes, each code + 128 as an unsigned byte
+ *          (so that the activations are the signed operand, which can be broadcast). The
+ *          last N % 16 columns, if any, are a narrower block [G, 8, N % 16, 4]. Scale: fp32 [N].
+ * An output (a row and a column) is one lane from start to end: per group, its exact integer
+ * dot product, converted to float, times (weight scale x activation step) added with one FMA
+ * (4-bit: then the min times the group's activation sum, a second FMA), the groups in order;
+ * the 8-bit result is then multiplied by its column's scale. No horizontal sums, and the
+ * same lane operations in the AVX-512, AVX2 and scalar code: all three give the same bits.
+ * A tile of rows shares each block's weights, unpacked once per group. */
+#define COLS 16
+
+int lmnb_kernels_cols(void) { return COLS; }   /* checked against cpu_kernels.COLS at load */
+
+#ifdef LMNB_AVX512
+#define TILE 8   /* rows per weight unpack: each row needs one accumulator register (12 or 16
+                    measured no faster on this 2-core machine) */
+#elif defined(LMNB_AVX2)
+#define TILE 4
+#else
+#define TILE 1
+#endif
+
+/* the tiles' loops over rows and quads are unrolled, so each row's accumulators are registers */
+#define UNROLL _Pragma("GCC unroll 16")
+
+static inline int32_t load4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
+
+/* Scalar versions of the tiles: the portable build's, and the 8-bit tail block's (t columns,
+ * t < 16) in every build. fmaf and the separate product are the vector lanes' operations.
+ * Not auto-vectorized: GCC 12 at -O3 with AVX512-VNNI turns the int8 x int8 sum below into
+ * vpdpbusd, which takes one side as unsigned, and gets negative codes wrong. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SCALAR_LOOPS __attribute__((optimize("no-tree-vectorize")))
+#else
+#define SCALAR_LOOPS
+#endif
+SCALAR_LOOPS static void q4_block_scalar(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const float *xs,
+                            const uint8_t *w, const uint16_t *s, const uint16_t *m, int64_t N, float *y) {
+    const int64_t G = K / GROUP;
+    for (int64_t r = 0; r < rt; r++)
+        for (int c = 0; c < COLS; c++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *wg = w + g * (COLS * GROUP / 2) + 4 * c;
+                const int8_t *a = xq + r * K + g * GROUP;
+                int32_t dot = 0;
+                for (int i = 0; i < 4; i++)
+                    for (int u = 0; u < 4; u++) {
+                        const uint8_t b = wg[64 * i + u];
+                        dot += (b & 0x0F) * a[4 * i + u] + (b >> 4) * a[16 + 4 * i + u];
+                    }
+                const float sd = half_to_float(s[g * COLS + c]) * xd[r * G + g];
+                acc = fmaf((float)dot, sd, acc);
+                acc = fmaf(half_to_float(m[g * COLS + c]), xs[r * G + g], acc);
+            }
+            y[r * N + c] = acc;
+        }
+}
+
+SCALAR_LOOPS static void q8_block_scalar(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const uint8_t *w,
+                            int64_t t, const float *ws, int64_t N, float *y) {
+    const int64_t G = K / GROUP;
+    for (int64_t r = 0; r < rt; r++)
+        for (int64_t c = 0; c < t; c++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < G; g++) {
+                const uint8_t *wg = w + g * GROUP * t + 4 * c;
+                const int8_t *a = xq + r * K + g * GROUP;
+                int32_t dot = 0;
+                for (int j = 0; j < 8; j++)
+                    for (int u = 0; u < 4; u++) dot += ((int32_t)wg[4 * t * j + u] - 128) * a[4 * j + u];
+                acc = fmaf((float)dot, xd[r * G + g], acc);
+            }
+            y[r * N + c] = acc * ws[c];
+        }
+}
+
+/* The vector tiles are written for a compile-time row count RT (1 .. TILE), so that the
+ * rows' accumulators stay in registers; a row's operations do not depend on RT.
+ * Arguments: K; the tile's activations (codes [RT, K], steps and sums [RT, G], for 8-bit the
+ * -128 x code sums [RT, G]); the block's weights and scales; N (y's row stride); y at the
+ * block's first column. */
+#ifdef LMNB_AVX512
+static inline __m512i bcast4_512(const int8_t *p) { return _mm512_set1_epi32(load4(p)); }
+
+#define Q4_TILE(RT)                                                                          \
+static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,        \
+                         const uint8_t *w, const uint16_t *s, const uint16_t *m, int64_t N,    \
+                         float *y) {                                                          \
+    const int64_t G = K / GROUP;                                                              \
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);                                               \
+    __m512 acc[RT];                                                                           \
+    UNROLL for (int r = 0; r < RT; r++) acc[r] = _mm512_setzero_ps();                                \
+    for (int64_t g = 0; g < G; g++, w += COLS * GROUP / 2) {                                  \
+        __m512i wq[8];                                                                        \
+        UNROLL for (int i = 0; i < 4; i++) {                                                         \
+            const __m512i raw = _mm512_loadu_si512((const void *)(w + 64 * i));               \
+            wq[i] = _mm512_and_si512(raw, lo4);                                               \
+            wq[i + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);                     \
+        }                                                                                     \
+        const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + g * COLS))); \
+        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + g * COLS))); \
+        UNROLL for (int r = 0; r < RT; r++) {                                                        \
+            const int8_t *a = xq + r * K + g * GROUP;                                         \
+            __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], bcast4_512(a));   \
+            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[1], bcast4_512(a + 4)); \
+            d0 = _mm512_dpbusd_epi32(d0, wq[2], bcast4_512(a + 8));                           \
+            d1 = _mm512_dpbusd_epi32(d1, wq[3], bcast4_512(a + 12));                          \
+            d0 = _mm512_dpbusd_epi32(d0, wq[4], bcast4_512(a + 16));                          \
+            d1 = _mm512_dpbusd_epi32(d1, wq[5], bcast4_512(a + 20));                          \
+            d0 = _mm512_dpbusd_epi32(d0, wq[6], bcast4_512(a + 24));                          \
+            d1 = _mm512_dpbusd_epi32(d1, wq[7], bcast4_512(a + 28));                          \
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));                    \
+            acc[r] = _mm512_fmadd_ps(f, _mm512_mul_ps(sv, _mm512_set1_ps(xd[r * G + g])), acc[r]); \
+            acc[r] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xs[r * G + g]), acc[r]);             \
+        }                                                                                     \
+    }                                                                                         \
+    UNROLL for (int r = 0; r < RT; r++) _mm512_storeu_ps(y + r * N, acc[r]);                         \
+}
+
+#define Q8_TILE(RT)                                                                          \
+static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const int32_t *xc,      \
+                         const uint8_t *w, const float *ws, int64_t N, float *y) {             \
+    const int64_t G = K / GROUP;                                                              \
+    __m512 acc[RT];                                                                           \
+    UNROLL for (int r = 0; r < RT; r++) acc[r] = _mm512_setzero_ps();                                \
+    for (int64_t g = 0; g < G; g++, w += COLS * GROUP) {                                      \
+        __m512i wq[8];                                                                        \
+        UNROLL for (int j = 0; j < 8; j++) wq[j] = _mm512_loadu_si512((const void *)(w + 64 * j));  \
+        UNROLL for (int r = 0; r < RT; r++) {                                                        \
+            const int8_t *a = xq + r * K + g * GROUP;                                         \
+            /* (code + 128) . x = code . x + 128 sum(x): start from -128 sum(x) */            \
+            __m512i d0 = _mm512_dpbusd_epi32(_mm512_set1_epi32(xc[r * G + g]), wq[0], bcast4_512(a)); \
+            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[1], bcast4_512(a + 4)); \
+            d0 = _mm512_dpbusd_epi32(d0, wq[2], bcast4_512(a + 8));                           \
+            d1 = _mm512_dpbusd_epi32(d1, wq[3], bcast4_512(a + 12));                          \
+            d0 = _mm512_dpbusd_epi32(d0, wq[4], bcast4_512(a + 16));                          \
+            d1 = _mm512_dpbusd_epi32(d1, wq[5], bcast4_512(a + 20));                          \
+            d0 = _mm512_dpbusd_epi32(d0, wq[6], bcast4_512(a + 24));                          \
+            d1 = _mm512_dpbusd_epi32(d1, wq[7], bcast4_512(a + 28));                          \
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)),           \
+                                     _mm512_set1_ps(xd[r * G + g]), acc[r]);                  \
+        }                                                                                     \
+    }                                                                                         \
+    const __m512 wsv = _mm512_loadu_ps(ws);                                                   \
+    UNROLL for (int r = 0; r < RT; r++) _mm512_storeu_ps(y + r * N, _mm512_mul_ps(acc[r], wsv));     \
+}
+#elif defined(LMNB_AVX2)
+/* 8 columns per register: a block is two halves, each done like the AVX-512 loop's lanes
+ * 0-7 and 8-15. */
+static inline __m256i bcast4_256(const int8_t *p) { return _mm256_set1_epi32(load4(p)); }
+
+#define Q4_TILE(RT)                                                                          \
+static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,        \
+                         const uint8_t *w, const uint16_t *s, const uint16_t *m, int64_t N,    \
+                         float *y) {                                                          \
+    const int64_t G = K / GROUP;                                                              \
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);                                               \
+    for (int h = 0; h < 2; h++) {                                                             \
+        __m256 acc[RT];                                                                       \
+        UNROLL for (int r = 0; r < RT; r++) acc[r] = _mm256_setzero_ps();                            \
+        const uint8_t *wh = w + 32 * h;                                                       \
+        for (int64_t g = 0; g < G; g++, wh += COLS * GROUP / 2) {                             \
+            __m256i dot[RT];                                                                  \
+            UNROLL for (int r = 0; r < RT; r++) dot[r] = _mm256_setzero_si256();                     \
+            UNROLL for (int i = 0; i < 4; i++) {                                                     \
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(wh + 64 * i));       \
+                const __m256i lo = _mm256_and_si256(raw, lo4);                                \
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4);          \
+                UNROLL for (int r = 0; r < RT; r++) {                                                \
+                    const int8_t *a = xq + r * K + g * GROUP + 4 * i;                         \
+                    dot[r] = Q4_DOT2(dot[r], lo, bcast4_256(a), hi, bcast4_256(a + 16));      \
+                }                                                                             \
+            }                                                                                 \
+            const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g * COLS + 8 * h))); \
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g * COLS + 8 * h))); \
+            UNROLL for (int r = 0; r < RT; r++) {                                                    \
+                const __m256 f = _mm256_cvtepi32_ps(Q4_DOT_END(dot[r]));                      \
+                acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(sv, _mm256_set1_ps(xd[r * G + g])), acc[r]); \
+                acc[r] = _mm256_fmadd_ps(mv, _mm256_set1_ps(xs[r * G + g]), acc[r]);         \
+            }                                                                                 \
+        }                                                                                     \
+        UNROLL for (int r = 0; r < RT; r++) _mm256_storeu_ps(y + r * N + 8 * h, acc[r]);             \
+    }                                                                                         \
+}
+
+#define Q8_TILE(RT)                                                                          \
+static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const int32_t *xc,      \
+                         const uint8_t *w, const float *ws, int64_t N, float *y) {             \
+    const int64_t G = K / GROUP;                                                              \
+    for (int h = 0; h < 2; h++) {                                                             \
+        __m256 acc[RT];                                                                       \
+        UNROLL for (int r = 0; r < RT; r++) acc[r] = _mm256_setzero_ps();                            \
+        const uint8_t *wh = w + 32 * h;                                                       \
+        for (int64_t g = 0; g < G; g++, wh += COLS * GROUP) {                                 \
+            __m256i dot[RT];                                                                  \
+            UNROLL for (int r = 0; r < RT; r++) dot[r] = Q8_DOT_START(xc[r * G + g]);                \
+            UNROLL for (int j = 0; j < 8; j++) {                                                     \
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(wh + 64 * j));       \
+                Q8_DOT_PREP(raw);                                                             \
+                UNROLL for (int r = 0; r < RT; r++)                                                  \
+                    dot[r] = Q8_DOT(dot[r], raw, bcast4_256(xq + r * K + g * GROUP + 4 * j)); \
+            }                                                                                 \
+            UNROLL for (int r = 0; r < RT; r++)                                                      \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(xd[r * G + g]), acc[r]); \
+        }                                                                                     \
+        const __m256 wsv = _mm256_loadu_ps(ws + 8 * h);                                       \
+        UNROLL for (int r = 0; r < RT; r++) _mm256_storeu_ps(y + r * N + 8 * h, _mm256_mul_ps(acc[r], wsv)); \
+    }                                                                                         \
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+/* 4-bit: the codes unsigned, the activations signed. 8-bit: the codes + 128 unsigned, the
+ * sum started from -128 x the activations' sum. */
+#define Q4_DOT2(d, w0, a0, w1, a1) _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(d, w0, a0), w1, a1)
+#define Q4_DOT_END(d) (d)
+#define Q8_DOT_START(c) _mm256_set1_epi32(c)
+#define Q8_DOT_PREP(raw) ((void)0)
+#define Q8_DOT(d, raw, a) _mm256_dpbusd_epi32(d, raw, a)
+#else
+/* vpmaddubsw: pairs of u8 x s8 into int16. 4-bit: a pair is at most 2 x 15 x 127 and a lane
+ * sums 8 pairs (30,480 < 32,767), so the group's int16 sums are exact; vpmaddwd then gives
+ * int32. 8-bit: |code| (<= 127) against the activation with the code's sign, a pair at most
+ * 32,258, widened at once. */
+#define Q4_DOT2(d, w0, a0, w1, a1) \
+    _mm256_add_epi16(d, _mm256_add_epi16(_mm256_maddubs_epi16(w0, a0), _mm256_maddubs_epi16(w1, a1)))
+#define Q4_DOT_END(d) _mm256_madd_epi16(d, _mm256_set1_epi16(1))
+#define Q8_DOT_START(c) ((void)(c), _mm256_setzero_si256())
+#define Q8_DOT_PREP(raw)                                                                      \
+    const __m256i code = _mm256_xor_si256(raw, _mm256_set1_epi8((char)0x80));                 \
+    const __m256i mag = _mm256_sign_epi8(code, code)
+#define Q8_DOT(d, raw, a) \
+    _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(mag, _mm256_sign_epi8(a, code)), _mm256_set1_epi16(1)))
+#endif
 #endif
 
 #ifdef LMNB_AVX2
-/* The tile loops are written for a compile-time row count RT (1..TILE), so that each row's
- * accumulators stay in registers. Every row keeps two accumulators (even and odd groups):
- * the same for every RT, so a row's arithmetic does not depend on its tile. */
-#define Q4_GROUP_ROWS(RT, gi, acc)                                                          \
-    do {                                                                                     \
-        __m128i raw = _mm_loadu_si128((const __m128i *)(c + (gi) * 16));                     \
-        __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4);    \
-        for (int r = 0; r < RT; r++) {                                                       \
-            __m256i a = _mm256_loadu_si256((const __m256i *)(xq + r * K + (gi) * GROUP));    \
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, a)),                     \
-                                     _mm256_broadcast_ss(&sd[r][(gi) - g0]), acc[r]);        \
-        }                                                                                    \
-    } while (0)
-
-/* One block of groups g0 .. g0 + gn (gn <= 8) of a 4-bit row: each row's combined steps
- * (weight scale x activation step) into sd[r][0 .. gn), and the min term accumulated, as
- * a vector for a whole block (mv) and one group at a time for the last, partial one (mt).
- * Both builds use it, so they form the same products in the same order. */
-static inline __attribute__((always_inline)) void
-q4_block(int rt, int64_t g0, int64_t gn, int64_t G, const uint16_t *s, const uint16_t *m,
-         const float *xd, const float *xs, float (*sd)[8], __m256 *mv, float *mt) {
-    if (gn == 8) {
-        __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + g0)));
-        __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + g0)));
-        for (int r = 0; r < rt; r++) {
-            _mm256_storeu_ps(sd[r], _mm256_mul_ps(sv, _mm256_loadu_ps(xd + r * G + g0)));
-            mv[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + r * G + g0), mv[r]);
-        }
-    } else {
-        for (int r = 0; r < rt; r++)
-            for (int64_t j = 0; j < gn; j++) {
-                sd[r][j] = half_to_float(s[g0 + j]) * xd[r * G + g0 + j];
-                mt[r] += half_to_float(m[g0 + j]) * xs[r * G + g0 + j];
-            }
-    }
-}
-
-/* For 8 groups at a time, each row's combined step (weight scale x activation step) is
- * computed once as a vector and its min term accumulated as a vector; the group loop then
- * needs one integer dot, one conversion and one FMA per row and group. */
-#define Q4_TILE(RT)                                                                         \
-static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,       \
-                         const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,  \
-                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
-    const int64_t G = K / GROUP;                                                             \
-    const __m256i lo4 = _mm256_set1_epi8(0x0F);                                              \
-    for (int64_t n = n0; n < n1; n++) {                                                      \
-        const uint8_t *c = codes + n * (K / 2);                                              \
-        const uint16_t *s = scale + n * G, *m = minv + n * G;                                \
-        __m256 a0[RT], a1[RT], mv[RT];                                                       \
-        float mt[RT], sd[RT][8];                                                             \
-        for (int r = 0; r < RT; r++) {                                                       \
-            a0[r] = a1[r] = mv[r] = _mm256_setzero_ps();                                     \
-            mt[r] = 0.0f;                                                                    \
-        }                                                                                    \
-        for (int64_t g0 = 0; g0 < G; g0 += 8) {                                              \
-            const int64_t gn = G - g0 < 8 ? G - g0 : 8;                                      \
-            q4_block(RT, g0, gn, G, s, m, xd, xs, sd, mv, mt);                               \
-            int64_t j = 0;                                                                   \
-            for (; j + 2 <= gn; j += 2) {                                                    \
-                Q4_GROUP_ROWS(RT, g0 + j, a0);                                               \
-                Q4_GROUP_ROWS(RT, g0 + j + 1, a1);                                           \
-            }                                                                                \
-            if (j < gn) Q4_GROUP_ROWS(RT, g0 + j, a0);                                       \
-        }                                                                                    \
-        for (int r = 0; r < RT; r++)                                                         \
-            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1[r])) + (hsum8(mv[r]) + mt[r]);      \
-    }                                                                                        \
-}
 #ifdef LMNB_AVX512
-/* The same arithmetic two groups at a time in 512-bit registers: lanes 0-7 hold what the
- * AVX2 loop's even-group accumulator holds, lanes 8-15 the odd one's, and every lane sees
- * the same operations in the same order, so both give bitwise the same results. */
-/* The sum of a row's accumulators: the even groups' (a0, with the odd tail group added) and
- * the odd groups' (the high half of az), added lane by lane as the AVX2 loops add theirs. */
-static inline float hsum_halves(__m256 a0, __m512 az) {
-    return hsum8(_mm256_add_ps(a0, _mm512_extractf32x8_ps(az, 1)));
-}
-
-#define Q4_PAIR_ROWS(RT, gi)                                                                 \
-    do {                                                                                     \
-        __m256i raw = _mm256_loadu_si256((const __m256i *)(c + (gi) * 16));                  \
-        __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1); \
-        __m512i w = _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), lo4z); \
-        const __m512i idx = _mm512_add_epi32(pick, _mm512_set1_epi32((int)((gi) - g0)));     \
-        for (int r = 0; r < RT; r++) {                                                       \
-            __m512i a = _mm512_loadu_si512((const void *)(xq + r * K + (gi) * GROUP));       \
-            __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sdv[r]));          \
-            az[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a)), \
-                                    sc, az[r]);                                              \
-        }                                                                                    \
-    } while (0)
-
-#define Q4_TILE512(RT)                                                                      \
-static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,       \
-                         const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,  \
-                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
-    const int64_t G = K / GROUP;                                                             \
-    const __m256i lo4 = _mm256_set1_epi8(0x0F);                                              \
-    const __m512i lo4z = _mm512_set1_epi8(0x0F);                                             \
-    const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);   \
-    for (int64_t n = n0; n < n1; n++) {                                                      \
-        const uint8_t *c = codes + n * (K / 2);                                              \
-        const uint16_t *s = scale + n * G, *m = minv + n * G;                                \
-        __m512 az[RT];                                                                       \
-        __m256 mv[RT], sdv[RT], a0[RT];                                                      \
-        float mt[RT], sd[RT][8];                                                             \
-        for (int r = 0; r < RT; r++) {                                                       \
-            az[r] = _mm512_setzero_ps();                                                     \
-            mv[r] = _mm256_setzero_ps();                                                     \
-            mt[r] = 0.0f;                                                                    \
-        }                                                                                    \
-        int64_t tail = -1;                                                                   \
-        for (int64_t g0 = 0; g0 < G; g0 += 8) {                                              \
-            const int64_t gn = G - g0 < 8 ? G - g0 : 8;                                      \
-            q4_block(RT, g0, gn, G, s, m, xd, xs, sd, mv, mt);                               \
-            for (int r = 0; r < RT; r++) sdv[r] = _mm256_loadu_ps(sd[r]);                    \
-            int64_t j = 0;                                                                   \
-            for (; j + 2 <= gn; j += 2) Q4_PAIR_ROWS(RT, g0 + j);                            \
-            if (j < gn) tail = g0 + j;   /* sd still holds its block's steps */              \
-        }                                                                                    \
-        for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
-        if (tail >= 0) {   /* the last group, when their count is odd: an even one */        \
-            const int64_t g0 = tail / 8 * 8;                                                 \
-            Q4_GROUP_ROWS(RT, tail, a0);                                                     \
-        }                                                                                    \
-        for (int r = 0; r < RT; r++)                                                         \
-            y[r * N + n] = hsum_halves(a0[r], az[r]) + (hsum8(mv[r]) + mt[r]);               \
-    }                                                                                        \
-}
-Q4_TILE512(1) Q4_TILE512(2) Q4_TILE512(3) Q4_TILE512(4)
-Q4_TILE512(5) Q4_TILE512(6) Q4_TILE512(7) Q4_TILE512(8)
+#define ALL_TILES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)
 #else
-Q4_TILE(1) Q4_TILE(2) Q4_TILE(3) Q4_TILE(4)
+#define ALL_TILES(X) X(1) X(2) X(3) X(4)
 #endif
-
-#define Q8_GROUP_ROWS(RT, gi, acc)                                                          \
-    do {                                                                                     \
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (gi) * GROUP));                \
-        __m256i wa = _mm256_sign_epi8(wv, wv);  /* |w|; w's sign moves onto a */             \
-        for (int r = 0; r < RT; r++) {                                                       \
-            __m256i a = _mm256_loadu_si256((const __m256i *)(xq + r * K + (gi) * GROUP));    \
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(wa, _mm256_sign_epi8(a, wv))), \
-                                     _mm256_broadcast_ss(xd + r * G + (gi)), acc[r]);        \
-        }                                                                                    \
-    } while (0)
-
-#define Q8_TILE(RT)                                                                         \
-static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,                       \
-                         const int8_t *wq, const float *wscale,                              \
-                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
-    const int64_t G = K / GROUP;                                                             \
-    for (int64_t n = n0; n < n1; n++) {                                                      \
-        const int8_t *w = wq + n * K;                                                        \
-        __m256 a0[RT], a1[RT];                                                               \
-        for (int r = 0; r < RT; r++) a0[r] = a1[r] = _mm256_setzero_ps();                    \
-        int64_t g = 0;                                                                       \
-        for (; g + 2 <= G; g += 2) {                                                         \
-            Q8_GROUP_ROWS(RT, g, a0);                                                        \
-            Q8_GROUP_ROWS(RT, g + 1, a1);                                                    \
-        }                                                                                    \
-        if (g < G) Q8_GROUP_ROWS(RT, g, a0);                                                 \
-        for (int r = 0; r < RT; r++)                                                         \
-            y[r * N + n] = hsum8(_mm256_add_ps(a0[r], a1[r])) * wscale[n];                   \
-    }                                                                                        \
-}
-#ifdef LMNB_AVX512
-#define Q8_TILE512(RT)                                                                      \
-static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd,                       \
-                         const int8_t *wq, const float *wscale,                              \
-                         int64_t n0, int64_t n1, int64_t N, float *y) {                      \
-    const int64_t G = K / GROUP;                                                             \
-    const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);   \
-    for (int64_t n = n0; n < n1; n++) {                                                      \
-        const int8_t *w = wq + n * K;                                                        \
-        __m512 az[RT];                                                                       \
-        __m256 a0[RT];                                                                       \
-        for (int r = 0; r < RT; r++) az[r] = _mm512_setzero_ps();                            \
-        int64_t g = 0;                                                                       \
-        for (; g + 2 <= G; g += 2) {                                                         \
-            __m512i wv = _mm512_loadu_si512((const void *)(w + g * GROUP));                  \
-            __m512i wa = _mm512_abs_epi8(wv);                                                \
-            __mmask64 neg = _mm512_movepi8_mask(wv);                                         \
-            for (int r = 0; r < RT; r++) {                                                   \
-                __m512i a = _mm512_loadu_si512((const void *)(xq + r * K + g * GROUP));      \
-                a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);                 \
-                __m512 d = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(               \
-                    _mm_castpd_ps(_mm_load_sd((const double *)(xd + r * G + g)))));          \
-                az[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wa, a)), \
-                                        d, az[r]);                                           \
-            }                                                                                \
-        }                                                                                    \
-        for (int r = 0; r < RT; r++) a0[r] = _mm512_castps512_ps256(az[r]);                  \
-        if (g < G) Q8_GROUP_ROWS(RT, g, a0);                                                 \
-        for (int r = 0; r < RT; r++)                                                         \
-            y[r * N + n] = hsum_halves(a0[r], az[r]) * wscale[n];                            \
-    }                                                                                        \
-}
-Q8_TILE512(1) Q8_TILE512(2) Q8_TILE512(3) Q8_TILE512(4)
-Q8_TILE512(5) Q8_TILE512(6) Q8_TILE512(7) Q8_TILE512(8)
-#else
-Q8_TILE(1) Q8_TILE(2) Q8_TILE(3) Q8_TILE(4)
+ALL_TILES(Q4_TILE)
+ALL_TILES(Q8_TILE)
 #endif
 
 static void q4_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const float *xs,
-                    const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,
-                    int64_t n0, int64_t n1, int64_t N, float *y) {
+                    const uint8_t *w, const uint16_t *s, const uint16_t *m, int64_t N, float *y) {
+#ifdef LMNB_AVX2
     switch (rt) {
-    case 1: q4_tile_1(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    case 2: q4_tile_2(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    case 3: q4_tile_3(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-#ifdef LMNB_AVX512
-    case 4: q4_tile_4(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    case 5: q4_tile_5(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    case 6: q4_tile_6(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    case 7: q4_tile_7(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-    default: q4_tile_8(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-#else
-    default: q4_tile_4(K, xq, xd, xs, codes, scale, minv, n0, n1, N, y); break;
-#endif
+#define Q4_CASE(RT) case RT: q4_tile_##RT(K, xq, xd, xs, w, s, m, N, y); return;
+    ALL_TILES(Q4_CASE)
+#undef Q4_CASE
     }
+#endif
+    q4_block_scalar(rt, K, xq, xd, xs, w, s, m, N, y);
 }
 
-static void q8_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd,
-                    const int8_t *wq, const float *wscale,
-                    int64_t n0, int64_t n1, int64_t N, float *y) {
+static void q8_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const int32_t *xc,
+                    const uint8_t *w, const float *ws, int64_t N, float *y) {
+#ifdef LMNB_AVX2
     switch (rt) {
-    case 1: q8_tile_1(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    case 2: q8_tile_2(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    case 3: q8_tile_3(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-#ifdef LMNB_AVX512
-    case 4: q8_tile_4(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    case 5: q8_tile_5(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    case 6: q8_tile_6(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    case 7: q8_tile_7(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-    default: q8_tile_8(K, xq, xd, wq, wscale, n0, n1, N, y); break;
-#else
-    default: q8_tile_4(K, xq, xd, wq, wscale, n0, n1, N, y); break;
+#define Q8_CASE(RT) case RT: q8_tile_##RT(K, xq, xd, xc, w, ws, N, y); return;
+    ALL_TILES(Q8_CASE)
+#undef Q8_CASE
+    }
 #endif
-    }
+    (void)xc;
+    q8_block_scalar(rt, K, xq, xd, w, COLS, ws, N, y);
 }
-#else
-/* Portable C: the same math, one row at a time (exact integer dots, the same grouping). */
-static void q4_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd, const float *xs,
-                    const uint8_t *codes, const uint16_t *scale, const uint16_t *minv,
-                    int64_t n0, int64_t n1, int64_t N, float *y) {
-    const int64_t G = K / GROUP;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *c = codes + n * (K / 2);
-        const uint16_t *s = scale + n * G, *m = minv + n * G;
-        for (int64_t r = 0; r < rt; r++) {
-            float acc = 0.0f, mt = 0.0f;
-            for (int64_t g = 0; g < G; g++) {
-                int32_t dot = 0;
-                for (int i = 0; i < 16; i++) {
-                    dot += (c[g * 16 + i] & 0x0F) * xq[r * K + g * GROUP + i];
-                    dot += (c[g * 16 + i] >> 4) * xq[r * K + g * GROUP + 16 + i];
-                }
-                acc += (float)dot * xd[r * G + g] * half_to_float(s[g]);
-                mt += half_to_float(m[g]) * xs[r * G + g];
-            }
-            y[r * N + n] = acc + mt;
-        }
-    }
-}
-
-static void q8_tile(int64_t rt, int64_t K, const int8_t *xq, const float *xd,
-                    const int8_t *wq, const float *wscale,
-                    int64_t n0, int64_t n1, int64_t N, float *y) {
-    const int64_t G = K / GROUP;
-    for (int64_t n = n0; n < n1; n++) {
-        const int8_t *w = wq + n * K;
-        for (int64_t r = 0; r < rt; r++) {
-            float acc = 0.0f;
-            for (int64_t g = 0; g < G; g++) {
-                int32_t dot = 0;
-                for (int i = 0; i < GROUP; i++) dot += w[g * GROUP + i] * xq[r * K + g * GROUP + i];
-                acc += (float)dot * xd[r * G + g];
-            }
-            y[r * N + n] = acc * wscale[n];
-        }
-    }
-}
-#endif
 
 /* ---- a quantized linear layer and its column-range worker ------------------------------ */
 
 typedef struct {
     int64_t bits, n, k;          /* 4 or 8; output and input features */
-    const void *w;               /* 4-bit: uint8 [n, k/2]; 8-bit: int8 [n, k] */
-    const void *scale;           /* 4-bit: fp16 [n, k/32]; 8-bit: fp32 [n] */
-    const uint16_t *minv;        /* 4-bit: fp16 [n, k/32]; 8-bit: unused */
+    const void *w;               /* the repacked codes (above): 4-bit n * k / 2 bytes, 8-bit n * k */
+    const void *scale;           /* 4-bit: fp16 [n/16, k/32, 16]; 8-bit: fp32 [n] */
+    const uint16_t *minv;        /* 4-bit: fp16 [n/16, k/32, 16]; 8-bit: unused */
     const float *bias;           /* [n] or NULL */
 } lmnb_linear;
 
-/* Quantized activations of R rows of K inputs. */
-typedef struct { const int8_t *q; const float *d, *s; } qrows;
+/* Quantized activations of R rows of K inputs: codes [R, K]; per group [R, K/32] the step,
+ * the fp32 sum of x, and -128 x the sum of the codes (the 8-bit tiles' offset). */
+typedef struct { const int8_t *q; const float *d, *s; const int32_t *c; } qrows;
 
-/* Columns [n0, n1) of y [R, n] = x @ W.T (+ bias): a block of columns at a time, every tile
- * of rows against it while its weights are in the cache, so the weights are read from
- * memory once whatever the number of rows. */
-#define COL_BLOCK 16
+/* Columns [n0, n1) of y [R, n] = x @ W.T (+ bias), n0 a multiple of 16: a block of 16
+ * columns at a time, every tile of rows against it while its weights are in the cache, so
+ * the weights are read from memory once whatever the number of rows. */
 static void linear_cols(const lmnb_linear *L, int64_t R, qrows x, int64_t n0, int64_t n1, float *y) {
-    const int64_t K = L->k, G = K / GROUP;
-    for (int64_t b0 = n0; b0 < n1; b0 += COL_BLOCK) {
-        const int64_t b1 = b0 + COL_BLOCK < n1 ? b0 + COL_BLOCK : n1;
+    const int64_t K = L->k, G = K / GROUP, N = L->n;
+    for (int64_t b0 = n0; b0 < n1; b0 += COLS) {
+        const int64_t width = n1 - b0 < COLS ? n1 - b0 : COLS, blk = b0 / COLS;
         for (int64_t r0 = 0; r0 < R; r0 += TILE) {
-            int64_t rt = R - r0 < TILE ? R - r0 : TILE;
+            const int64_t rt = R - r0 < TILE ? R - r0 : TILE;
+            float *yt = y + r0 * N + b0;
             if (L->bits == 4)
-                q4_tile(rt, K, x.q + r0 * K, x.d + r0 * G, x.s + r0 * G, (const uint8_t *)L->w,
-                        (const uint16_t *)L->scale, L->minv, b0, b1, L->n, y + r0 * L->n);
+                q4_tile(rt, K, x.q + r0 * K, x.d + r0 * G, x.s + r0 * G,
+                        (const uint8_t *)L->w + blk * G * (COLS * GROUP / 2),
+                        (const uint16_t *)L->scale + blk * G * COLS, L->minv + blk * G * COLS, N, yt);
+            else if (width == COLS)
+                q8_tile(rt, K, x.q + r0 * K, x.d + r0 * G, x.c + r0 * G,
+                        (const uint8_t *)L->w + b0 * K, (const float *)L->scale + b0, N, yt);
             else
-                q8_tile(rt, K, x.q + r0 * K, x.d + r0 * G, (const int8_t *)L->w,
-                        (const float *)L->scale, b0, b1, L->n, y + r0 * L->n);
+                q8_block_scalar(rt, K, x.q + r0 * K, x.d + r0 * G, (const uint8_t *)L->w + b0 * K,
+                                width, (const float *)L->scale + b0, N, yt);
         }
     }
     if (L->bias)
@@ -466,22 +458,39 @@ static int thread_count(void) {
 }
 
 /* Buffers for the quantized activations of R rows of up to K inputs. */
-typedef struct { int8_t *q; float *d, *s; } qbuf;
+typedef struct { int8_t *q; float *d, *s; int32_t *c; } qbuf;
 
 static int qbuf_alloc(qbuf *b, int64_t R, int64_t K) {
     const int64_t qbytes = (R * K + 63) / 64 * 64, G = K / GROUP;
-    char *mem = (char *)malloc((size_t)(qbytes + 2 * R * G * (int64_t)sizeof(float)) + 1);
+    char *mem = (char *)malloc((size_t)(qbytes + 3 * R * G * (int64_t)sizeof(float)) + 1);
     if (!mem) return -1;
     b->q = (int8_t *)mem;
     b->d = (float *)(mem + qbytes);
     b->s = b->d + R * G;
+    b->c = (int32_t *)(b->s + R * G);
     return 0;
 }
 
-static qrows qbuf_fill(qbuf *b, const float *x, int64_t R, int64_t K) {
-    lmnb_quant_rows(x, R, K, b->q, b->d, b->s);
-    qrows r = {b->q, b->d, b->s};
+/* Row r of R rows of K inputs (x: that row) into the buffers; rows are independent. */
+static void quant_row(const qbuf *b, int64_t r, const float *x, int64_t K) {
+    const int64_t G = K / GROUP;
+    int8_t *q = b->q + r * K;
+    lmnb_quant_rows(x, 1, K, q, b->d + r * G, b->s + r * G);
+    for (int64_t g = 0; g < G; g++) {
+        int32_t sum = 0;
+        for (int j = 0; j < GROUP; j++) sum += q[g * GROUP + j];
+        b->c[r * G + g] = -128 * sum;
+    }
+}
+
+static qrows qbuf_rows(const qbuf *b) {
+    qrows r = {b->q, b->d, b->s, b->c};
     return r;
+}
+
+static qrows qbuf_fill(qbuf *b, const float *x, int64_t R, int64_t K) {
+    for (int64_t r = 0; r < R; r++) quant_row(b, r, x + r * K, K);
+    return qbuf_rows(b);
 }
 
 /* y [R, n] = x [R, k] @ W.T (+ bias). Returns 0, or -1 when memory ran out. */
@@ -586,8 +595,10 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
     float *h = res + R * H, *qkv = h + R * H, *att = qkv + R * nqkv, *gu = att + R * nq;
     float *act = gu + R * 2 * I, *scores = act + R * I;
     memcpy(res, x, sizeof(float) * (size_t)(R * H));
-    qrows xr = {0};
+    const qrows xr = qbuf_rows(&qb);
 
+    /* The per-row phases (norms, quantization, rotary and the KV writes, residual adds) are
+     * split by rows among the threads: a row's operations are the same whoever does them. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int t = thread_id(), T = thread_count();
@@ -596,15 +607,15 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
         for (int64_t li = 0; li < m->n_layers; li++) {
             const lmnb_layer *L = m->layers + li;
             /* attention block */
-#pragma omp single
-            {
-                for (int64_t r = 0; r < R; r++) rms_norm_row(res + r * H, L->norm1, m->eps, H, h + r * H);
-                xr = qbuf_fill(&qb, h, R, H);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                rms_norm_row(res + r * H, L->norm1, m->eps, H, h + r * H);
+                quant_row(&qb, r, h + r * H, H);
             }
             split_cols(L->qkv.n, t, T, &n0, &n1);
             linear_cols(&L->qkv, R, xr, n0, n1, qkv);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for schedule(static)
             for (int64_t r = 0; r < R; r++) {
                 float *row = qkv + r * nqkv;
                 const float *c = m->cos + pos[r] * D, *s = m->sin + pos[r] * D;
@@ -632,19 +643,17 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
                 const float inv = 1.0f / sum;
                 for (int64_t i = 0; i < D; i++) o[i] *= inv;
             }
-#pragma omp single
-            xr = qbuf_fill(&qb, att, R, nq);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) quant_row(&qb, r, att + r * nq, nq);
             split_cols(L->o.n, t, T, &n0, &n1);
             linear_cols(&L->o, R, xr, n0, n1, h);
 #pragma omp barrier
             /* MLP block */
-#pragma omp single
-            {
-                for (int64_t r = 0; r < R; r++) {
-                    for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
-                    rms_norm_row(res + r * H, L->norm2, m->eps, H, h + r * H);
-                }
-                xr = qbuf_fill(&qb, h, R, H);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) {
+                for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
+                rms_norm_row(res + r * H, L->norm2, m->eps, H, h + r * H);
+                quant_row(&qb, r, h + r * H, H);
             }
             split_cols(L->gate_up.n, t, T, &n0, &n1);
             linear_cols(&L->gate_up, R, xr, n0, n1, gu);
@@ -654,12 +663,12 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
                 const float g = gu[ri / I * 2 * I + ri % I], u = gu[ri / I * 2 * I + I + ri % I];
                 act[ri] = g / (1.0f + expf(-g)) * u;
             }
-#pragma omp single
-            xr = qbuf_fill(&qb, act, R, I);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < R; r++) quant_row(&qb, r, act + r * I, I);
             split_cols(L->down.n, t, T, &n0, &n1);
             linear_cols(&L->down, R, xr, n0, n1, h);
 #pragma omp barrier
-#pragma omp single
+#pragma omp for schedule(static)
             for (int64_t r = 0; r < R; r++)
                 for (int64_t i = 0; i < H; i++) res[r * H + i] += h[r * H + i];
         }

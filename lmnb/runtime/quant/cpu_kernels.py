@@ -26,6 +26,7 @@ import torch
 
 GROUP = 32   # activation and 4-bit weight group along the input dim: GGUF Q4_1's block (the
              # C source's GROUP, which `build` checks; cpu_linear.INT4_GROUP is this one)
+COLS = 16    # output columns per block of the repacked weights (the C source's COLS, checked too)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 ENV_SWITCH = "LMNB_CPU_KERNELS"   # "torch": do not build or use them
@@ -53,11 +54,10 @@ class Model(ctypes.Structure):
                 ("layers", ctypes.POINTER(Layer)), ("final_norm", _P)]
 
 
-def linear_desc(bits: int, weight: torch.Tensor, scale: torch.Tensor, minv: torch.Tensor | None,
-                bias: torch.Tensor | None) -> Linear:
-    """The C view of a layer's buffers (which must stay alive and in place while it is used)."""
-    n = weight.shape[0]
-    k = weight.shape[1] * (2 if bits == 4 else 1)
+def linear_desc(bits: int, n: int, k: int, weight: torch.Tensor, scale: torch.Tensor,
+                minv: torch.Tensor | None, bias: torch.Tensor | None) -> Linear:
+    """The C view of a layer's buffers (which must stay alive and in place while it is used):
+    n outputs, k inputs, the weights as `pack_q4` / `pack_q8` and `pack_cols` leave them."""
     return Linear(bits, n, k, weight.data_ptr(), scale.data_ptr(),
                   None if minv is None else minv.data_ptr(),
                   None if bias is None else bias.data_ptr())
@@ -112,12 +112,59 @@ def fits(n_in: int) -> bool:
     return n_in % GROUP == 0
 
 
+# The kernels' weight layout (see cpu_kernels.c, "the matmul tiles"): blocks of COLS output
+# columns; in a block, each group of GROUP inputs is a run of quads (4 consecutive inputs),
+# a quad holding its 4 codes for each of the block's columns in turn. The packers below
+# and their inverses are the one definition of it on the Python side.
+
 def pack_q4(codes: torch.Tensor) -> torch.Tensor:
-    """codes 0..15 [N, K] -> uint8 [N, K/2]: in each group of 32, byte i holds code i
-    (low nibble) and code i + 16 (high nibble)."""
+    """codes 0..15 [N, K] (N % 16 == 0) -> uint8 [N * K / 2]: per block and group, 4
+    chunks of 64 bytes; chunk i holds quad i (low nibbles) and quad i + 4 (high nibbles)."""
     n, k = codes.shape
-    g = codes.to(torch.uint8).reshape(n, k // GROUP, 2, GROUP // 2)
-    return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    q = codes.to(torch.uint8).reshape(n // COLS, COLS, k // GROUP, 2, 4, 4)   # b c g half i t
+    q = q.permute(0, 2, 3, 4, 1, 5)                                            # b g half i c t
+    return (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1).contiguous()
+
+
+def unpack_q4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The inverse of `pack_q4`: uint8 codes 0..15 [N, K]."""
+    q = packed.reshape(n // COLS, k // GROUP, 1, 4, COLS, 4)
+    q = torch.cat([q & 0x0F, q >> 4], dim=2)                                   # b g half i c t
+    return q.permute(0, 4, 1, 2, 3, 5).reshape(n, k).contiguous()
+
+
+def pack_q8(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes -127..127 [N, K] -> uint8 [N * K], code + 128: per block and group, 8
+    quads of 64 bytes; the last N % 16 columns form a narrower block of the same order."""
+    n, k = codes.shape
+    u = (codes.to(torch.int16) + 128).to(torch.uint8)
+    full = n // COLS * COLS
+    parts = [u[:full].reshape(n // COLS, COLS, k // GROUP, 8, 4).permute(0, 2, 3, 1, 4).reshape(-1)]
+    if full < n:
+        parts.append(u[full:].reshape(n - full, k // GROUP, 8, 4).permute(1, 2, 0, 3).reshape(-1))
+    return torch.cat(parts).contiguous()
+
+
+def unpack_q8(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The inverse of `pack_q8`: int8 codes [N, K]."""
+    full = n // COLS * COLS
+    u = packed.to(torch.int16) - 128
+    rows = [u[:full * k].reshape(n // COLS, k // GROUP, 8, COLS, 4).permute(0, 3, 1, 2, 4).reshape(full, k)]
+    if full < n:
+        rows.append(u[full * k:].reshape(k // GROUP, 8, n - full, 4).permute(2, 0, 1, 3).reshape(n - full, k))
+    return torch.cat(rows).to(torch.int8)
+
+
+def pack_cols(v: torch.Tensor) -> torch.Tensor:
+    """A per-group value [N, G] (the 4-bit scales and mins; N % 16 == 0) -> [N/16, G, 16]."""
+    n, g = v.shape
+    return v.reshape(n // COLS, COLS, g).transpose(1, 2).contiguous()
+
+
+def unpack_cols(v: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_cols`: [N, G]."""
+    b, g, c = v.shape
+    return v.transpose(1, 2).reshape(b * c, g).contiguous()
 
 
 def _cache_dir() -> Path:
@@ -174,8 +221,9 @@ def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         return None, f"loading {out.name} failed: {e}"
-    if lib.lmnb_kernels_group() != GROUP:
-        return None, f"{out.name} groups by {lib.lmnb_kernels_group()}, not {GROUP}"
+    if lib.lmnb_kernels_group() != GROUP or lib.lmnb_kernels_cols() != COLS:
+        return None, (f"{out.name} groups by {lib.lmnb_kernels_group()} inputs and "
+                      f"{lib.lmnb_kernels_cols()} columns, not {GROUP} and {COLS}")
     return Kernels(lib), ""
 
 

@@ -141,19 +141,21 @@ class QuantLinear(nn.Module):
         self.kernels = kernels if own else None
         if bits == 8:
             q, scale = quantize_int8(weight, torch.float32 if own else _ACT)
-            self.register_buffer("qweight", q)
+            # lmnb's kernels: the codes repacked in blocks of 16 columns (cpu_kernels.pack_q8)
+            self.register_buffer("qweight", cpu_kernels.pack_q8(q) if own else q)
             self.register_buffer("scales", scale)
             approx = dequantize_int8(q, scale) if dense else None
         elif bits == 4:
             if not int4_fits(self.out_features, self.in_features):
                 raise ValueError(f"int4 needs out % 16 == 0 and in % {INT4_GROUP} == 0, "
                                  f"got {tuple(weight.shape)}")
-            if own:   # codes packed two per byte; fp16 scale and min per group, [N, K/32] each
+            if own:   # codes two per byte and fp16 scale and min per group, repacked in
+                      # blocks of 16 columns (cpu_kernels.pack_q4, pack_cols)
                 q, s, mn = quantize_int4_min(weight)
                 approx = dequantize_int4_min(q, s, mn) if dense else None
                 self.register_buffer("qweight", cpu_kernels.pack_q4(q))
-                self.register_buffer("scales", s)
-                self.register_buffer("mins", mn)
+                self.register_buffer("scales", cpu_kernels.pack_cols(s))
+                self.register_buffer("mins", cpu_kernels.pack_cols(mn))
             else:
                 q, sz = quantize_int4(weight)
                 approx = dequantize_int4(q, sz) if dense else None
@@ -178,8 +180,9 @@ class QuantLinear(nn.Module):
             buf = getattr(self, name, None)
             if buf is not None and not buf.is_contiguous():
                 setattr(self, name, buf.contiguous())
-        self.desc = cpu_kernels.linear_desc(self.bits, self.qweight, self.scales,
-                                            getattr(self, "mins", None), self.bias)
+        self.desc = cpu_kernels.linear_desc(self.bits, self.out_features, self.in_features,
+                                            self.qweight, self.scales, getattr(self, "mins", None),
+                                            self.bias)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
