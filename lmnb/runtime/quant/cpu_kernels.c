@@ -205,6 +205,21 @@ SCALAR_LOOPS static void q8_block_scalar(int64_t rt, int64_t K, const int8_t *xq
 #ifdef LMNB_AVX512
 static inline __m512i bcast4_512(const int8_t *p) { return _mm512_set1_epi32(load4(p)); }
 
+/* init + the 16 columns' dots with one group of a row's 32 activation bytes (wq: the
+ * group's 8 registers of 4 inputs x 16 columns), in two chains: exact integer sums */
+static inline __attribute__((always_inline)) __m512i
+group_dot_512(__m512i init, const __m512i *wq, const int8_t *a) {
+    __m512i d0 = _mm512_dpbusd_epi32(init, wq[0], bcast4_512(a));
+    __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[1], bcast4_512(a + 4));
+    d0 = _mm512_dpbusd_epi32(d0, wq[2], bcast4_512(a + 8));
+    d1 = _mm512_dpbusd_epi32(d1, wq[3], bcast4_512(a + 12));
+    d0 = _mm512_dpbusd_epi32(d0, wq[4], bcast4_512(a + 16));
+    d1 = _mm512_dpbusd_epi32(d1, wq[5], bcast4_512(a + 20));
+    d0 = _mm512_dpbusd_epi32(d0, wq[6], bcast4_512(a + 24));
+    d1 = _mm512_dpbusd_epi32(d1, wq[7], bcast4_512(a + 28));
+    return _mm512_add_epi32(d0, d1);
+}
+
 #define Q4_TILE(RT)                                                                          \
 static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const float *xs,        \
                          const uint8_t *w, const uint16_t *s, const uint16_t *m, int64_t N,    \
@@ -223,16 +238,8 @@ static void q4_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const flo
         const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + g * COLS))); \
         const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + g * COLS))); \
         UNROLL for (int r = 0; r < RT; r++) {                                                        \
-            const int8_t *a = xq + r * K + g * GROUP;                                         \
-            __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[0], bcast4_512(a));   \
-            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[1], bcast4_512(a + 4)); \
-            d0 = _mm512_dpbusd_epi32(d0, wq[2], bcast4_512(a + 8));                           \
-            d1 = _mm512_dpbusd_epi32(d1, wq[3], bcast4_512(a + 12));                          \
-            d0 = _mm512_dpbusd_epi32(d0, wq[4], bcast4_512(a + 16));                          \
-            d1 = _mm512_dpbusd_epi32(d1, wq[5], bcast4_512(a + 20));                          \
-            d0 = _mm512_dpbusd_epi32(d0, wq[6], bcast4_512(a + 24));                          \
-            d1 = _mm512_dpbusd_epi32(d1, wq[7], bcast4_512(a + 28));                          \
-            const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1));                    \
+            const __m512i d = group_dot_512(_mm512_setzero_si512(), wq, xq + r * K + g * GROUP); \
+            const __m512 f = _mm512_cvtepi32_ps(d);                                           \
             acc[r] = _mm512_fmadd_ps(f, _mm512_mul_ps(sv, _mm512_set1_ps(xd[r * G + g])), acc[r]); \
             acc[r] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xs[r * G + g]), acc[r]);             \
         }                                                                                     \
@@ -250,18 +257,10 @@ static void q8_tile_##RT(int64_t K, const int8_t *xq, const float *xd, const int
         __m512i wq[8];                                                                        \
         UNROLL for (int j = 0; j < 8; j++) wq[j] = _mm512_loadu_si512((const void *)(w + 64 * j));  \
         UNROLL for (int r = 0; r < RT; r++) {                                                        \
-            const int8_t *a = xq + r * K + g * GROUP;                                         \
             /* (code + 128) . x = code . x + 128 sum(x): start from -128 sum(x) */            \
-            __m512i d0 = _mm512_dpbusd_epi32(_mm512_set1_epi32(xc[r * G + g]), wq[0], bcast4_512(a)); \
-            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[1], bcast4_512(a + 4)); \
-            d0 = _mm512_dpbusd_epi32(d0, wq[2], bcast4_512(a + 8));                           \
-            d1 = _mm512_dpbusd_epi32(d1, wq[3], bcast4_512(a + 12));                          \
-            d0 = _mm512_dpbusd_epi32(d0, wq[4], bcast4_512(a + 16));                          \
-            d1 = _mm512_dpbusd_epi32(d1, wq[5], bcast4_512(a + 20));                          \
-            d0 = _mm512_dpbusd_epi32(d0, wq[6], bcast4_512(a + 24));                          \
-            d1 = _mm512_dpbusd_epi32(d1, wq[7], bcast4_512(a + 28));                          \
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(d0, d1)),           \
-                                     _mm512_set1_ps(xd[r * G + g]), acc[r]);                  \
+            const __m512i d = group_dot_512(_mm512_set1_epi32(xc[r * G + g]), wq,            \
+                                            xq + r * K + g * GROUP);                          \
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xd[r * G + g]), acc[r]); \
         }                                                                                     \
     }                                                                                         \
     const __m512 wsv = _mm512_loadu_ps(ws);                                                   \
