@@ -95,8 +95,7 @@ class Scheduler:
         if self.waiting and budget > 0:
             picked += self._admit(budget, sum(k for _, k in picked))
         elif picked and self.mixed:   # running requests only: the others' next tokens ride along
-            going = {id(r) for r, _ in picked}
-            riders = [(r, 1) for r in self.running if r.pending == 1 and id(r) not in going]
+            riders = [(r, 1) for r in self.running if r.pending == 1]   # picked ones have more
             if riders and self.alloc.available() < sum(k for _, k in picked) + len(riders):
                 riders = []   # no room without evicting: they wait for their decode step
         if not picked:
