@@ -43,6 +43,7 @@ class Bench:
         self.args, self.rows, self.rts, self.load_s = args, [], {}, {}
         self.bw = hbm_bandwidth_gbs() * 1e9
         self.short = args.model.removeprefix("dummy:")
+        self.fp8_decode = None   # the FP8 decode kernel shape kv_kernels chose
 
     def emit(self, name: str, **fields) -> None:
         self.rows.append(emit(name, model=self.short, **fields))
@@ -129,10 +130,17 @@ def kernels_part(b: Bench) -> None:
     torch.cuda.empty_cache()
 
 
+FP8_DECODE_SWEEP = [(f16, bn, w, st) for f16 in (False, True) for bn in (64, 128)
+                    for w, st in ((4, 2), (8, 2), (4, 3))]
+
+
 def kv_kernels(b: Bench) -> None:
     """The decode attention kernel alone (llama3-8b's 32 query / 8 KV heads, D = 128) over a
     bf16 pool and an FP8 pool holding the same values, at batch sizes and contexts of the
-    workloads; GB/s counts the K/V bytes (codes + scales) each step must read."""
+    workloads; GB/s counts the K/V bytes (codes + scales) each step must read. Every FP8
+    kernel shape of FP8_DECODE_SWEEP is timed; the best over all cases (sum of times
+    relative to bf16) becomes the runtime's `triton_kernels.FP8_DECODE` for the parts
+    after this one (--fp8-decode fixes it instead)."""
     if not CUDA:
         return
     from lmnb.runtime.attention import triton_kernels as tk
@@ -141,11 +149,11 @@ def kv_kernels(b: Bench) -> None:
 
     h, kvh, d = 32, 8, 128
     g = torch.Generator(device="cuda").manual_seed(0)
-    for bs, ctx in ((1, 512), (1, 4096), (64, 1024), (256, 800), (256, 2048)):
+    configs = FP8_DECODE_SWEEP if b.args.fp8_decode is None else [b.args.fp8_decode]
+    rel = {c: 0.0 for c in configs}
+    for bs, ctx in ((1, 4096), (64, 1024), (256, 800), (256, 2048)):
         tokens = bs * ctx
-        pools = {}
-        for dt in (torch.bfloat16, FP8_KV):
-            pools[dt] = KVPool(tokens, 1, kvh, d, dt, torch.device("cuda"))
+        pools = {dt: KVPool(tokens, 1, kvh, d, dt, torch.device("cuda")) for dt in (torch.bfloat16, FP8_KV)}
         kv = [torch.randn(tokens + 1, kvh, d, device="cuda", generator=g).mul_(0.05).to(torch.bfloat16)
               for _ in range(2)]
         pools[torch.bfloat16].k[0].copy_(kv[0])
@@ -153,30 +161,36 @@ def kv_kernels(b: Bench) -> None:
         f8 = pools[FP8_KV]
         (f8.k[0][:], f8.k_scale[0][:]), (f8.v[0][:], f8.v_scale[0][:]) = quantize_ref(kv[0]), quantize_ref(kv[1])
         del kv
-        perm = torch.randperm(tokens, device="cuda", generator=g).to(torch.int32) + 1
-        table = perm.view(bs, ctx)
+        table = (torch.randperm(tokens, device="cuda", generator=g).to(torch.int32) + 1).view(bs, ctx)
         rows = torch.arange(bs, device="cuda")
         lens = torch.full((bs,), ctx, device="cuda", dtype=torch.int32)
         q = torch.randn(bs, h, d, device="cuda", generator=g).to(torch.bfloat16)
         o = torch.empty_like(q)
         splits = tk.decode_num_splits(bs, kvh, ctx, torch.cuda.get_device_properties(0).multi_processor_count)
         mid = tk.decode_buffers(bs, h, splits, d, q.device)
-        times = {}
-        for dt, pool in pools.items():
-            ks, vs = pool.scales(0)
-
-            def step(pool=pool, ks=ks, vs=vs) -> None:
-                tk.decode_attention(q, pool.k[0], pool.v[0], o, table, rows, lens, d ** -0.5, splits,
-                                    *mid, k_scale=ks, v_scale=vs)
-            times[dt] = _graph_time(step)
-        for dt, t in times.items():
-            name = "fp8" if dt == FP8_KV else "bf16"
-            nbytes = tokens * KVPool.bytes_per_token(1, kvh, d, dt)
-            b.emit("kv_kernel", kv=name, bs=bs, ctx=ctx, splits=splits, us=t * 1e6,
-                   gbs=nbytes / t / 1e9, of_hbm=nbytes / t / b.bw,
-                   speedup=times[torch.bfloat16] / t)
-        del pools
+        bp = pools[torch.bfloat16]
+        t16 = _graph_time(lambda: tk.decode_attention(q, bp.k[0], bp.v[0], o, table, rows, lens,
+                                                      d ** -0.5, splits, *mid))
+        ref = o.float().clone()
+        n16 = tokens * KVPool.bytes_per_token(1, kvh, d, torch.bfloat16)
+        b.emit("kv_kernel", kv="bf16", bs=bs, ctx=ctx, splits=splits, us=t16 * 1e6, gbs=n16 / t16 / 1e9,
+               of_hbm=n16 / t16 / b.bw)
+        n8 = tokens * KVPool.bytes_per_token(1, kvh, d, FP8_KV)
+        for c in configs:
+            def step(c=c) -> None:
+                tk.decode_attention(q, f8.k[0], f8.v[0], o, table, rows, lens, d ** -0.5, splits, *mid,
+                                    k_scale=f8.k_scale[0], v_scale=f8.v_scale[0], fp8_config=c)
+            t = _graph_time(step)
+            err = ((o.float() - ref).norm() / ref.norm()).item()
+            rel[c] += t / t16
+            b.emit("kv_kernel", kv="fp8", config="_".join(map(str, c)), bs=bs, ctx=ctx, splits=splits,
+                   us=t * 1e6, gbs=n8 / t / 1e9, of_hbm=n8 / t / b.bw, speedup=t16 / t, rel_err_vs_bf16=err)
+        del pools, f8, bp
         torch.cuda.empty_cache()
+    best = min(rel, key=rel.get)
+    tk.FP8_DECODE = best
+    b.fp8_decode = best
+    b.emit("kv_kernel_choice", config="_".join(map(str, best)), mean_time_of_bf16=rel[best] / 4)
 
 
 def _graph_time(fn, reps: int = 20) -> float:
@@ -299,6 +313,9 @@ def main() -> None:
     ap.add_argument("--model", default="dummy:llama3-8b")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--modes", default="bf16,fp8,fp8kv")
+    ap.add_argument("--fp8-decode", type=lambda v: tuple(x == "True" if i == 0 else int(x)
+                                                         for i, x in enumerate(v.split(","))),
+                    default=None, help="FP8 decode kernel shape: f16,block_n,warps,stages")
     ap.add_argument("--kv-gb", type=float, default=24.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/results/fp8_llama3-8b.json")
@@ -333,7 +350,7 @@ def _write(b: Bench) -> Path:
     path = Path(b.args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": environment(), "model": b.args.model,
-                                "load_s": b.load_s, "fp8_tiles": {k: list(v) for k, v in chosen_configs().items()},
+                                "load_s": b.load_s, "fp8_decode": b.fp8_decode, "fp8_tiles": {k: list(v) for k, v in chosen_configs().items()},
                                 "results": b.rows}, indent=2, default=str))
     return path
 

@@ -26,6 +26,7 @@ from lmnb.errors import LmnbError
 
 FP8_KV = torch.float8_e4m3fn
 FP8_MAX = 448.0                 # largest finite e4m3 value
+INV_FP8_MAX = 1.0 / 448.0       # scale = amax * fp32(1 / 448): one fp32 multiply, as the kernels
 SCALE_DTYPE = torch.float32     # one per (token, KV head), beside the codes
 # the names `kv_cache_dtype` takes -> the canonical one ("fp8" is vLLM / SGLang's alias)
 KV_CACHE_DTYPES = {"fp8_e4m3": "fp8_e4m3", "fp8": "fp8_e4m3"}
@@ -66,12 +67,13 @@ def label(dtype: torch.dtype) -> str:
 
 # ---------------------------------------------------------------------------- reference
 def quantize_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., D] -> (e4m3 codes [..., D], fp32 scales [...]): scale = amax / 448 of each
-    row (1.0 for an all-zero row), codes = x / scale. The Triton writers compute exactly
-    this (IEEE division, round to nearest)."""
+    """x [..., D] -> (e4m3 codes [..., D], fp32 scales [...]): scale = amax * fp32(1/448)
+    of each row (1.0 for an all-zero row), codes = x / scale. The Triton writers compute
+    exactly this (one fp32 multiply, IEEE division, round to nearest even)."""
     xf = x.float()
     amax = xf.abs().amax(-1)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    inv = torch.tensor(INV_FP8_MAX, dtype=torch.float32, device=x.device)
+    scale = torch.where(amax > 0, amax * inv, torch.ones_like(amax))
     codes = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_KV)
     return codes, scale
 

@@ -165,7 +165,9 @@ def _check(out, q, fp8, bf16_pool, batch, scale):
 
 @pytest.mark.parametrize("bs,group,head_dim", [(1, 1, 128), (4, 4, 128), (9, 8, 64), (33, 4, 128)])
 @pytest.mark.parametrize("num_splits", [1, 4])
-def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits):
+@pytest.mark.parametrize("config", [(False, 64, 4, 2), (True, 64, 4, 2), (True, 128, 8, 2), None])
+def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
+    """Each FP8 decode kernel shape (bf16 or fp16 operands; None: the default)."""
     rng = random.Random(bs * group + num_splits)
     lens = [rng.randint(1, 600) for _ in range(bs)]
     h, kvh = _heads(group)
@@ -176,7 +178,7 @@ def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits):
     o = torch.full_like(case.q, float("nan"))
     tk.decode_attention(case.q, fp8.k[0], fp8.v[0], o, b.req_to_token, b.req_pool_indices,
                         b.seq_lens, case.scale, num_splits, k_scale=fp8.k_scale[0],
-                        v_scale=fp8.v_scale[0])
+                        v_scale=fp8.v_scale[0], fp8_config=config)
     _check(o, case.q, fp8, case.pool, b, case.scale)
 
 

@@ -122,11 +122,20 @@ def _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end, q_pos
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    pv = p
     if QUANT:
         vs = tl.load(VS + slots * stride_st + kvh, mask=mask_n, other=0.0)
-        pv = p * vs[None, :]
-    acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
+        if q.dtype == tl.float16:
+            # fp16 operands (a bf16 model's q cast once, see F16 in decode_attention): the
+            # V scales relative to the block's largest keep p * scale out of fp16 subnormals
+            vmax = tl.max(vs, 0)
+            vmax = tl.where(vmax > 0, vmax, 1.0)
+            pv = (p * (vs / vmax)[None, :]).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(q.dtype), input_precision=DOT_PREC) * vmax
+        else:
+            pv = (p * vs[None, :]).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(q.dtype), input_precision=DOT_PREC)
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
     return acc, m_new, l_i
 
 
@@ -233,7 +242,8 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
                          stride_mh, stride_ms, stride_lb, stride_lh, stride_r2t, num_splits,
                          head_dim, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
-                         DOT_PREC: tl.constexpr, QUANT: tl.constexpr, PDL: tl.constexpr):
+                         DOT_PREC: tl.constexpr, QUANT: tl.constexpr, F16: tl.constexpr,
+                         PDL: tl.constexpr):
     pdl_start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -251,6 +261,8 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
     mask_d = offs_d < head_dim
     q = tl.load(Q + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    if F16:   # e4m3 -> fp16 is one instruction per pair, -> bf16 is several
+        q = q.to(tl.float16)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -298,6 +310,9 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
 
 
 DECODE_BLOCK_N = 64
+# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages);
+# from the kv_kernels sweep of bench/fp8_bench.py (H200, see bench/RESULTS.md)
+FP8_DECODE = (True, 64, 4, 2)
 
 
 def decode_num_splits(bs: int, num_kv_heads: int, max_len: int, num_sms: int,
@@ -322,14 +337,20 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                      num_splits: int, mid_o: torch.Tensor | None = None,
                      mid_lse: torch.Tensor | None = None, block_n: int = DECODE_BLOCK_N,
                      num_warps: int = 4, num_stages: int = 2, k_scale: torch.Tensor | None = None,
-                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                     v_scale: torch.Tensor | None = None, fp8_config: tuple | None = None) -> torch.Tensor:
     """One query per request over its whole context. q, o: [bs, H, D]. With
     num_splits > 1, mid_o / mid_lse (see `decode_buffers`, at least bs x H x splits) hold
     the partial results; no host sync happens here. k_scale / v_scale: an FP8 pool's
-    scales (see the module docstring)."""
+    scales (see the module docstring); their kernel shape is `fp8_config` (default
+    FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages).
+    The fp16 cast keeps |q| < 65504 (far above any q of a working model)."""
     bs, h, d = q.shape
     if bs == 0:
         return o
+    f16 = False
+    if k_scale is not None:
+        f16, block_n, num_warps, num_stages = fp8_config or FP8_DECODE
+        f16 = f16 and q.dtype == torch.bfloat16
     kvh = k_buf.shape[1]
     group = h // kvh
     direct = num_splits == 1
@@ -348,7 +369,7 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2) if not direct else 0,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant,
+        BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant, F16=f16,
         PDL=pdl_enabled(q.device), num_warps=num_warps, num_stages=num_stages,
         **launch_kwargs(q.device),
     )

@@ -8,13 +8,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0   # kv_dtype.FP8_MAX
+INV_FP8_MAX: tl.constexpr = tl.constexpr(1.0 / 448.0)   # kv_dtype.INV_FP8_MAX
 
 
 @triton.jit
 def row_scales(amax):
-    """amax / 448 per row; 1.0 for an all-zero row (its codes are 0 either way)."""
-    return tl.where(amax > 0, tl.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32)), 1.0)
+    """amax * fp32(1/448) per row; 1.0 for an all-zero row (its codes are 0 either way)."""
+    return tl.where(amax > 0, amax * INV_FP8_MAX, 1.0)
 
 
 @triton.jit
