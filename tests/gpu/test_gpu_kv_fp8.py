@@ -165,7 +165,8 @@ def _check(out, q, fp8, bf16_pool, batch, scale):
 
 @pytest.mark.parametrize("bs,group,head_dim", [(1, 1, 128), (4, 4, 128), (9, 8, 64), (33, 4, 128)])
 @pytest.mark.parametrize("num_splits", [1, 4])
-@pytest.mark.parametrize("config", [(False, 64, 4, 2), (True, 64, 4, 2), (True, 128, 8, 2), None])
+@pytest.mark.parametrize("config", [(False, 64, 4, 2), (True, 64, 4, 2), (True, 128, 8, 2),
+                                    (False, 128, 4, 3), None])
 def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
     """Each FP8 decode kernel shape (bf16 or fp16 operands; None: the default)."""
     rng = random.Random(bs * group + num_splits)

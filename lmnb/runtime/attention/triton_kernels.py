@@ -310,9 +310,10 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
 
 
 DECODE_BLOCK_N = 64
-# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages);
-# from the kv_kernels sweep of bench/fp8_bench.py (H200, see bench/RESULTS.md)
-FP8_DECODE = (True, 64, 4, 2)
+# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages); the
+# best of 12 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md, 2026-12-02):
+# 128-key blocks, 3 stages (1.25-1.7x the bf16 kernel's shape on FP8); fp16 operands did not pay
+FP8_DECODE = (False, 128, 4, 3)
 
 
 def decode_num_splits(bs: int, num_kv_heads: int, max_len: int, num_sms: int,
