@@ -28,7 +28,6 @@ from gpu_common import (
 needs_gpu_or_interpreter()
 pytestmark = pytest.mark.gpu
 
-from lmnb.runtime import kv_dtype
 from lmnb.runtime.attention import triton_kernels as tk
 from lmnb.runtime.attention.torch_backend import TorchBackend
 from lmnb.runtime.attention.triton_backend import TritonBackend
