@@ -3,6 +3,12 @@ latency against the roofline, and the throughput workload.
 
     python bench/fp8_bench.py --model dummy:llama3-8b --out $OUT/fp8_llama3-8b.json
 
+Modes (--modes): bf16; fp8 (FP8 weights); fp8kv (FP8 weights + FP8 KV cache,
+`kv_cache_dtype="fp8_e4m3"`). All get the same --kv-gb, so the FP8 KV pool holds ~1.9x
+the tokens. `kv_kernels` times the decode attention kernel alone over a bf16 and an FP8
+pool (GB/s of K/V read); accuracy compares each FP8 mode with bf16, and fp8kv with fp8
+(the KV cache's own error).
+
 Parts (--only): kernels (the FP8 dispatch vs bf16 F.linear on the model's projection
 shapes, each over distinct weight copies in one CUDA graph: weights from HBM), accuracy (bench/fp8_accuracy.py: FP8 vs bf16 logits on the same random weights,
 greedy-token agreement over 256 steps), latency (batch 1, 128 in / 256 out, ms/token and
@@ -37,18 +43,26 @@ class Bench:
         self.args, self.rows, self.rts, self.load_s = args, [], {}, {}
         self.bw = hbm_bandwidth_gbs() * 1e9
         self.short = args.model.removeprefix("dummy:")
+        self.fp8_decode = None   # the FP8 decode kernel shape kv_kernels chose
 
     def emit(self, name: str, **fields) -> None:
         self.rows.append(emit(name, model=self.short, **fields))
 
+    @property
+    def modes(self) -> list[str]:
+        return self.args.modes.split(",")
+
     def runtime(self, mode: str):
-        """'bf16' or 'fp8', loaded once (both stay resident: 8B bf16 + FP8 + two KV pools
-        fit an H200)."""
+        """'bf16', 'fp8' or 'fp8kv', loaded once (all stay resident: 8B bf16 + 2 x FP8 +
+        three 24 GB KV pools fit an H200)."""
         if mode not in self.rts:
+            # no drafts (on CUDA none unless asked anyway): accuracy reads one logits row per step
             kw = dict(device=self.args.device, dtype="bfloat16", kv_memory_gb=self.args.kv_gb,
-                      context_length=8192)
-            if mode == "fp8":
+                      context_length=8192, speculative="off")
+            if mode in ("fp8", "fp8kv"):
                 kw["quantization"] = "fp8"
+            if mode == "fp8kv":
+                kw["kv_cache_dtype"] = "fp8_e4m3"
             _sync()
             t = time.perf_counter()
             rt = lm.Runtime(self.args.model, **kw)
@@ -59,6 +73,7 @@ class Bench:
             self.emit("load", mode=mode, load_s=self.load_s[mode], warm_s=time.perf_counter() - t,
                       weight_gb=weight_bytes_per_step(rt) / 1e9,
                       gpu_mem_gb=torch.cuda.memory_allocated() / 1e9 if CUDA else 0.0,
+                      pool_tokens=rt.pool.size, kv_cache=rt.kv_cache_label.replace(" ", "_"),
                       quantization=(rt.quantization or "none").replace(" ", "_"))
             self.rts[mode] = rt
         return self.rts[mode]
@@ -115,17 +130,110 @@ def kernels_part(b: Bench) -> None:
     torch.cuda.empty_cache()
 
 
+FP8_DECODE_SWEEP = [(f16, bn, w, st) for f16 in (False, True) for bn in (64, 128)
+                    for w, st in ((4, 2), (8, 2), (4, 3))]
+
+
+def kv_kernels(b: Bench) -> None:
+    """The decode attention kernel alone (llama3-8b's 32 query / 8 KV heads, D = 128) over a
+    bf16 pool and an FP8 pool holding the same values, at batch sizes and contexts of the
+    workloads; GB/s counts the K/V bytes (codes + scales) each step must read. Every FP8
+    kernel shape of FP8_DECODE_SWEEP is timed; the best over all cases (sum of times
+    relative to bf16) becomes the runtime's `triton_kernels.FP8_DECODE` for the parts
+    after this one (--fp8-decode fixes it instead)."""
+    if not CUDA:
+        return
+    from lmnb.runtime.attention import triton_kernels as tk
+    from lmnb.runtime.kv_dtype import FP8_KV, quantize_ref
+    from lmnb.runtime.memory import KVPool
+
+    h, kvh, d = 32, 8, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    configs = FP8_DECODE_SWEEP if b.args.fp8_decode is None else [b.args.fp8_decode]
+    rel = {c: 0.0 for c in configs}
+    for bs, ctx in ((1, 4096), (64, 1024), (256, 800), (256, 2048)):
+        tokens = bs * ctx
+        pools = {dt: KVPool(tokens, 1, kvh, d, dt, torch.device("cuda")) for dt in (torch.bfloat16, FP8_KV)}
+        kv = [torch.randn(tokens + 1, kvh, d, device="cuda", generator=g).mul_(0.05).to(torch.bfloat16)
+              for _ in range(2)]
+        pools[torch.bfloat16].k[0].copy_(kv[0])
+        pools[torch.bfloat16].v[0].copy_(kv[1])
+        f8 = pools[FP8_KV]
+        (f8.k[0][:], f8.k_scale[0][:]), (f8.v[0][:], f8.v_scale[0][:]) = quantize_ref(kv[0]), quantize_ref(kv[1])
+        del kv
+        table = (torch.randperm(tokens, device="cuda", generator=g).to(torch.int32) + 1).view(bs, ctx)
+        rows = torch.arange(bs, device="cuda")
+        lens = torch.full((bs,), ctx, device="cuda", dtype=torch.int32)
+        q = torch.randn(bs, h, d, device="cuda", generator=g).to(torch.bfloat16)
+        o = torch.empty_like(q)
+        splits = tk.decode_num_splits(bs, kvh, ctx, torch.cuda.get_device_properties(0).multi_processor_count)
+        mid = tk.decode_buffers(bs, h, splits, d, q.device)
+        bp = pools[torch.bfloat16]
+        t16 = _graph_time(lambda: tk.decode_attention(q, bp.k[0], bp.v[0], o, table, rows, lens,
+                                                      d ** -0.5, splits, *mid))
+        ref = o.float().clone()
+        n16 = tokens * KVPool.bytes_per_token(1, kvh, d, torch.bfloat16)
+        b.emit("kv_kernel", kv="bf16", bs=bs, ctx=ctx, splits=splits, us=t16 * 1e6, gbs=n16 / t16 / 1e9,
+               of_hbm=n16 / t16 / b.bw)
+        n8 = tokens * KVPool.bytes_per_token(1, kvh, d, FP8_KV)
+        for c in configs:
+            def step(c=c) -> None:
+                tk.decode_attention(q, f8.k[0], f8.v[0], o, table, rows, lens, d ** -0.5, splits, *mid,
+                                    k_scale=f8.k_scale[0], v_scale=f8.v_scale[0], fp8_config=c)
+            t = _graph_time(step)
+            err = ((o.float() - ref).norm() / ref.norm()).item()
+            rel[c] += t / t16
+            b.emit("kv_kernel", kv="fp8", config="_".join(map(str, c)), bs=bs, ctx=ctx, splits=splits,
+                   us=t * 1e6, gbs=n8 / t / 1e9, of_hbm=n8 / t / b.bw, speedup=t16 / t, rel_err_vs_bf16=err)
+        del pools, f8, bp
+        torch.cuda.empty_cache()
+    best = min(rel, key=rel.get)
+    tk.FP8_DECODE = best
+    b.fp8_decode = best
+    b.emit("kv_kernel_choice", config="_".join(map(str, best)), mean_time_of_bf16=rel[best] / 4)
+
+
+def _graph_time(fn, reps: int = 20) -> float:
+    """Median seconds of one call, from CUDA-graph replays of `reps` calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    out = []
+    for _ in range(5):
+        a, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        out.append(a.elapsed_time(e) / 1e3 / reps)
+    return statistics.median(out)
+
+
 def accuracy(b: Bench) -> None:
-    ref, q = b.runtime("bf16"), b.runtime("fp8")
-    prompt = random_tokens(random.Random(0), 128, ref.model_config.vocab_size)
-    r = compare(ref, q, prompt, steps=32 if b.args.small else 256)
-    b.emit("accuracy", **r)
+    """Each FP8 mode against bf16 on the same weights, and FP8 KV against FP8 weights
+    alone (the KV cache's own error)."""
+    steps = 32 if b.args.small else 256
+    pairs = [("bf16", m) for m in b.modes if m != "bf16"]
+    if "fp8" in b.modes and "fp8kv" in b.modes:
+        pairs.append(("fp8", "fp8kv"))
+    for ref_mode, mode in pairs:
+        ref, q = b.runtime(ref_mode), b.runtime(mode)
+        prompt = random_tokens(random.Random(0), 128, ref.model_config.vocab_size)
+        r = compare(ref, q, prompt, steps=steps)
+        b.emit("accuracy", mode=mode, against=ref_mode, **r)
 
 
 def latency(b: Bench) -> None:
     """Batch 1, 128-token prompt, 256 new tokens: decode ms/token against the roofline."""
     out = {}
-    for mode in ("bf16", "fp8"):
+    for mode in b.modes:
         rt, new = b.runtime(mode), 32 if b.args.small else 256
         prompt = random_tokens(random.Random(0), 128, rt.model_config.vocab_size)
 
@@ -136,22 +244,24 @@ def latency(b: Bench) -> None:
         metas = [once() for _ in range(b.args.repeats)]
         decode_s = statistics.median((m["e2e_latency"] - m["ttft"]) / (m["completion_tokens"] - 1)
                                      for m in metas)
-        c = rt.model_config
-        kv_bytes = rt.pool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, rt.dtype) * (128 + new // 2)
+        kv_bytes = rt.pool.token_bytes * (128 + new // 2)   # codes + scales for FP8 KV
         step_bytes = weight_bytes_per_step(rt) + kv_bytes
         floor = step_bytes / b.bw
         out[mode] = decode_s
         b.emit("latency", mode=mode, ms_tok=decode_s * 1e3, tok_s=1 / decode_s,
                floor_ms=floor * 1e3, of_roofline=floor / decode_s,
                achieved_gbs=step_bytes / decode_s / 1e9, hbm_gbs=b.bw / 1e9,
-               target_ms=2.6 if mode == "fp8" else None)
-    b.emit("latency_fp8_vs_bf16", speedup=out["bf16"] / out["fp8"], fp8_ms_tok=out["fp8"] * 1e3,
-           target_ms=2.6, met=out["fp8"] * 1e3 <= 2.6)
+               target_ms=2.6 if mode != "bf16" else None)
+    for mode in (m for m in b.modes if m != "bf16" and "bf16" in out):
+        b.emit(f"latency_{mode}_vs_bf16", speedup=out["bf16"] / out[mode], ms_tok=out[mode] * 1e3,
+               target_ms=2.6, met=out[mode] * 1e3 <= 2.6)
+    if "fp8" in out and "fp8kv" in out:
+        b.emit("latency_fp8kv_vs_fp8", speedup=out["fp8"] / out["fp8kv"], not_slower=out["fp8kv"] <= out["fp8"] * 1.01)
 
 
 def decode_steps(b: Bench) -> None:
     """GPU time of one graph replay (padding rows: weights only, no KV)."""
-    for mode in ("bf16", "fp8"):
+    for mode in b.modes:
         rt = b.runtime(mode)
         runner = rt.engine.runner
         if not CUDA or runner.graphs is None:
@@ -174,7 +284,7 @@ def _throughput_workload(vocab: int, seed: int = 0, n: int = 256):
 def throughput(b: Bench) -> None:
     """256 requests, input and output lengths uniform in [100, 1024], seed 0, ignore_eos."""
     res = {}
-    for mode in ("bf16", "fp8"):
+    for mode in b.modes:
         rt = b.runtime(mode)
         prompts, outs = _throughput_workload(rt.model_config.vocab_size, n=16 if b.args.small else 256)
         if b.args.small:
@@ -187,19 +297,25 @@ def throughput(b: Bench) -> None:
         res[mode] = sum(outs) / t
         b.emit("throughput", mode=mode, requests=len(prompts), out_tokens=sum(outs), seconds=t,
                tok_s=res[mode], decode_steps=after["decode_steps"] - before["decode_steps"],
-               max_bs=after.get("max_batch_size"), pool_tokens=rt.pool.size)
-    b.emit("throughput_fp8_vs_bf16", speedup=res["fp8"] / res["bf16"], target=1.4,
-           met=res["fp8"] / res["bf16"] >= 1.4)
+               max_bs=after.get("max_batch_size"), pool_tokens=rt.pool.size,
+               kv_cache=rt.kv_cache_label.split(" ")[0])
+    for mode in (m for m in b.modes if m != "bf16" and "bf16" in res):
+        b.emit(f"throughput_{mode}_vs_bf16", speedup=res[mode] / res["bf16"], target=1.4,
+               met=res[mode] / res["bf16"] >= 1.4)
 
 
-PARTS = {"kernels": kernels_part, "accuracy": accuracy, "latency": latency,
-         "decode_steps": decode_steps, "throughput": throughput}
+PARTS = {"kernels": kernels_part, "kv_kernels": kv_kernels, "accuracy": accuracy,
+         "latency": latency, "decode_steps": decode_steps, "throughput": throughput}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="dummy:llama3-8b")
     ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--modes", default="bf16,fp8,fp8kv")
+    ap.add_argument("--fp8-decode", type=lambda v: tuple(x == "True" if i == 0 else int(x)
+                                                         for i, x in enumerate(v.split(","))),
+                    default=None, help="FP8 decode kernel shape: f16,block_n,warps,stages")
     ap.add_argument("--kv-gb", type=float, default=24.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/results/fp8_llama3-8b.json")
@@ -234,7 +350,7 @@ def _write(b: Bench) -> Path:
     path = Path(b.args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": environment(), "model": b.args.model,
-                                "load_s": b.load_s, "fp8_tiles": {k: list(v) for k, v in chosen_configs().items()},
+                                "load_s": b.load_s, "fp8_decode": b.fp8_decode, "fp8_tiles": {k: list(v) for k, v in chosen_configs().items()},
                                 "results": b.rows}, indent=2, default=str))
     return path
 

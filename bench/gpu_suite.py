@@ -92,8 +92,7 @@ def latency(s: Suite) -> None:
     metas = [once() for _ in range(s.args.repeats + 2)]
     decode_s = statistics.median((m["e2e_latency"] - m["ttft"]) / (m["completion_tokens"] - 1)
                                  for m in metas)
-    kv_bytes = rt.pool.bytes_per_token(rt.model_config.num_layers, rt.model_config.num_kv_heads,
-                                       rt.model_config.head_dim, rt.dtype) * (128 + new // 2)
+    kv_bytes = rt.pool.token_bytes * (128 + new // 2)
     step_bytes = weight_bytes_per_step(rt) + kv_bytes
     floor = step_bytes / s.bw
     # HF: the difference of two generate lengths is its decode time (prefill cancels);

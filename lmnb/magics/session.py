@@ -103,9 +103,12 @@ class KernelSession:
         c = rt.stats()
         dtype = getattr(rt, "weights_label", None) or str(rt.dtype).removeprefix("torch.")
         quant = getattr(rt, "quant", None) and rt.quantization
+        kv = getattr(rt, "kv_cache_label", "")
+        kv = kv if kv.startswith("fp8") else ""   # shown when it differs from the model dtype
         lines = [
             (f"model: {rt.spec} on {rt.device.type} ({dtype}), attention {rt.attention_backend}, "
-             f"context {rt.context_len} tokens" + (f"; weights {quant}" if quant else "")),
+             f"context {rt.context_len} tokens" + (f"; weights {quant}" if quant else "")
+             + (f"; KV cache {kv}" if kv else "")),
             (f"KV pool: {st['pool_size']} slots, {st['free_slots']} free, {st['cached_tokens']} cached, "
              f"{st['in_use_tokens']} in use"),
             (f"radix cache: {st['nodes']} nodes, hit rate {100 * st['hit_rate']:.0f}% "

@@ -12,6 +12,7 @@ import mmap
 import torch
 
 from lmnb.errors import LmnbError
+from lmnb.runtime import kv_dtype
 
 
 class TokenSlotAllocator:
@@ -66,29 +67,68 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 class KVPool:
-    """K and V buffers per layer, `[size + 1, kv_heads, head_dim]` each."""
+    """K and V buffers per layer, `[size + 1, kv_heads, head_dim]` each.
+
+    With `dtype` FP8 (`kv_dtype.FP8_KV`) the buffers hold e4m3 codes and `k_scale[layer]`
+    / `v_scale[layer]` (`[size + 1, kv_heads]` fp32) the scale of each row (see kv_dtype:
+    one per token and KV head); otherwise the scale lists are None. Every writer quantizes
+    (`store` here, the Triton backend's store kernels) and every reader dequantizes."""
 
     def __init__(self, size: int, num_layers: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
         self.size, self.dtype, self.device = size, dtype, device
+        self.quantized = kv_dtype.is_fp8(dtype)
         self.allocator = TokenSlotAllocator(size)
         shape = (size + 1, kv_heads, head_dim)
+        self.k, self.v = self._buffers(num_layers, shape, dtype, device)
+        self.k_scale = self.v_scale = None
+        if self.quantized:
+            self.k_scale, self.v_scale = self._buffers(num_layers, shape[:2], kv_dtype.SCALE_DTYPE, device)
+
+    @staticmethod
+    def _buffers(num_layers: int, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if torch.device(device).type == "cpu":
             # zero pages from the kernel, resident only once written: a pool sized for a
             # long context costs the memory of the tokens it holds
             kv = lazy_zeros((2, num_layers) + shape, dtype)
-            self.k, self.v = list(kv[0]), list(kv[1])
-        else:
-            self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-            self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+            return list(kv[0]), list(kv[1])
+        return ([torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)],
+                [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)])
 
     @staticmethod
     def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * num_layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+        """K/V bytes of one token over all layers, scales included (`kv_dtype.bytes_per_token`)."""
+        return kv_dtype.bytes_per_token(num_layers, kv_heads, head_dim, dtype)
+
+    @property
+    def token_bytes(self) -> int:
+        """What one token of this pool costs in bytes."""
+        return self.bytes_per_token(len(self.k), self.k[0].shape[1], self.k[0].shape[2], self.dtype)
 
     def store(self, layer: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.quantized:
+            (self.k[layer][loc], self.k_scale[layer][loc]) = kv_dtype.quantize_ref(k)
+            (self.v[layer][loc], self.v_scale[layer][loc]) = kv_dtype.quantize_ref(v)
+            return
         self.k[layer][loc] = k.to(self.dtype)
         self.v[layer][loc] = v.to(self.dtype)
+
+    def read(self, layer: int, rows, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) of `layer` at `rows` (a slice, an index tensor, or a function of a
+        buffer returning its rows) in `dtype`, dequantized when FP8."""
+        pick = rows if callable(rows) else (lambda buf: buf[rows])
+        k, v = pick(self.k[layer]), pick(self.v[layer])
+        if not self.quantized:
+            return k.to(dtype), v.to(dtype)
+        return (kv_dtype.dequantize_ref(k, pick(self.k_scale[layer]), dtype),
+                kv_dtype.dequantize_ref(v, pick(self.v_scale[layer]), dtype))
+
+    def scales(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(k_scale, v_scale) of `layer`, or (None, None) for a pool in the model dtype."""
+        if not self.quantized:
+            return None, None
+        return self.k_scale[layer], self.v_scale[layer]
 
 
 class ReqToTokenPool:

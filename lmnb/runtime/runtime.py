@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from lmnb.errors import EngineError, LmnbError
-from lmnb.runtime import loader
+from lmnb.runtime import kv_dtype, loader
 from lmnb.runtime.attention import create_backend
 from lmnb.runtime.cpu_threads import serial_caller
 from lmnb.runtime.device_sampling import DeviceSampler
@@ -67,6 +67,7 @@ class Runtime:
         self.spec = spec
         self.config = RuntimeConfig.make(device=device, **options)
         self.engine = None
+        _check_fp8_kv(self.config, torch.device(self.config.device))
         # the load runs with one intra-op thread here, so that this thread starts no OpenMP
         # team and the engine thread's steps keep theirs spinning (cpu_threads.py)
         with serial_caller(self.config.device) as threads:
@@ -74,6 +75,7 @@ class Runtime:
             self.loaded, self.model_config, self.tokenizer = lm, lm.config, lm.tokenizer
             cfg, rc = lm.config, self.config
             self.device, self.dtype = torch.device(rc.device), rc.torch_dtype
+            self.kv_dtype = rc.kv_storage_dtype(self.dtype)
             mode = rc.resolved_quantization(loader.is_quantized_checkpoint(spec))
             self.quant = fp8.plan_fp8(mode, lm.hf_config, cfg, self.device, self.dtype)
             self.quantization = fp8.describe(self.quant, lm.hf_config, self.dtype) if mode in (None, "fp8") else mode
@@ -123,12 +125,15 @@ class Runtime:
             self.quantization_info = model.quantize(self.quantization)
         elif self.quant is not None:
             fp8.quantize_head(model, self.quant)
-        pool = KVPool(rc.pool_tokens(cfg, self.dtype), cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                      self.dtype, self.device)
-        req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
         backend = create_backend(rc.attention, self.device.type, num_heads=cfg.num_heads,
                                  num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                                  scale=cfg.head_dim ** -0.5)
+        if kv_dtype.is_fp8(self.kv_dtype) and not backend.reads_fp8_kv:
+            raise LmnbError(f"attention={backend.name!r} cannot read lmnb's FP8 KV cache (a scale per "
+                            "token and KV head); use attention='triton' or drop kv_cache_dtype")
+        pool = KVPool(rc.pool_tokens(cfg, self.kv_dtype), cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                      self.kv_dtype, self.device)
+        req_pool = ReqToTokenPool(rc.max_running_requests + 1, self.context_len + 1, self.device)
         return ModelRunner(model, backend, pool, req_pool, cuda_graph=rc.cuda_graph,
                            exact_rows=self.exact_rows)
 
@@ -332,12 +337,19 @@ class Runtime:
         dtype = str(self.dtype).removeprefix("torch.")
         return dtype if self.quantization is None else f"{self.quantization} weights, {dtype}"
 
+    @property
+    def kv_cache_label(self) -> str:
+        """The KV cache's format: 'bfloat16', or 'fp8_e4m3 (scale per token and KV head)'."""
+        name = kv_dtype.label(self.kv_dtype)
+        return f"{name} (scale per token and KV head)" if kv_dtype.is_fp8(self.kv_dtype) else name
+
     def describe(self) -> str:
         """One line: model, device, weight format and the kernels chosen."""
         dtype = str(self.dtype).removeprefix("torch.")
         q = self.quantization_info
         weights = f"weights {q['summary']}, {q['weight_mb']} MiB" if q else f"weights {dtype}"
-        return (f"{self.spec} on {self.device.type}: {weights}; activations and KV cache {dtype}; "
+        kv = "KV cache " + self.kv_cache_label
+        return (f"{self.spec} on {self.device.type}: {weights}; activations {dtype}, {kv}; "
                 f"attention {self.attention_backend}")
 
     def _call(self, fn):
@@ -373,7 +385,21 @@ class Runtime:
             q = f", quantization={self.quantization!r}"
         elif self.quantization:
             q = ", fp8 checkpoint dequantized"
+        if kv_dtype.is_fp8(self.kv_dtype):
+            q += f", kv_cache_dtype={self.config.kv_cache_dtype!r}"
         return f"Runtime({self.spec!r}, device={self.device.type!r}, dtype={str(self.dtype).removeprefix('torch.')}{q})"
+
+
+def _check_fp8_kv(rc: RuntimeConfig, device: torch.device) -> None:
+    """A one-line error where the FP8 KV cache cannot run: it needs a CUDA GPU with FP8
+    (the CPU tests fake that support, as for FP8 weights, and run the torch reference)."""
+    if rc.kv_cache_dtype is None:
+        return
+    why = fp8.fp8_unsupported_reason(device)
+    if why is not None:
+        raise LmnbError(f"kv_cache_dtype={rc.kv_cache_dtype!r} needs a CUDA GPU of compute capability "
+                        f"8.9+ with triton, but {why}; drop kv_cache_dtype (the KV cache then stays in "
+                        "the model dtype)")
 
 
 def _return_freed_memory() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from lmnb.errors import LmnbError
+from lmnb.runtime import kv_dtype
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
 
@@ -35,7 +36,10 @@ class RuntimeConfig:
     GPUs of compute capability 8.9+; see lmnb.runtime.quant.fp8); 'q8' / 'q4' keep the
     weights as int8 / int4 on the CPU; None or 'none' keeps them in `dtype`; 'auto'
     (default) means q4 on the CPU for a GGUF checkpoint when no dtype is given, else none.
-    kv_cache_dtype: None / 'auto' (the model dtype; an FP8 KV cache is not supported yet).
+    kv_cache_dtype: None / 'auto' (the model dtype) or 'fp8_e4m3' (alias 'fp8'): K/V kept
+    as FP8 e4m3 codes with an fp32 scale per token and KV head, about half the bytes, so
+    the same KV memory holds ~1.9x the tokens (CUDA GPUs of capability 8.9+, attention
+    'triton' or 'torch'; see lmnb.runtime.kv_dtype). Stored canonical: None or 'fp8_e4m3'.
     mixed_steps: a step that extends running requests (their jump-forward text, the next
     chunk of a long prompt) also carries every other running request's next token, instead
     of making them wait for a decode step of their own. None: on CUDA (the step replays the
@@ -98,7 +102,8 @@ class RuntimeConfig:
             raise LmnbError(f"mem_fraction must be in (0, 1), got {self.mem_fraction}")
         if self.schedule_policy not in ("lpm", "fcfs"):
             raise LmnbError("schedule_policy must be 'lpm' or 'fcfs'")
-        _check_kv_cache_dtype(self.kv_cache_dtype)
+        # canonical name; where it can run is checked at load (Runtime: the device's FP8 support)
+        object.__setattr__(self, "kv_cache_dtype", kv_dtype.canonical(self.kv_cache_dtype))
         if self.speculative not in ("auto", "off"):
             raise LmnbError(f"speculative must be 'auto' or 'off', got {self.speculative!r}")
         st = self.speculative_tokens
@@ -145,8 +150,13 @@ class RuntimeConfig:
             return _DTYPES[self.dtype]
         return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
 
+    def kv_storage_dtype(self, model_dtype: torch.dtype | None = None) -> torch.dtype:
+        """The KV pool's tensor dtype: FP8 e4m3 or the model dtype."""
+        return kv_dtype.storage_dtype(self.kv_cache_dtype, model_dtype or self.torch_dtype)
+
     def pool_tokens(self, cfg: ModelConfig, dtype: torch.dtype) -> int:
-        """KV pool size in tokens."""
+        """KV pool size in tokens; `dtype` is the pool's (`kv_storage_dtype`): FP8 counts
+        its codes and scales."""
         if self.max_total_tokens is not None:
             return self.max_total_tokens
         per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
@@ -162,11 +172,3 @@ class RuntimeConfig:
             raise LmnbError(f"the KV budget fits only {tokens} tokens; give more kv_memory_gb or mem_fraction")
         return tokens
 
-
-def _check_kv_cache_dtype(kv_cache_dtype) -> None:
-    if kv_cache_dtype in (None, "auto"):
-        return
-    if isinstance(kv_cache_dtype, str) and kv_cache_dtype.startswith("fp8"):
-        raise LmnbError(f"kv_cache_dtype={kv_cache_dtype!r} is not supported yet: the KV cache is "
-                        "kept in the model dtype; drop kv_cache_dtype (FP8 weights work without it)")
-    raise LmnbError(f"kv_cache_dtype must be None or 'auto', got {kv_cache_dtype!r}")

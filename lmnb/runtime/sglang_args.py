@@ -36,7 +36,7 @@ _MAP = {
 _NO_EFFECT = {"log_level", "log_level_http", "log_requests", "host", "port", "launch_timeout",
               "trust_remote_code", "tokenizer_mode", "skip_tokenizer_init", "served_model_name",
               "enable_metrics", "show_time_cost", "api_key", "file_storage_path", "watchdog_timeout",
-              "stream_interval", "revision", "load_format", "kv_cache_dtype", "base_gpu_id",
+              "stream_interval", "revision", "load_format", "base_gpu_id",
               "chat_template"}
 
 

@@ -240,8 +240,8 @@ def test_status_shows_quantization(fake_fp8_device):
 @pytest.mark.parametrize("kw,match", [
     (dict(quantization="fp8"), "needs a CUDA GPU with FP8 support"),
     (dict(quantization="int3"), "quantization must be one of auto, none"),
-    (dict(kv_cache_dtype="fp8_e4m3"), "kv_cache_dtype='fp8_e4m3' is not supported yet"),
-    (dict(kv_cache_dtype="int8"), "kv_cache_dtype must be None or 'auto'"),
+    (dict(kv_cache_dtype="fp8_e4m3"), "kv_cache_dtype='fp8_e4m3' needs a CUDA GPU"),
+    (dict(kv_cache_dtype="int8"), "kv_cache_dtype must be None, 'auto', 'fp8_e4m3' or 'fp8'"),
 ])
 def test_one_line_errors(kw, match):
     with pytest.raises(LmnbError, match=match) as e:

@@ -23,6 +23,8 @@ from lmnb.runtime.memory import KVPool
 
 class AttentionBackend(ABC):
     name: str = "base"
+    # whether `forward` dequantizes an FP8 pool (KVPool.quantized: codes + per-row scales)
+    reads_fp8_kv: bool = False
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim

@@ -29,6 +29,7 @@ ROW_EXACT_ROWS = DENSE_ROWS
 
 class TorchBackend(AttentionBackend):
     name = "torch"
+    reads_fp8_kv = True   # KVPool.read dequantizes (kv_dtype.dequantize_ref)
 
     def init_forward(self, batch: ForwardBatch) -> None:
         rows = batch.req_to_token[batch.req_pool_indices].long()
@@ -45,28 +46,26 @@ class TorchBackend(AttentionBackend):
 
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         pool.store(layer, batch.out_cache_loc, k, v)
-        kbuf, vbuf = pool.k[layer], pool.v[layer]
         if isinstance(batch.attn_state, tuple):
             idx, mask = batch.attn_state   # decode, padded [bs, max_len]: one masked SDPA call
-            kk = _gather(kbuf, idx).transpose(1, 2).to(q.dtype)  # [bs, KVH, L, D]
-            vv = _gather(vbuf, idx).transpose(1, 2).to(q.dtype)
-            return self._rows(q, kk, vv, mask)
+            kk, vv = pool.read(layer, lambda buf: _gather(buf, idx), q.dtype)
+            return self._rows(q, kk.transpose(1, 2), vv.transpose(1, 2), mask)  # [bs, KVH, L, D]
         out = torch.empty_like(q)
         start = 0
         for i, (span, idx, by_rows) in enumerate(batch.attn_state):
             ext, pre = batch.extend_lens_cpu[i], batch.prefix_lens_cpu[i]
-            ki, vi = _read(kbuf, span, idx), _read(vbuf, span, idx)   # [S, KVH, D]
+            ki, vi = pool.read(layer, lambda buf: _read(buf, span, idx), q.dtype)  # [S, KVH, D]
             if by_rows:   # each row as a decode step of its own, over exactly its own keys
                 for j in range(ext):
                     n = pre + j + 1
-                    kk = ki[:n].transpose(0, 1)[None].to(q.dtype)       # [1, KVH, n, D]
-                    vv = vi[:n].transpose(0, 1)[None].to(q.dtype)
+                    kk = ki[:n].transpose(0, 1)[None]       # [1, KVH, n, D]
+                    vv = vi[:n].transpose(0, 1)[None]
                     out[start + j] = self._rows(q[start + j : start + j + 1], kk, vv, None)[0]
                 start += ext
                 continue
             qi = q[start : start + ext].transpose(0, 1)[None]          # [1, H, ext, D]
-            ki = ki.transpose(0, 1)[None].to(q.dtype)                 # [1, KVH, S, D]
-            vi = vi.transpose(0, 1)[None].to(q.dtype)
+            ki = ki.transpose(0, 1)[None]                 # [1, KVH, S, D]
+            vi = vi.transpose(0, 1)[None]
             if pre == 0:
                 oi = self._sdpa(qi, ki, vi, None, causal=True)
             else:

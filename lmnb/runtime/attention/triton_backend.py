@@ -51,6 +51,7 @@ SMALL_EXTEND_TOKENS = 8
 
 class TritonBackend(AttentionBackend):
     name = "triton"
+    reads_fp8_kv = True   # the kernels take the pool's scales (triton_kernels docstring)
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
@@ -117,8 +118,9 @@ class TritonBackend(AttentionBackend):
     # ------------------------------------------------------------------ compute
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         k_buf, v_buf = pool.k[layer], pool.v[layer]
-        tk.store_kv(k_buf, v_buf, batch.out_cache_loc, k, v)
-        return self._attend(q, k_buf, v_buf, batch)
+        scales = pool.scales(layer)
+        tk.store_kv(k_buf, v_buf, batch.out_cache_loc, k, v, *scales)
+        return self._attend(q, k_buf, v_buf, scales, batch)
 
     def forward_rotary(self, q, k, v, positions, cos, sin, layer: int, batch: ForwardBatch,
                        pool: KVPool) -> torch.Tensor:
@@ -127,20 +129,26 @@ class TritonBackend(AttentionBackend):
         from lmnb.runtime.kernels.rope import rotary_store_triton
 
         k_buf, v_buf = pool.k[layer], pool.v[layer]
-        q = rotary_store_triton(q, k, v, positions, cos, sin, k_buf, v_buf, batch.out_cache_loc)
-        return self._attend(q, k_buf, v_buf, batch)
+        scales = pool.scales(layer)
+        q = rotary_store_triton(q, k, v, positions, cos, sin, k_buf, v_buf, batch.out_cache_loc,
+                                *scales)
+        return self._attend(q, k_buf, v_buf, scales, batch)
 
-    def _attend(self, q, k_buf, v_buf, batch: ForwardBatch) -> torch.Tensor:
+    def _attend(self, q, k_buf, v_buf, scales, batch: ForwardBatch) -> torch.Tensor:
         o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         plan = batch.attn_state
+        ks, vs = scales
         if batch.mode is Mode.DECODE:
             return tk.decode_attention(q, k_buf, v_buf, o, batch.req_to_token,
                                        batch.req_pool_indices, batch.seq_lens, self.scale,
-                                       plan.num_splits, plan.mid_o, plan.mid_lse)
+                                       plan.num_splits, plan.mid_o, plan.mid_lse,
+                                       k_scale=ks, v_scale=vs)
         if plan.as_decode is not None:
             d = plan.as_decode
             return tk.decode_attention(q, k_buf, v_buf, o, batch.req_to_token, plan.rows,
-                                       plan.lens, self.scale, d.num_splits, d.mid_o, d.mid_lse)
+                                       plan.lens, self.scale, d.num_splits, d.mid_o, d.mid_lse,
+                                       k_scale=ks, v_scale=vs)
         return tk.extend_attention(q, k_buf, v_buf, o, batch.req_to_token,
                                    batch.req_pool_indices, batch.prefix_lens, batch.extend_lens,
-                                   batch.extend_starts, plan.max_extend, self.scale)
+                                   batch.extend_starts, plan.max_extend, self.scale,
+                                   k_scale=ks, v_scale=vs)

@@ -6,6 +6,13 @@ folded into the logits) with fp32 accumulation; fp32 inputs use IEEE dots so the
 tests can be tight.
 
 - `store_kv`: one launch writes this step's K and V rows at `out_cache_loc`.
+
+FP8 pools (`KVPool.quantized`, see `lmnb.runtime.kv_dtype`): pass `k_scale` / `v_scale`
+(fp32 `[slots, KVH]`). The store quantizes each (token, head) row with its own scale
+(`kernels.kv_quant`); attention loads the e4m3 codes (half the bytes of bf16), casts them
+to the query dtype (exact: every e4m3 value is a bf16 value) and applies the scales per
+key: the logits' columns are multiplied by the K scales, and the probabilities by the V
+scales before the P @ V dot, so no tile is ever rescaled.
 - `extend_attention`: queries of the new tokens of each request attend to its cached
   prefix plus the new tokens, causally. The new slots are already in `req_to_token` and
   already stored, so one loop over key positions covers both; only key blocks that cross
@@ -25,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmnb.runtime.kernels.kv_quant import quantize_store
 from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start
 
 LOG2E = 1.4426950408889634
@@ -37,33 +45,45 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------------------- store
 
 @triton.jit
-def _store_kv_kernel(K, V, KBuf, VBuf, Loc, stride_kt, stride_kh, stride_vt, stride_vh,
-                     stride_bt, stride_bh, num_heads, head_dim,
-                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+def _store_kv_kernel(K, V, KBuf, VBuf, KScale, VScale, Loc, stride_kt, stride_kh, stride_vt,
+                     stride_vh, stride_bt, stride_bh, stride_st, num_heads, head_dim,
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QUANT: tl.constexpr,
+                     PDL: tl.constexpr):
     pdl_start(PDL)
     t = tl.program_id(0)
     slot = tl.load(Loc + t).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_h[:, None] < num_heads) & (offs_d[None, :] < head_dim)
+    mask_h = offs_h < num_heads
+    mask = mask_h[:, None] & (offs_d[None, :] < head_dim)
     src_k = K + t.to(tl.int64) * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :]
     src_v = V + t.to(tl.int64) * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
     dst = slot * stride_bt + offs_h[:, None] * stride_bh + offs_d[None, :]
-    tl.store(KBuf + dst, tl.load(src_k, mask=mask).to(KBuf.dtype.element_ty), mask=mask)
-    tl.store(VBuf + dst, tl.load(src_v, mask=mask).to(VBuf.dtype.element_ty), mask=mask)
+    k = tl.load(src_k, mask=mask, other=0.0)
+    v = tl.load(src_v, mask=mask, other=0.0)
+    if QUANT:
+        quantize_store(k, KBuf + dst, KScale + slot * stride_st + offs_h, mask, mask_h)
+        quantize_store(v, VBuf + dst, VScale + slot * stride_st + offs_h, mask, mask_h)
+    else:
+        tl.store(KBuf + dst, k.to(KBuf.dtype.element_ty), mask=mask)
+        tl.store(VBuf + dst, v.to(VBuf.dtype.element_ty), mask=mask)
 
 
 def store_kv(k_buf: torch.Tensor, v_buf: torch.Tensor, loc: torch.Tensor,
-             k: torch.Tensor, v: torch.Tensor) -> None:
-    """k_buf[loc] = k; v_buf[loc] = v (cast to the pool dtype), one launch."""
+             k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None,
+             v_scale: torch.Tensor | None = None) -> None:
+    """k_buf[loc] = k; v_buf[loc] = v (cast to the pool dtype), one launch. With scales
+    (an FP8 pool): the rows are quantized, their scales written to k_scale / v_scale[loc]."""
     t, h, d = k.shape
     if t == 0:
         return
     k, v = _last_dim_contiguous(k), _last_dim_contiguous(v)
+    quant = k_scale is not None
+    ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
     _store_kv_kernel[(t,)](
-        k, v, k_buf, v_buf, loc, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_buf.stride(0), k_buf.stride(1), h, d,
-        BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d),
+        k, v, k_buf, v_buf, ks, vs, loc, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_buf.stride(0), k_buf.stride(1), ks.stride(0) if quant else 0, h, d,
+        BLOCK_H=triton.next_power_of_2(h), BLOCK_D=triton.next_power_of_2(d), QUANT=quant,
         PDL=pdl_enabled(k.device), num_warps=2, **launch_kwargs(k.device),
     )
 
@@ -75,16 +95,23 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- extend
 
 @triton.jit
-def _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos, offs_d, mask_d,
-                  stride_kt, stride_kh, stride_vt, stride_vh, sm_scale_log2,
-                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One online-softmax step over key positions n0 .. n0+BLOCK_N of one request."""
+def _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end, q_pos, offs_d,
+                  mask_d, stride_kt, stride_kh, stride_vt, stride_vh, stride_st, sm_scale_log2,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                  QUANT: tl.constexpr):
+    """One online-softmax step over key positions n0 .. n0+BLOCK_N of one request.
+    QUANT: K/V are e4m3 codes, KS / VS their per-(slot, head) scales."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < kv_end
     slots = tl.load(kv_row + offs_n, mask=mask_n, other=0).to(tl.int64)
     k = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-    qk = tl.dot(q, k.to(q.dtype), input_precision=DOT_PREC) * sm_scale_log2
+    qk = tl.dot(q, k.to(q.dtype), input_precision=DOT_PREC)
+    if QUANT:
+        ks = tl.load(KS + slots * stride_st + kvh, mask=mask_n, other=0.0)
+        qk = qk * (ks * sm_scale_log2)[None, :]
+    else:
+        qk = qk * sm_scale_log2
     keep = mask_n[None, :]
     if CAUSAL:
         keep = keep & (offs_n[None, :] <= q_pos[:, None])
@@ -95,16 +122,29 @@ def _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos, offs_d
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
                 mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
+    if QUANT:
+        vs = tl.load(VS + slots * stride_st + kvh, mask=mask_n, other=0.0)
+        if q.dtype == tl.float16:
+            # fp16 operands (a bf16 model's q cast once, see F16 in decode_attention): the
+            # V scales relative to the block's largest keep p * scale out of fp16 subnormals
+            vmax = tl.max(vs, 0)
+            vmax = tl.where(vmax > 0, vmax, 1.0)
+            pv = (p * (vs / vmax)[None, :]).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(q.dtype), input_precision=DOT_PREC) * vmax
+        else:
+            pv = (p * vs[None, :]).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(pv, v.to(q.dtype), input_precision=DOT_PREC)
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
     return acc, m_new, l_i
 
 
 @triton.jit
-def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, ExtendStarts,
-                   sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
-                   stride_vh, stride_ot, stride_oh, stride_r2t, head_dim,
+def _extend_kernel(Q, K, V, KS, VS, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens,
+                   ExtendStarts, sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh,
+                   stride_vt, stride_vh, stride_st, stride_ot, stride_oh, stride_r2t, head_dim,
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                   BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, QUANT: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     mb = tl.program_id(2)
@@ -131,13 +171,15 @@ def _extend_kernel(Q, K, V, O, ReqToToken, ReqPoolIdx, PrefixLens, ExtendLens, E
     full_end = tl.minimum(pre + mb * BLOCK_M, kv_end)
     full_end_aligned = (full_end // BLOCK_N) * BLOCK_N
     for n0 in range(0, full_end_aligned, BLOCK_N):
-        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos,
-                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
-                                      stride_vh, sm_scale_log2, BLOCK_N, False, DOT_PREC)
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
+                                      q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
+                                      DOT_PREC, QUANT)
     for n0 in range(full_end_aligned, kv_end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, kv_end, q_pos,
-                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
-                                      stride_vh, sm_scale_log2, BLOCK_N, True, DOT_PREC)
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
+                                      q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, stride_st, sm_scale_log2, BLOCK_N, True,
+                                      DOT_PREC, QUANT)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(O + (q_start + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
@@ -166,9 +208,11 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                      o: torch.Tensor, req_to_token: torch.Tensor, req_pool_indices: torch.Tensor,
                      prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
                      extend_starts: torch.Tensor, max_extend: int, scale: float,
-                     config: dict | None = None) -> torch.Tensor:
+                     config: dict | None = None, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of the new tokens over prefix + new tokens, all read through
-    req_to_token (the new K/V must already be stored). q, o: [T, H, D]."""
+    req_to_token (the new K/V must already be stored). q, o: [T, H, D]. k_scale /
+    v_scale: an FP8 pool's scales (see the module docstring)."""
     bs = req_pool_indices.numel()
     if bs == 0 or max_extend == 0:
         return o
@@ -177,12 +221,14 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     cfg = dict(config or extend_config(d, q.dtype, max_extend, bs, h, _num_sms(q.device)))
     grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
     q = _last_dim_contiguous(q)
+    quant = k_scale is not None
+    ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
     _extend_kernel[grid](
-        q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens,
+        q, k_buf, v_buf, ks, vs, o, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         extend_starts, scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0),
-        k_buf.stride(1), v_buf.stride(0), v_buf.stride(1), o.stride(0), o.stride(1),
-        req_to_token.stride(0), d, GROUP=h // kvh, BLOCK_D=triton.next_power_of_2(d),
-        DOT_PREC=_dot_precision(q.dtype), **cfg,
+        k_buf.stride(1), v_buf.stride(0), v_buf.stride(1), ks.stride(0) if quant else 0,
+        o.stride(0), o.stride(1), req_to_token.stride(0), d, GROUP=h // kvh,
+        BLOCK_D=triton.next_power_of_2(d), DOT_PREC=_dot_precision(q.dtype), QUANT=quant, **cfg,
     )
     return o
 
@@ -190,12 +236,13 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
 # ---------------------------------------------------------------------------- decode
 
 @triton.jit
-def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens,
+def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens,
                          sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh,
-                         stride_vt, stride_vh, stride_ot, stride_oh, stride_mb, stride_mh,
-                         stride_ms, stride_lb, stride_lh, stride_r2t, num_splits, head_dim,
-                         GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_D: tl.constexpr, DIRECT: tl.constexpr, DOT_PREC: tl.constexpr,
+                         stride_vt, stride_vh, stride_st, stride_ot, stride_oh, stride_mb,
+                         stride_mh, stride_ms, stride_lb, stride_lh, stride_r2t, num_splits,
+                         head_dim, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
+                         DOT_PREC: tl.constexpr, QUANT: tl.constexpr, F16: tl.constexpr,
                          PDL: tl.constexpr):
     pdl_start(PDL)
     b = tl.program_id(0)
@@ -214,13 +261,16 @@ def _decode_split_kernel(Q, K, V, O, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLe
     mask_d = offs_d < head_dim
     q = tl.load(Q + b.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
+    if F16:   # e4m3 -> fp16 is one instruction per pair, -> bf16 is several
+        q = q.to(tl.float16)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, kv_row, kvh, n0, end, heads,
-                                      offs_d, mask_d, stride_kt, stride_kh, stride_vt,
-                                      stride_vh, sm_scale_log2, BLOCK_N, False, DOT_PREC)
+        acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, end,
+                                      heads, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
+                                      stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
+                                      DOT_PREC, QUANT)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     mask_o = mask_h[:, None] & mask_d[None, :]
     if DIRECT:
@@ -260,6 +310,10 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
 
 
 DECODE_BLOCK_N = 64
+# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages); the
+# best of 12 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md, 2026-12-02):
+# 128-key blocks, 3 stages (1.25-1.7x the bf16 kernel's shape on FP8); fp16 operands did not pay
+FP8_DECODE = (False, 128, 4, 3)
 
 
 def decode_num_splits(bs: int, num_kv_heads: int, max_len: int, num_sms: int,
@@ -283,13 +337,21 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                      req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                      num_splits: int, mid_o: torch.Tensor | None = None,
                      mid_lse: torch.Tensor | None = None, block_n: int = DECODE_BLOCK_N,
-                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                     num_warps: int = 4, num_stages: int = 2, k_scale: torch.Tensor | None = None,
+                     v_scale: torch.Tensor | None = None, fp8_config: tuple | None = None) -> torch.Tensor:
     """One query per request over its whole context. q, o: [bs, H, D]. With
     num_splits > 1, mid_o / mid_lse (see `decode_buffers`, at least bs x H x splits) hold
-    the partial results; no host sync happens here."""
+    the partial results; no host sync happens here. k_scale / v_scale: an FP8 pool's
+    scales (see the module docstring); their kernel shape is `fp8_config` (default
+    FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages).
+    The fp16 cast keeps |q| < 65504 (far above any q of a working model)."""
     bs, h, d = q.shape
     if bs == 0:
         return o
+    f16 = False
+    if k_scale is not None:
+        f16, block_n, num_warps, num_stages = fp8_config or FP8_DECODE
+        f16 = f16 and q.dtype == torch.bfloat16
     kvh = k_buf.shape[1]
     group = h // kvh
     direct = num_splits == 1
@@ -299,14 +361,16 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_o, mid_lse = decode_buffers(bs, h, num_splits, d, q.device)
     q = _last_dim_contiguous(q)
     block_d = triton.next_power_of_2(d)
+    quant = k_scale is not None
+    ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
     _decode_split_kernel[(bs, kvh, num_splits)](
-        q, k_buf, v_buf, o, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
+        q, k_buf, v_buf, ks, vs, o, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
         scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
-        v_buf.stride(0), v_buf.stride(1), o.stride(0), o.stride(1),
+        v_buf.stride(0), v_buf.stride(1), ks.stride(0) if quant else 0, o.stride(0), o.stride(1),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2) if not direct else 0,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype),
+        BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant, F16=f16,
         PDL=pdl_enabled(q.device), num_warps=num_warps, num_stages=num_stages,
         **launch_kwargs(q.device),
     )
