@@ -18,7 +18,9 @@ Where drafts come from, best first (the longest match wins):
   prompt     n-gram lookup in the request's own prompt and output (copying spans from a
              document, repeated structure)
 
-The draft length adapts per request: halved after a draft whose first token was
+A lookup (n-gram) draft starts LOOKUP_START tokens long and doubles while accepted in
+full: on the CPU a verify row over a long context costs a quarter of a decode step, so a
+guess is tried short before it earns length. The draft length adapts per request: halved after a draft whose first token was
 rejected, doubled (up to k) after a fully accepted one (radix drafts, the most
 reliable, may be RADIX_FACTOR x k long while nothing is rejected); after several misses in a row
 the request pauses drafting for a while, so free-form text that never matches pays for
@@ -38,6 +40,8 @@ from lmnb.runtime.request import Req
 
 NGRAM = 3            # tokens of context a lookup key holds (shorter keys match noise)
 MIN_MATCH = 3        # a lookup match must cover at least this many tokens
+SHORT_KEYS = (1, 2)  # shorter keys, used only when rare (see NgramIndex)
+RARE_KEY = 1         # a short key is a match when it occurred at most this often before
 PER_KEY = 4          # positions remembered per n-gram key (the latest ones)
 HISTORY_TOKENS = 65_536    # tokens of finished requests kept for history lookups
 HISTORY_PROMPT = 32        # of a finished request's prompt, its last tokens are kept
@@ -45,6 +49,8 @@ PAUSE_AFTER = 4      # misses in a row before drafting pauses
 PAUSE_STEPS = 16     # decode steps a paused request does not draft
 PROBE_EVERY = 8      # overlap: a cold request skips run-ahead this often to look for a draft
 LONG_MATCH = 16      # a history match this long is as good as a radix path
+LOOKUP_START = 2     # a request's first n-gram drafts are this short (they double while
+                     # accepted in full): an n-gram guess that misses costs few verify rows
 RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before) may be
                      # this many times k long while its drafts keep being accepted
 
@@ -66,6 +72,7 @@ class SpecState:
     """Per-request drafting state (Req.spec)."""
 
     k: int                           # current draft length limit
+    lookup_k: int = LOOKUP_START     # the limit of n-gram (prompt / short history) drafts
     misses: int = 0                  # drafts in a row whose first token was rejected
     paused: int = 0                  # decode steps left without drafting
     idle: int = 0                    # overlap: steps run ahead since the last look
@@ -79,17 +86,36 @@ class SpecState:
 
 class NgramIndex:
     """Positions of every NGRAM-token window of a growing sequence (the latest PER_KEY
-    per key); `follow(tail)` finds where the sequence's tail occurred before."""
+    per key); `follow(tail)` finds where the sequence's tail occurred before.
+
+    Shorter keys (the last 1 or 2 tokens) are kept too, with how often they occurred: a
+    rare one (at most RARE_KEY earlier occurrences) is a match when no NGRAM key is, so
+    a copy can be drafted from its first distinctive token on (a name, a title's first
+    word), where a 3-token key would still span the text before the copy."""
 
     def __init__(self) -> None:
         self.seq: list[int] = []
         self.pos: dict[tuple, list[int]] = {}
+        self.short: dict[tuple, list[int]] = {}   # key -> [count, latest ends...]
 
     def extend(self, tokens: list[int]) -> None:
-        seq, pos = self.seq, self.pos
+        seq, pos, short = self.seq, self.pos, self.short
         start = len(seq)
         seq += tokens
-        for end in range(max(start, NGRAM), len(seq) + 1):
+        for end in range(start + 1, len(seq) + 1):
+            for n in SHORT_KEYS:
+                if end >= n:
+                    key = tuple(seq[end - n : end])
+                    at = short.get(key)
+                    if at is None:
+                        short[key] = [1, end]
+                    else:
+                        at[0] += 1
+                        at.append(end)
+                        if len(at) > RARE_KEY + 2:
+                            del at[1]
+            if end < NGRAM:
+                continue
             key = tuple(seq[end - NGRAM : end])
             at = pos.get(key)
             if at is None:
@@ -103,11 +129,17 @@ class NgramIndex:
         """(match length, up to k tokens that followed the longest earlier match of
         `tail`'s end); (0, []) when none. `exclude_end`: a match ending there is the tail
         itself (own-sequence lookups)."""
+        n, end = self._long(tail, exclude_end)
+        if not n:
+            n, end = self._rare(tail, exclude_end)
+        return (n, self.seq[end : end + k]) if n else (0, [])
+
+    def _long(self, tail: list[int], exclude_end: int | None) -> tuple[int, int]:
         if len(tail) < NGRAM:
-            return 0, []
+            return 0, -1
         ends = self.pos.get(tuple(tail[-NGRAM:]))
         if not ends:
-            return 0, []
+            return 0, -1
         best_len, best_end = 0, -1
         seq = self.seq
         for end in reversed(ends):          # latest first: ties go to the most recent
@@ -119,9 +151,20 @@ class NgramIndex:
                 n += 1
             if n > best_len:
                 best_len, best_end = n, end
-        if best_len < MIN_MATCH:
-            return 0, []
-        return best_len, seq[best_end : best_end + k]
+        return (best_len, best_end) if best_len >= MIN_MATCH else (0, -1)
+
+    def _rare(self, tail: list[int], exclude_end: int | None) -> tuple[int, int]:
+        """The latest earlier end of the tail's last 2 (else 1) tokens, when that key
+        occurred at most RARE_KEY times before."""
+        for n in sorted(SHORT_KEYS, reverse=True):
+            at = self.short.get(tuple(tail[-n:])) if len(tail) >= n else None
+            if at is None:
+                continue
+            ends = [e for e in at[1:] if e != exclude_end and e < len(self.seq)]
+            earlier = at[0] - (len(at) - 1 - len(ends))
+            if ends and earlier <= RARE_KEY:
+                return n, ends[-1]
+        return 0, -1
 
 
 class History:
@@ -234,10 +277,11 @@ class Drafter:
             st.index, st.version = NgramIndex(), r.output_version
         st.index.extend(ids[len(st.index.seq):])
         tail = ids[-64:]
-        n_own, own = st.index.follow(tail, min(room, st.k), exclude_end=len(ids))
+        short = min(st.k, st.lookup_k)
+        n_own, own = st.index.follow(tail, min(room, short), exclude_end=len(ids))
         n_hist, hist = self.history.follow(tail, min(room, long))
         if n_hist < LONG_MATCH:   # only a long match earns a radix-length draft
-            hist = hist[: st.k]
+            hist = hist[:short]
         if hist and (n_hist > n_own or (n_hist == n_own and len(hist) > len(own))):
             return Draft(hist, "history")
         if own:
@@ -310,6 +354,11 @@ class Drafter:
         st.drafted += drafted
         st.accepted += accepted
         st.verify_steps += 1
+        if source in ("prompt", "history"):
+            if accepted == drafted:
+                st.lookup_k = min(self.k, st.lookup_k * 2)
+            elif accepted == 0:
+                st.lookup_k = max(1, st.lookup_k // 2)
         if accepted == drafted:
             st.k, st.misses = min(self.k, st.k * 2), 0
         elif accepted == 0:

@@ -54,6 +54,24 @@ def test_ngram_index_finds_the_longest_earlier_match():
     assert len(h.index.seq) <= 40
 
 
+def test_a_rare_short_key_drafts_a_copy_from_its_first_token():
+    idx = NgramIndex()
+    doc = [1, 2, 3, 40, 41, 42, 43, 5, 1, 2, 3, 6, 7, 5, 8]
+    idx.extend(doc + [90, 91, 40])              # the copy of 40 41 42 43 starts
+    assert idx.follow(idx.seq, 3, exclude_end=len(idx.seq)) == (1, [41, 42, 43])
+    idx.extend([41])                            # the 2-token key 40 41 wins over 41 alone
+    assert idx.follow(idx.seq, 2, exclude_end=len(idx.seq)) == (2, [42, 43])
+    for common in ([90, 5], [90, 1]):           # 5 occurred twice before, 1 twice: no draft
+        assert idx.follow(common, 3) == (0, [])
+    whole = NgramIndex()
+    whole.extend(doc)
+    for n in range(1, 6):                       # windows are indexed once, however fed
+        chunks = NgramIndex()
+        for i in range(0, len(doc), n):
+            chunks.extend(doc[i:i + n])
+        assert (chunks.pos, chunks.short) == (whole.pos, whole.short)
+
+
 def test_drafts_are_cut_to_stay_below_the_exact_row_count():
     from lmnb.runtime.speculative import Draft, Drafter
 
