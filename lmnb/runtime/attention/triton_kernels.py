@@ -279,7 +279,8 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
     q = _last_dim_contiguous(q)
     quant = k_scale is not None
-    words = quant and FP8_EXTEND_WORDS and _words_ok(k_buf, d) and _words_ok(v_buf, d)
+    words = (quant and FP8_EXTEND_WORDS and _words_ok(k_buf, d, q.dtype)
+             and _words_ok(v_buf, d, q.dtype))
     ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
     _extend_kernel[grid](
         q, k_buf, v_buf, ks, vs, o, req_to_token, req_pool_indices, prefix_lens, extend_lens,
@@ -371,16 +372,17 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
 DECODE_BLOCK_N = 64
 # the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages, words:
 # K/V read as 32-bit words and widened in registers, see `_load_rows`; a 4-tuple means
-# words); chosen by bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md)
-FP8_DECODE = (True, 128, 4, 3, True)
+# words); the best of 6 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md,
+# 2026-12-02, eighth session): 0.93x the bf16 kernel's time at 256 requests x 800 tokens
+FP8_DECODE = (True, 64, 2, 3, True)
 # the extend kernel over an FP8 pool reads K/V as words too (see `_load_rows`)
 FP8_EXTEND_WORDS = True
 
 
-def _words_ok(k_buf: torch.Tensor, head_dim: int) -> bool:
-    """`_load_rows`'s word path: rows of a power-of-two head_dim, 16-byte aligned; not
-    under Triton's interpreter (it runs no inline PTX)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+def _words_ok(k_buf: torch.Tensor, head_dim: int, q_dtype: torch.dtype) -> bool:
+    """`_load_rows`'s word path: 16-bit operands, rows of a power-of-two head_dim,
+    16-byte aligned; not under Triton's interpreter (it runs no inline PTX)."""
+    if q_dtype not in (torch.float16, torch.bfloat16) or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return (head_dim == triton.next_power_of_2(head_dim) and head_dim % 16 == 0
             and k_buf.stride(-1) == 1 and k_buf.stride(0) % 16 == 0 and k_buf.stride(1) % 16 == 0)
@@ -423,7 +425,8 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     if k_scale is not None:
         f16, block_n, num_warps, num_stages, *rest = fp8_config or FP8_DECODE
         f16 = f16 and q.dtype == torch.bfloat16
-        words = (rest[0] if rest else True) and _words_ok(k_buf, d) and _words_ok(v_buf, d)
+        words = ((rest[0] if rest else True) and _words_ok(k_buf, d, q.dtype)
+                 and _words_ok(v_buf, d, q.dtype))
     kvh = k_buf.shape[1]
     group = h // kvh
     direct = num_splits == 1
