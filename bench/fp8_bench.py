@@ -130,8 +130,10 @@ def kernels_part(b: Bench) -> None:
     torch.cuda.empty_cache()
 
 
-FP8_DECODE_SWEEP = [(f16, bn, w, st) for f16 in (False, True) for bn in (64, 128)
-                    for w, st in ((4, 2), (8, 2), (4, 3))]
+# (fp16 operands, BLOCK_N, warps, stages, words): the first is the shape before K/V were
+# read as words (bytes widened by a cast, V's tile read from shared memory a byte at a time)
+FP8_DECODE_SWEEP = [(False, 128, 4, 3, False), (False, 128, 4, 3, True), (True, 128, 4, 3, True),
+                    (True, 128, 4, 2, True), (True, 64, 2, 3, True), (True, 32, 1, 3, True)]
 
 
 def kv_kernels(b: Bench) -> None:
@@ -151,6 +153,8 @@ def kv_kernels(b: Bench) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     configs = FP8_DECODE_SWEEP if b.args.fp8_decode is None else [b.args.fp8_decode]
     rel = {c: 0.0 for c in configs}
+    worst_err = {c: 0.0 for c in configs}
+    cases = []
     for bs, ctx in ((1, 4096), (64, 1024), (256, 800), (256, 2048)):
         tokens = bs * ctx
         pools = {dt: KVPool(tokens, 1, kvh, d, dt, torch.device("cuda")) for dt in (torch.bfloat16, FP8_KV)}
@@ -183,14 +187,70 @@ def kv_kernels(b: Bench) -> None:
             t = _graph_time(step)
             err = ((o.float() - ref).norm() / ref.norm()).item()
             rel[c] += t / t16
+            worst_err[c] = max(worst_err[c], err)
             b.emit("kv_kernel", kv="fp8", config="_".join(map(str, c)), bs=bs, ctx=ctx, splits=splits,
                    us=t * 1e6, gbs=n8 / t / 1e9, of_hbm=n8 / t / b.bw, speedup=t16 / t, rel_err_vs_bf16=err)
-        del pools, f8, bp
-        torch.cuda.empty_cache()
-    best = min(rel, key=rel.get)
+        cases.append((bs, ctx, q, o, table, rows, lens, f8, t16, n8))
+        del pools, bp
+    # a shape must be as exact as the first (the same codes and scales; only rounding differs)
+    ok = [c for c in configs if worst_err[c] <= 1.5 * worst_err[configs[0]] + 2e-3]
+    best = min(ok or configs, key=rel.get)
+    # more programs for the best shape: the split count at 256 requests (1 = 2048 programs)
+    for bs, ctx, q, o, table, rows, lens, f8, t16, n8 in cases:
+        if bs < 256:
+            continue
+        for splits in (2, 4):
+            mid = tk.decode_buffers(bs, h, splits, d, q.device)
+            t = _graph_time(lambda: tk.decode_attention(
+                q, f8.k[0], f8.v[0], o, table, rows, lens, d ** -0.5, splits, *mid,
+                k_scale=f8.k_scale[0], v_scale=f8.v_scale[0], fp8_config=best))
+            b.emit("kv_kernel_splits", kv="fp8", config="_".join(map(str, best)), bs=bs, ctx=ctx,
+                   splits=splits, us=t * 1e6, gbs=n8 / t / 1e9, of_hbm=n8 / t / b.bw, speedup=t16 / t)
+    del cases
+    torch.cuda.empty_cache()
+    _extend_times(b, h, kvh, d, g)
     tk.FP8_DECODE = best
     b.fp8_decode = best
-    b.emit("kv_kernel_choice", config="_".join(map(str, best)), mean_time_of_bf16=rel[best] / 4)
+    b.emit("kv_kernel_choice", config="_".join(map(str, best)), mean_time_of_bf16=rel[best] / 4,
+           excluded="+".join("_".join(map(str, c)) for c in configs if c not in ok) or "none")
+
+
+def _extend_times(b: Bench, h: int, kvh: int, d: int, g) -> None:
+    """The extend (prefill) kernel over bf16 and FP8 pools: 256 prompts of 128 tokens and
+    16 of 1024, no prefix; FP8 with K/V read as words (the runtime's path) and as bytes."""
+    from lmnb.runtime.attention import triton_kernels as tk
+    from lmnb.runtime.kv_dtype import FP8_KV, quantize_ref
+    from lmnb.runtime.memory import KVPool
+
+    for bs, ext in ((256, 128), (16, 1024)):
+        tokens = bs * ext
+        bp = KVPool(tokens, 1, kvh, d, torch.bfloat16, torch.device("cuda"))
+        f8 = KVPool(tokens, 1, kvh, d, FP8_KV, torch.device("cuda"))
+        for buf in (bp.k[0], bp.v[0]):
+            buf.copy_(torch.randn(tokens + 1, kvh, d, device="cuda", generator=g).mul_(0.05))
+        (f8.k[0][:], f8.k_scale[0][:]), (f8.v[0][:], f8.v_scale[0][:]) = quantize_ref(bp.k[0]), quantize_ref(bp.v[0])
+        table = (torch.arange(tokens, device="cuda", dtype=torch.int32) + 1).view(bs, ext)
+        rows = torch.arange(bs, device="cuda")
+        zeros = torch.zeros(bs, device="cuda", dtype=torch.int32)
+        lens = torch.full((bs,), ext, device="cuda", dtype=torch.int32)
+        starts = torch.arange(bs, device="cuda", dtype=torch.int32) * ext
+        q = torch.randn(tokens, h, d, device="cuda", generator=g).to(torch.bfloat16)
+        o = torch.empty_like(q)
+        t16 = _graph_time(lambda: tk.extend_attention(q, bp.k[0], bp.v[0], o, table, rows, zeros, lens,
+                                                      starts, ext, d ** -0.5), reps=5)
+        ref = o.float().clone()
+        b.emit("kv_extend", kv="bf16", bs=bs, ext=ext, us=t16 * 1e6)
+        for words in (True, False):
+            tk.FP8_EXTEND_WORDS = words
+            t = _graph_time(lambda: tk.extend_attention(q, f8.k[0], f8.v[0], o, table, rows, zeros, lens,
+                                                        starts, ext, d ** -0.5, k_scale=f8.k_scale[0],
+                                                        v_scale=f8.v_scale[0]), reps=5)
+            err = ((o.float() - ref).norm() / ref.norm()).item()
+            b.emit("kv_extend", kv="fp8", words=words, bs=bs, ext=ext, us=t * 1e6, speedup=t16 / t,
+                   rel_err_vs_bf16=err)
+        tk.FP8_EXTEND_WORDS = True
+        del bp, f8, q, o
+        torch.cuda.empty_cache()
 
 
 def _graph_time(fn, reps: int = 20) -> float:

@@ -165,9 +165,12 @@ def _check(out, q, fp8, bf16_pool, batch, scale):
 @pytest.mark.parametrize("bs,group,head_dim", [(1, 1, 128), (4, 4, 128), (9, 8, 64), (33, 4, 128)])
 @pytest.mark.parametrize("num_splits", [1, 4])
 @pytest.mark.parametrize("config", [(False, 64, 4, 2), (True, 64, 4, 2), (True, 128, 8, 2),
-                                    (False, 128, 4, 3), None])
+                                    (False, 128, 4, 3), (False, 128, 4, 3, False),
+                                    (True, 64, 4, 2, False), (True, 64, 2, 3, True),
+                                    (True, 32, 1, 3, True), None])
 def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
-    """Each FP8 decode kernel shape (bf16 or fp16 operands; None: the default)."""
+    """Each FP8 decode kernel shape (bf16 or fp16 operands; K/V read as words unless the
+    fifth item says False; None: the default)."""
     rng = random.Random(bs * group + num_splits)
     lens = [rng.randint(1, 600) for _ in range(bs)]
     h, kvh = _heads(group)
@@ -186,7 +189,10 @@ def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
     ([0], [70], 1, 128), ([37, 0, 500], [5, 130, 64], 4, 128), ([1, 200], [1, 9], 8, 64),
     ([300] * 6, [100] * 6, 4, 128),
 ])
-def test_extend_fp8_matches_reference(prefixes, exts, group, head_dim):
+@pytest.mark.parametrize("words", [True, False])
+def test_extend_fp8_matches_reference(prefixes, exts, group, head_dim, words, monkeypatch):
+    """K/V read as words (the default) or as bytes."""
+    monkeypatch.setattr(tk, "FP8_EXTEND_WORDS", words)
     h, kvh = _heads(group)
     case = make_case(prefixes, exts, h, kvh, head_dim, BF16, seed=sum(exts))
     fp8 = _fp8_pool(case.pool)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
@@ -94,19 +95,70 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- extend
 
+# e4m3 codes -> fp16 / bf16 (exact), four codes (one 32-bit word) a call
+_WIDEN_F16 = tl.constexpr(
+    "{ .reg .b16 lo, hi; .reg .b32 t0, t1; mov.b32 {lo, hi}, $4; "
+    "cvt.rn.f16x2.e4m3x2 t0, lo; cvt.rn.f16x2.e4m3x2 t1, hi; "
+    "mov.b32 {$0, $1}, t0; mov.b32 {$2, $3}, t1; }")
+_WIDEN_BF16 = tl.constexpr(
+    "{ .reg .b16 lo, hi, a0, a1, a2, a3; .reg .b32 t0, t1; .reg .f32 f0, f1, f2, f3; "
+    "mov.b32 {lo, hi}, $4; cvt.rn.f16x2.e4m3x2 t0, lo; cvt.rn.f16x2.e4m3x2 t1, hi; "
+    "mov.b32 {a0, a1}, t0; mov.b32 {a2, a3}, t1; cvt.f32.f16 f0, a0; cvt.f32.f16 f1, a1; "
+    "cvt.f32.f16 f2, a2; cvt.f32.f16 f3, a3; cvt.rn.bf16.f32 $0, f0; cvt.rn.bf16.f32 $1, f1; "
+    "cvt.rn.bf16.f32 $2, f2; cvt.rn.bf16.f32 $3, f3; }")
+
+
+@triton.jit
+def _load_rows(X, slots, stride_t, row_off, offs_d, mask_n, mask_d, dtype: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, WORDS: tl.constexpr):
+    """[BLOCK_N, BLOCK_D] rows `slots` of X (at `row_off` within a slot) as `dtype`.
+    WORDS (an FP8 pool, head_dim == BLOCK_D, row bytes a multiple of 16): the codes are
+    read as 32-bit words and widened in registers by inline PTX. A plain `.to()` lets the
+    layout passes move the dot's operand layout onto the 8-bit codes, and an 8-bit operand
+    whose reduction axis is not contiguous in memory (V's keys) is then read from shared
+    memory one byte at a time: the FP8 decode kernel ran at 40% of HBM for it. Widened
+    here, the tile reaches the dot as 16-bit values (ldmatrix), as a bf16 pool's does."""
+    if WORDS:
+        W = (X + row_off).to(tl.pointer_type(tl.int32), bitcast=True)
+        offs_w = tl.arange(0, BLOCK_D // 4)
+        w = tl.load(W + slots[:, None] * (stride_t // 4) + offs_w[None, :], mask=mask_n[:, None],
+                    other=0)
+        if dtype == tl.float16:
+            a0, a1, a2, a3 = tl.inline_asm_elementwise(_WIDEN_F16, "=h,=h,=h,=h,r", [w],
+                                                       dtype=(tl.float16,) * 4, is_pure=True,
+                                                       pack=1)
+        else:
+            a0, a1, a2, a3 = tl.inline_asm_elementwise(_WIDEN_BF16, "=h,=h,=h,=h,r", [w],
+                                                       dtype=(tl.bfloat16,) * 4, is_pure=True,
+                                                       pack=1)
+        # [N, D/4, 2, 2] with code 4j + 2r + s at [j, r, s]
+        return tl.reshape(tl.join(tl.join(a0, a2), tl.join(a1, a3)), (BLOCK_N, BLOCK_D))
+    else:
+        x = tl.load(X + slots[:, None] * stride_t + row_off + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        return x.to(dtype)
+
+
 @triton.jit
 def _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end, q_pos, offs_d,
                   mask_d, stride_kt, stride_kh, stride_vt, stride_vh, stride_st, sm_scale_log2,
                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                  QUANT: tl.constexpr):
+                  QUANT: tl.constexpr, WORDS: tl.constexpr = False,
+                  BLOCK_D: tl.constexpr = 0):
     """One online-softmax step over key positions n0 .. n0+BLOCK_N of one request.
-    QUANT: K/V are e4m3 codes, KS / VS their per-(slot, head) scales."""
+    QUANT: K/V are e4m3 codes, KS / VS their per-(slot, head) scales; WORDS: read them as
+    words (see `_load_rows`)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < kv_end
     slots = tl.load(kv_row + offs_n, mask=mask_n, other=0).to(tl.int64)
-    k = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
-                mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-    qk = tl.dot(q, k.to(q.dtype), input_precision=DOT_PREC)
+    if WORDS:
+        k = _load_rows(K, slots, stride_kt, kvh * stride_kh, offs_d, mask_n, mask_d, q.dtype,
+                       BLOCK_N, BLOCK_D, True)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    else:
+        k = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
+                    mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        qk = tl.dot(q, k.to(q.dtype), input_precision=DOT_PREC)
     if QUANT:
         ks = tl.load(KS + slots * stride_st + kvh, mask=mask_n, other=0.0)
         qk = qk * (ks * sm_scale_log2)[None, :]
@@ -120,8 +172,12 @@ def _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end, q_pos
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(qk - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+    if WORDS:
+        v = _load_rows(V, slots, stride_vt, kvh * stride_vh, offs_d, mask_n, mask_d, q.dtype,
+                       BLOCK_N, BLOCK_D, True)
+    else:
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     if QUANT:
         vs = tl.load(VS + slots * stride_st + kvh, mask=mask_n, other=0.0)
         if q.dtype == tl.float16:
@@ -144,7 +200,8 @@ def _extend_kernel(Q, K, V, KS, VS, O, ReqToToken, ReqPoolIdx, PrefixLens, Exten
                    ExtendStarts, sm_scale_log2, stride_qt, stride_qh, stride_kt, stride_kh,
                    stride_vt, stride_vh, stride_st, stride_ot, stride_oh, stride_r2t, head_dim,
                    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, QUANT: tl.constexpr):
+                   BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr, QUANT: tl.constexpr,
+                   WORDS: tl.constexpr = False):
     b = tl.program_id(0)
     h = tl.program_id(1)
     mb = tl.program_id(2)
@@ -174,12 +231,12 @@ def _extend_kernel(Q, K, V, KS, VS, O, ReqToToken, ReqPoolIdx, PrefixLens, Exten
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
                                       q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
                                       stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
-                                      DOT_PREC, QUANT)
+                                      DOT_PREC, QUANT, WORDS, BLOCK_D)
     for n0 in range(full_end_aligned, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
                                       q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
                                       stride_vh, stride_st, sm_scale_log2, BLOCK_N, True,
-                                      DOT_PREC, QUANT)
+                                      DOT_PREC, QUANT, WORDS, BLOCK_D)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(O + (q_start + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
@@ -222,13 +279,16 @@ def extend_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     grid = (bs, h, triton.cdiv(max_extend, cfg["BLOCK_M"]))
     q = _last_dim_contiguous(q)
     quant = k_scale is not None
+    words = (quant and FP8_EXTEND_WORDS and _words_ok(k_buf, d, q.dtype)
+             and _words_ok(v_buf, d, q.dtype))
     ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
     _extend_kernel[grid](
         q, k_buf, v_buf, ks, vs, o, req_to_token, req_pool_indices, prefix_lens, extend_lens,
         extend_starts, scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0),
         k_buf.stride(1), v_buf.stride(0), v_buf.stride(1), ks.stride(0) if quant else 0,
         o.stride(0), o.stride(1), req_to_token.stride(0), d, GROUP=h // kvh,
-        BLOCK_D=triton.next_power_of_2(d), DOT_PREC=_dot_precision(q.dtype), QUANT=quant, **cfg,
+        BLOCK_D=triton.next_power_of_2(d), DOT_PREC=_dot_precision(q.dtype), QUANT=quant,
+        WORDS=words, **cfg,
     )
     return o
 
@@ -243,7 +303,7 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
                          head_dim, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
                          DOT_PREC: tl.constexpr, QUANT: tl.constexpr, F16: tl.constexpr,
-                         PDL: tl.constexpr):
+                         PDL: tl.constexpr, WORDS: tl.constexpr = False):
     pdl_start(PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -270,7 +330,7 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, end,
                                       heads, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
                                       stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
-                                      DOT_PREC, QUANT)
+                                      DOT_PREC, QUANT, WORDS, BLOCK_D)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     mask_o = mask_h[:, None] & mask_d[None, :]
     if DIRECT:
@@ -310,10 +370,22 @@ def _decode_merge_kernel(O, MidO, MidLse, stride_ot, stride_oh, stride_mb, strid
 
 
 DECODE_BLOCK_N = 64
-# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages); the
-# best of 12 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md, 2026-12-02):
-# 128-key blocks, 3 stages (1.25-1.7x the bf16 kernel's shape on FP8); fp16 operands did not pay
-FP8_DECODE = (False, 128, 4, 3)
+# the decode kernel over an FP8 pool: (fp16 operands, BLOCK_N, num_warps, num_stages, words:
+# K/V read as 32-bit words and widened in registers, see `_load_rows`; a 4-tuple means
+# words); the best of 6 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md,
+# 2026-12-02, eighth session): 0.93x the bf16 kernel's time at 256 requests x 800 tokens
+FP8_DECODE = (True, 64, 2, 3, True)
+# the extend kernel over an FP8 pool reads K/V as words too (see `_load_rows`)
+FP8_EXTEND_WORDS = True
+
+
+def _words_ok(k_buf: torch.Tensor, head_dim: int, q_dtype: torch.dtype) -> bool:
+    """`_load_rows`'s word path: 16-bit operands, rows of a power-of-two head_dim,
+    16-byte aligned; not under Triton's interpreter (it runs no inline PTX)."""
+    if q_dtype not in (torch.float16, torch.bfloat16) or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return (head_dim == triton.next_power_of_2(head_dim) and head_dim % 16 == 0
+            and k_buf.stride(-1) == 1 and k_buf.stride(0) % 16 == 0 and k_buf.stride(1) % 16 == 0)
 
 
 def decode_num_splits(bs: int, num_kv_heads: int, max_len: int, num_sms: int,
@@ -343,15 +415,18 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     num_splits > 1, mid_o / mid_lse (see `decode_buffers`, at least bs x H x splits) hold
     the partial results; no host sync happens here. k_scale / v_scale: an FP8 pool's
     scales (see the module docstring); their kernel shape is `fp8_config` (default
-    FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages).
+    FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages and
+    optionally whether K/V are read as words, default yes where `_words_ok`).
     The fp16 cast keeps |q| < 65504 (far above any q of a working model)."""
     bs, h, d = q.shape
     if bs == 0:
         return o
-    f16 = False
+    f16 = words = False
     if k_scale is not None:
-        f16, block_n, num_warps, num_stages = fp8_config or FP8_DECODE
+        f16, block_n, num_warps, num_stages, *rest = fp8_config or FP8_DECODE
         f16 = f16 and q.dtype == torch.bfloat16
+        words = ((rest[0] if rest else True) and _words_ok(k_buf, d, q.dtype)
+                 and _words_ok(v_buf, d, q.dtype))
     kvh = k_buf.shape[1]
     group = h // kvh
     direct = num_splits == 1
@@ -371,7 +446,7 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant, F16=f16,
-        PDL=pdl_enabled(q.device), num_warps=num_warps, num_stages=num_stages,
+        PDL=pdl_enabled(q.device), WORDS=words, num_warps=num_warps, num_stages=num_stages,
         **launch_kwargs(q.device),
     )
     if not direct:
