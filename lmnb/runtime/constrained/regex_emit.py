@@ -195,17 +195,22 @@ class _Emitter:
             elif op is C.RANGE:
                 ranges.append(av)
             elif op is C.CATEGORY:
-                ranges += self.category(av)
+                ranges += self.category(av, widest=negated)
             else:
                 raise LmnbError(f"regex class item {op} is not supported; rewrite the class")
         return self.chars(ranges, negated)
 
-    def category(self, cat) -> Ranges:
+    def category(self, cat, widest: bool = False) -> Ranges:
+        """The characters of `\\d \\w \\s \\D \\W \\S`. As JSON-string content a class
+        must hold only what both dialects (ASCII ECMA-262, Unicode Python) agree on: the
+        narrower reading, except inside a negated class (`widest`), which takes the wider
+        one so that its complement is the narrower."""
         if cat in _ASCII:
-            return _ASCII[cat]
+            return _unicode_category(cat) if self.json and widest else _ASCII[cat]
         if cat in _NEGATED:
             base = _NEGATED[cat]
-            return _subtract(_ALL, _unicode_category(base) if self.json else _ASCII[base])
+            narrow = self.json and not widest
+            return _subtract(_ALL, _unicode_category(base) if narrow else _ASCII[base])
         raise LmnbError(f"regex category {cat} is not supported; use an explicit class")
 
     def chars(self, ranges: Ranges, negated: bool = False) -> str:
