@@ -13,7 +13,8 @@ Parts (--only): kernels (the FP8 dispatch vs bf16 F.linear on the model's projec
 shapes, each over distinct weight copies in one CUDA graph: weights from HBM), accuracy (bench/fp8_accuracy.py: FP8 vs bf16 logits on the same random weights,
 greedy-token agreement over 256 steps), latency (batch 1, 128 in / 256 out, ms/token and
 % of the byte roofline), decode_steps (graph replay alone), throughput (256 requests,
-lengths uniform in [100, 1024], ignore_eos). One line per case (`name key=value ...`);
+lengths uniform in [100, 1024], ignore_eos), step_profile (kernel time per step of
+that workload's decode phase, by kernel class). One line per case (`name key=value ...`);
 all rows go to --out as JSON with the GPU, versions, load times and the tile configs the
 FP8 kernels chose.
 """
@@ -364,8 +365,82 @@ def throughput(b: Bench) -> None:
                met=res[mode] / res["bf16"] >= 1.4)
 
 
+def _kernel_class(name: str) -> str:
+    """A kernel's part of the step, from its name (Triton kernels keep their function's)."""
+    n = name.lower()
+    for key, words in (("gemm", ("gemm", "gemv", "w8a16", "_mm", "cutlass", "nvjet", "splitkreduce")),
+                       ("quantize", ("quantize",)),
+                       ("attention", ("decode", "extend", "attn", "merge")),
+                       ("kv_store", ("store_kv", "rope", "rotary", "kv_quant")),
+                       ("norm", ("norm",)), ("sampling", ("argmax", "sample", "softmax", "topk"))):
+        if any(w in n for w in words):
+            return key
+    return "other"
+
+
+def step_profile(b: Bench) -> None:
+    """Where a throughput-workload step goes: the workload runs in a thread, and a window
+    in its decode phase is traced with torch.profiler (CUDA kernels only, graph replays
+    included): GPU ms per step by kernel class, GPU busy share of the window, top kernels.
+    The windows of the modes start at the same step, so they see the same batch."""
+    import threading
+
+    from torch.profiler import ProfilerActivity, profile
+
+    start_step, window_steps = 150, 60
+    for mode in b.modes:
+        rt = b.runtime(mode)
+        prompts, outs = _throughput_workload(rt.model_config.vocab_size, n=16 if b.args.small else 256)
+        if b.args.small:
+            start_step, window_steps, outs = 4, 4, [o // 20 + 2 for o in outs]
+        params = [{"max_new_tokens": o, "temperature": 0, "ignore_eos": True} for o in outs]
+        rt.flush_cache()
+        steps0 = rt.stats()["decode_steps"]
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (submit_all(rt, prompts, params), done.set()))
+        th.start()
+        while rt.stats()["decode_steps"] - steps0 < start_step and not done.is_set():
+            time.sleep(0.0005)
+        s0, t0 = rt.stats()["decode_steps"], time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA if CUDA else ProfilerActivity.CPU]) as prof:
+            while rt.stats()["decode_steps"] - s0 < window_steps and not done.is_set():
+                time.sleep(0.0005)
+            s1, t1 = rt.stats()["decode_steps"], time.perf_counter()
+            _sync()
+        th.join()
+        kind = torch.autograd.DeviceType.CUDA if CUDA else torch.autograd.DeviceType.CPU
+        kernels = [e for e in prof.events() if e.device_type == kind]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, cur_s, cur_e = 0.0, None, None
+        for st, en in spans:
+            if cur_e is None or st > cur_e:
+                busy += 0 if cur_e is None else cur_e - cur_s
+                cur_s, cur_e = st, en
+            else:
+                cur_e = max(cur_e, en)
+        busy += 0 if cur_e is None else cur_e - cur_s
+        first = spans[0][0] if spans else 0
+        last = max((en for _, en in spans), default=0)
+        steps = max(s1 - s0, 1)
+        by_class: dict[str, float] = {}
+        by_name: dict[str, float] = {}
+        for e in kernels:
+            us = e.time_range.end - e.time_range.start
+            by_class[_kernel_class(e.name)] = by_class.get(_kernel_class(e.name), 0.0) + us
+            by_name[e.name] = by_name.get(e.name, 0.0) + us
+        b.emit("step_profile", mode=mode, steps=s1 - s0, window_ms=(t1 - t0) * 1e3,
+               wall_ms_per_step=(t1 - t0) * 1e3 / steps,
+               gpu_span_ms_per_step=(last - first) / 1e3 / steps,
+               gpu_busy_ms_per_step=busy / 1e3 / steps, kernels=len(kernels),
+               **{f"{k}_ms_per_step": v / 1e3 / steps for k, v in sorted(by_class.items())})
+        for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:12]:
+            b.emit("step_profile_kernel", mode=mode, ms_per_step=us / 1e3 / steps,
+                   kernel=name[:90].replace(" ", "_"))
+
+
 PARTS = {"kernels": kernels_part, "kv_kernels": kv_kernels, "accuracy": accuracy,
-         "latency": latency, "decode_steps": decode_steps, "throughput": throughput}
+         "latency": latency, "decode_steps": decode_steps, "throughput": throughput,
+         "step_profile": step_profile}
 
 
 def main() -> None:
