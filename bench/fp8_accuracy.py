@@ -77,3 +77,16 @@ def compare(ref_rt, q_rt, prompt: list[int], steps: int = 256) -> dict:
             "decode_max_abs_err": dec["max_abs_err"], "decode_mean_abs_err": dec["mean_abs_err"],
             "prefill_max_abs_err": pre["max_abs_err"], "prefill_mean_abs_err": pre["mean_abs_err"],
             "prefill_argmax_agreement": pre["argmax_agreement"], "ref_logit_std": dec["ref_logit_std"]}
+
+
+def outside_bounds(r: dict, teacher_forced_agreement: float = 0.0,
+                   prefill_argmax_agreement: float = 0.0, mean_err_of_std: float = float("inf")
+                   ) -> list[str]:
+    """The bounds a `compare` result misses (empty when it meets them all): the two
+    agreements at least as given, both mean |errors| at most `mean_err_of_std` logit stds."""
+    limit = mean_err_of_std * r["ref_logit_std"]
+    checks = {"teacher_forced_agreement": r["teacher_forced_agreement"] >= teacher_forced_agreement,
+              "prefill_argmax_agreement": r["prefill_argmax_agreement"] >= prefill_argmax_agreement,
+              "decode_mean_abs_err": r["decode_mean_abs_err"] <= limit,
+              "prefill_mean_abs_err": r["prefill_mean_abs_err"] <= limit}
+    return [name for name, ok in checks.items() if not ok]

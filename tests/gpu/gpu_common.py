@@ -136,3 +136,54 @@ def ref_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         out[at : at + ext] = torch.einsum("hqk,khd->qhd", logits.softmax(-1), vv)
         at += ext
     return out
+
+
+def slots_in_use(case: Case, seq_lens: list[int]) -> set[int]:
+    """The pool slots the first `seq_lens` table entries of the case's requests hold."""
+    rows = case.batch.req_pool_indices.tolist()
+    return {int(x) for r, s in zip(rows, seq_lens) for x in case.req_pool.table[r, :s].tolist()}
+
+
+def append_decode_slots(case: Case, lens: list[int], new: torch.Tensor) -> list[int]:
+    """Advance the case's decode batch by one token per request, written at slots `new`
+    (in place, as a captured graph's inputs are refreshed); returns the new lengths."""
+    batch = case.batch
+    for row, s, slot in zip(batch.req_pool_indices.tolist(), lens, new):
+        case.req_pool.write(row, s, slot.view(1))
+    lens = [s + 1 for s in lens]
+    batch.seq_lens.copy_(torch.tensor(lens))
+    batch.out_cache_loc.copy_(new)
+    batch.seq_lens_cpu = lens
+    batch.prefix_lens_cpu = [s - 1 for s in lens]
+    return lens
+
+
+def captured_forward(backend, q, k, v, batch, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`backend.forward` of layer 0 captured in a CUDA graph, after a warm-up run on a side
+    stream (kernels compile outside the capture): (graph, its output tensor)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        backend.forward(q, k, v, 0, batch, pool)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = backend.forward(q, k, v, 0, batch, pool)
+    return graph, out
+
+
+def fp8_runtime_pair(**fp8_kwargs):
+    """For a module fixture (`yield from`): dummy:qwen3-0.6b in bf16 and with `fp8_kwargs`
+    (quantization, kv_cache_dtype) on the same seeded weights; skips without FP8 support."""
+    if DEVICE.type != "cuda" or torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a CUDA GPU with FP8 support")
+    import lmnb as lm
+
+    kw = dict(device="cuda", kv_memory_gb=1.0, max_running_requests=16)
+    ref = lm.Runtime("dummy:qwen3-0.6b", **kw)
+    q = lm.Runtime("dummy:qwen3-0.6b", **fp8_kwargs, **kw)
+    try:
+        yield ref, q
+    finally:
+        ref.shutdown()
+        q.shutdown()

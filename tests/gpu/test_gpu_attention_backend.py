@@ -11,10 +11,13 @@ from gpu_common import (
     DEVICE,
     INTERPRET,
     REL_TOL,
+    append_decode_slots,
+    captured_forward,
     make_case,
     needs_gpu_or_interpreter,
     ref_attention,
     rel_err,
+    slots_in_use,
     usable,
 )
 
@@ -97,7 +100,7 @@ def check_against_torch_backend(backend_cls, bs, group, head_dim, dtype, prefixe
     g = torch.Generator().manual_seed(bs + 1)
     errs = [_step(backends, pools, case.batch, h, kvh, head_dim, dtype, g)]
     seq = [p + e for p, e in zip(prefixes, exts)]
-    in_use = _slots_in_use(case, seq)
+    in_use = slots_in_use(case, seq)
     free = [s for s in range(1, case.pool.size + 1) if s not in in_use]
     rng.shuffle(free)
     rows = case.batch.req_pool_indices.tolist()
@@ -110,11 +113,6 @@ def check_against_torch_backend(backend_cls, bs, group, head_dim, dtype, prefixe
         assert vs_torch < 2 * REL_TOL[dtype], errs
         assert vs_ref < REL_TOL[dtype], errs
     return errs
-
-
-def _slots_in_use(case, seq_lens):
-    rows = case.batch.req_pool_indices.tolist()
-    return {int(x) for r, s in zip(rows, seq_lens) for x in case.req_pool.table[r, :s].tolist()}
 
 
 def test_create_backend_by_name():
@@ -138,27 +136,12 @@ def test_decode_cuda_graph_replay():
     batch = case.batch
     backend.init_forward_graph(batch)
     q, k, v = case.q.clone(), case.k.clone(), case.v.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up compiles outside the capture
-        backend.forward(q, k, v, 0, batch, case.pool)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = backend.forward(q, k, v, 0, batch, case.pool)
+    graph, out = captured_forward(backend, q, k, v, batch, case.pool)
     g = torch.Generator().manual_seed(4)
-    free = sorted(set(range(1, case.pool.size + 1)) - _slots_in_use(case, lens))
-    rows = batch.req_pool_indices.tolist()
+    free = sorted(set(range(1, case.pool.size + 1)) - slots_in_use(case, lens))
     for step in range(3):
         if step:
-            new = torch.tensor(free[step * bs : (step + 1) * bs])
-            for row, s, slot in zip(rows, lens, new):
-                case.req_pool.write(row, s, slot.view(1))
-            lens = [s + 1 for s in lens]
-            batch.seq_lens.copy_(torch.tensor(lens))
-            batch.out_cache_loc.copy_(new)
-            batch.seq_lens_cpu = lens
-            batch.prefix_lens_cpu = [s - 1 for s in lens]
+            lens = append_decode_slots(case, lens, torch.tensor(free[step * bs : (step + 1) * bs]))
         for t, n in ((q, h), (k, kvh), (v, kvh)):
             t.copy_(torch.randn((bs, n, d), generator=g))
         graph.replay()

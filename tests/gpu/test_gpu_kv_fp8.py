@@ -18,10 +18,14 @@ from gpu_common import (
     DEVICE,
     INTERPRET,
     REL_TOL,
+    append_decode_slots,
+    captured_forward,
+    fp8_runtime_pair,
     make_case,
     needs_gpu_or_interpreter,
     ref_attention,
     rel_err,
+    slots_in_use,
     usable,
 )
 
@@ -273,28 +277,12 @@ def test_fp8_decode_cuda_graph_replay():
     batch = case.batch
     backend.init_forward_graph(batch)
     q, k, v = case.q.clone(), case.k.clone(), case.v.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        backend.forward(q, k, v, 0, batch, pool)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = backend.forward(q, k, v, 0, batch, pool)
+    graph, out = captured_forward(backend, q, k, v, batch, pool)
     g = torch.Generator().manual_seed(4)
-    rows = batch.req_pool_indices.tolist()
-    used = {int(x) for r, s in zip(rows, lens) for x in case.req_pool.table[r, :s].tolist()}
-    free = sorted(set(range(1, case.pool.size + 1)) - used)
+    free = sorted(set(range(1, case.pool.size + 1)) - slots_in_use(case, lens))
     for step in range(3):
         if step:
-            new = torch.tensor(free[step * bs : (step + 1) * bs])
-            for row, s, slot in zip(rows, lens, new):
-                case.req_pool.write(row, s, slot.view(1))
-            lens = [s + 1 for s in lens]
-            batch.seq_lens.copy_(torch.tensor(lens))
-            batch.out_cache_loc.copy_(new)
-            batch.seq_lens_cpu = lens
-            batch.prefix_lens_cpu = [s - 1 for s in lens]
+            lens = append_decode_slots(case, lens, torch.tensor(free[step * bs : (step + 1) * bs]))
         for t, n in ((q, h), (k, kvh), (v, kvh)):
             t.copy_(torch.randn((bs, n, d), generator=g))
         graph.replay()
@@ -315,21 +303,12 @@ MODEL_BOUNDS = {"teacher_forced_agreement": 0.85, "prefill_argmax_agreement": 0.
 
 @pytest.fixture(scope="module")
 def kv_pair():
-    if not CUDA or torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("needs a CUDA GPU with FP8 support")
-    import lmnb as lm
-
-    kw = dict(device="cuda", kv_memory_gb=1.0, max_running_requests=16)
-    ref = lm.Runtime("dummy:qwen3-0.6b", **kw)
-    q = lm.Runtime("dummy:qwen3-0.6b", kv_cache_dtype="fp8", **kw)
-    yield ref, q
-    ref.shutdown()
-    q.shutdown()
+    yield from fp8_runtime_pair(kv_cache_dtype="fp8")
 
 
 def test_fp8_kv_model_matches_bf16(kv_pair):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from fp8_accuracy import compare
+    from fp8_accuracy import compare, outside_bounds
 
     ref, q = kv_pair
     assert q.pool.quantized and q.pool.k[0].dtype == FP8_KV and not ref.pool.quantized
@@ -341,10 +320,7 @@ def test_fp8_kv_model_matches_bf16(kv_pair):
     r = compare(ref, q, list(range(40, 104)), steps=128)
     print(r)
     assert r["steps"] == 128
-    assert r["teacher_forced_agreement"] >= MODEL_BOUNDS["teacher_forced_agreement"], r
-    assert r["prefill_argmax_agreement"] >= MODEL_BOUNDS["prefill_argmax_agreement"], r
-    assert r["decode_mean_abs_err"] <= MODEL_BOUNDS["mean_err_of_std"] * r["ref_logit_std"], r
-    assert r["prefill_mean_abs_err"] <= MODEL_BOUNDS["mean_err_of_std"] * r["ref_logit_std"], r
+    assert not outside_bounds(r, **MODEL_BOUNDS), (outside_bounds(r, **MODEL_BOUNDS), r)
     q.check_integrity()
 
 

@@ -155,7 +155,7 @@ def kv_pair(fake_fp8_device):
 
 
 def test_engine_fp8_kv_matches_bf16(kv_pair):
-    from fp8_accuracy import compare
+    from fp8_accuracy import compare, outside_bounds
 
     ref, q = kv_pair
     assert q.pool.quantized and q.pool.k[0].dtype == FP8_KV
@@ -164,9 +164,9 @@ def test_engine_fp8_kv_matches_bf16(kv_pair):
     assert "kv_cache_dtype='fp8_e4m3'" in repr(q) and "KV cache fp8_e4m3" in q.describe()
     assert "KV cache bfloat16" in ref.describe()
     r = compare(ref, q, list(range(40, 72)), steps=32)
-    assert r["steps"] == 32 and r["teacher_forced_agreement"] >= 0.85, r
-    assert r["decode_mean_abs_err"] < 0.15 * r["ref_logit_std"], r
-    assert r["prefill_mean_abs_err"] < 0.15 * r["ref_logit_std"], r
+    assert r["steps"] == 32, r
+    missed = outside_bounds(r, teacher_forced_agreement=0.85, mean_err_of_std=0.15)
+    assert not missed, (missed, r)
     q.check_integrity()
 
 
