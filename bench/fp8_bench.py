@@ -14,7 +14,8 @@ shapes, each over distinct weight copies in one CUDA graph: weights from HBM), a
 greedy-token agreement over 256 steps), latency (batch 1, 128 in / 256 out, ms/token and
 % of the byte roofline), decode_steps (graph replay alone), throughput (256 requests,
 lengths uniform in [100, 1024], ignore_eos), step_profile (kernel time per step of
-that workload's decode phase, by kernel class). One line per case (`name key=value ...`);
+that workload's decode phase, by kernel class), latency_profile (the same for the batch-1
+run, with the GPU's idle gaps). One line per case (`name key=value ...`);
 all rows go to --out as JSON with the GPU, versions, load times and the tile configs the
 FP8 kernels chose.
 """
@@ -408,39 +409,65 @@ def step_profile(b: Bench) -> None:
             s1, t1 = rt.stats()["decode_steps"], time.perf_counter()
             _sync()
         th.join()
-        kind = torch.autograd.DeviceType.CUDA if CUDA else torch.autograd.DeviceType.CPU
-        kernels = [e for e in prof.events() if e.device_type == kind]
-        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
-        busy, cur_s, cur_e = 0.0, None, None
-        for st, en in spans:
-            if cur_e is None or st > cur_e:
-                busy += 0 if cur_e is None else cur_e - cur_s
-                cur_s, cur_e = st, en
-            else:
-                cur_e = max(cur_e, en)
-        busy += 0 if cur_e is None else cur_e - cur_s
-        first = spans[0][0] if spans else 0
-        last = max((en for _, en in spans), default=0)
-        steps = max(s1 - s0, 1)
-        by_class: dict[str, float] = {}
-        by_name: dict[str, float] = {}
-        for e in kernels:
-            us = e.time_range.end - e.time_range.start
-            by_class[_kernel_class(e.name)] = by_class.get(_kernel_class(e.name), 0.0) + us
-            by_name[e.name] = by_name.get(e.name, 0.0) + us
-        b.emit("step_profile", mode=mode, steps=s1 - s0, window_ms=(t1 - t0) * 1e3,
-               wall_ms_per_step=(t1 - t0) * 1e3 / steps,
-               gpu_span_ms_per_step=(last - first) / 1e3 / steps,
-               gpu_busy_ms_per_step=busy / 1e3 / steps, kernels=len(kernels),
-               **{f"{k}_ms_per_step": v / 1e3 / steps for k, v in sorted(by_class.items())})
-        for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:12]:
-            b.emit("step_profile_kernel", mode=mode, ms_per_step=us / 1e3 / steps,
-                   kernel=name[:90].replace(" ", "_"))
+        _emit_profile(b, "step_profile", mode, prof, s1 - s0, (t1 - t0) * 1e3)
+
+
+def _emit_profile(b: Bench, name: str, mode: str, prof, steps: int, wall_ms: float) -> None:
+    """One row of GPU time per step (busy: the union of kernel spans; idle: the gaps of
+    the traced span; by kernel class) and rows for the top kernels and the longest gaps."""
+    kind = torch.autograd.DeviceType.CUDA if CUDA else torch.autograd.DeviceType.CPU
+    kernels = [e for e in prof.events() if e.device_type == kind]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    merged: list[list[float]] = []
+    for st, en in spans:
+        if merged and st <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], en)
+        else:
+            merged.append([st, en])
+    busy = sum(en - st for st, en in merged)
+    gaps = sorted((merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)), reverse=True)
+    span = merged[-1][1] - merged[0][0] if merged else 0.0
+    per = max(steps, 1)
+    by_class: dict[str, float] = {}
+    by_name: dict[str, float] = {}
+    for e in kernels:
+        us = e.time_range.end - e.time_range.start
+        by_class[_kernel_class(e.name)] = by_class.get(_kernel_class(e.name), 0.0) + us
+        by_name[e.name] = by_name.get(e.name, 0.0) + us
+    b.emit(name, mode=mode, steps=steps, window_ms=wall_ms, wall_ms_per_step=wall_ms / per,
+           gpu_span_ms_per_step=span / 1e3 / per, gpu_busy_ms_per_step=busy / 1e3 / per,
+           gpu_idle_ms_per_step=(span - busy) / 1e3 / per, kernels=len(kernels),
+           kernels_per_step=len(kernels) / per,
+           gaps_over_10us_per_step=sum(1 for g in gaps if g > 10) / per,
+           idle_in_gaps_over_10us_ms_per_step=sum(g for g in gaps if g > 10) / 1e3 / per,
+           **{f"{k}_ms_per_step": v / 1e3 / per for k, v in sorted(by_class.items())})
+    for kname, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:12]:
+        b.emit(f"{name}_kernel", mode=mode, ms_per_step=us / 1e3 / per,
+               kernel=kname[:90].replace(" ", "_"))
+    b.emit(f"{name}_gaps", mode=mode, longest_us="_".join(f"{g:.0f}" for g in gaps[:12]))
+
+
+def latency_profile(b: Bench) -> None:
+    """The batch-1 latency run (128-token prompt, 256 new tokens) traced with torch.profiler:
+    GPU busy and idle time per token, where the GPU waits (gaps between kernels), by
+    kernel class."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for mode in b.modes:
+        rt, new = b.runtime(mode), 32 if b.args.small else 256
+        prompt = random_tokens(random.Random(0), 128, rt.model_config.vocab_size)
+        rt.generate([prompt], max_new_tokens=new, temperature=0, ignore_eos=True)
+        rt.flush_cache()
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA if CUDA else ProfilerActivity.CPU]) as prof:
+            rt.generate([prompt], max_new_tokens=new, temperature=0, ignore_eos=True)
+            _sync()
+        _emit_profile(b, "latency_profile", mode, prof, new, (time.perf_counter() - t0) * 1e3)
 
 
 PARTS = {"kernels": kernels_part, "kv_kernels": kv_kernels, "accuracy": accuracy,
          "latency": latency, "decode_steps": decode_steps, "throughput": throughput,
-         "step_profile": step_profile}
+         "step_profile": step_profile, "latency_profile": latency_profile}
 
 
 def main() -> None:
