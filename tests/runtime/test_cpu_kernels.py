@@ -6,6 +6,9 @@
 - the fused decode step gives the per-layer path's logits and KV (same weights, torch
   attention), and is row-exact: a decode batch gives each request's step alone, and a
   verify extend of k rows gives k single decode steps, bitwise;
+- the fused step's attention equals a float64 reference at contexts around its key block
+  and work unit, a row's result is the same bits alone or in any step, with any thread
+  count, and the AVX-512, AVX2 and portable C builds give the same bits;
 - without a C compiler (or with LMNB_CPU_KERNELS=torch) the runtime says so and runs on
   torch's kernels.
 """
@@ -285,6 +288,124 @@ def test_avx512_and_avx2_builds_give_the_same_bits(tmp_path, monkeypatch):
     for k_, pool in zip((kernels, avx2), pools):
         model.set_fused_decode(FusedDecode(model, k_))
         outs.append(_step(model, pool, [0, 1, 2], [1, 2, 3]))
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(pools[0].k + pools[0].v, pools[1].k + pools[1].v))
+
+
+# ---- the fused step's attention ------------------------------------------------------------
+
+ATT_H, ATT_KVH, ATT_D = 9, 3, 64   # smollm2's heads
+
+
+def _attention_case(seed: int, cnts: list[int], d: int = ATT_D, slots: int = 2400):
+    """Random caches and queries; row r attends to cnts[r] random slots."""
+    g = torch.Generator().manual_seed(seed)
+    kc, vc = (torch.randn(slots, ATT_KVH, d, generator=g) for _ in range(2))
+    spans = [torch.randperm(slots, generator=g)[:c] for c in cnts]
+    key_slots = torch.cat(spans).long()
+    off = torch.tensor([0, *torch.tensor(cnts).cumsum(0)[:-1].tolist()], dtype=torch.int64)
+    q = torch.randn(len(cnts), ATT_H, d, generator=g) * 3   # peaked softmaxes as well as flat ones
+    return q, kc, vc, key_slots, off, torch.tensor(cnts, dtype=torch.int64)
+
+
+def _attention_reference(q, kc, vc, key_slots, off, cnt):
+    rep = ATT_H // ATT_KVH
+    out = []
+    for r in range(q.shape[0]):
+        s = key_slots[off[r]:off[r] + cnt[r]]
+        kk, vv = (c[s].double().repeat_interleave(rep, 1) for c in (kc, vc))   # n, heads, d
+        p = torch.softmax(torch.einsum("hd,nhd->hn", q[r].double(), kk) * q.shape[-1] ** -0.5, -1)
+        out.append(torch.einsum("hn,nhd->hd", p, vv))
+    return torch.stack(out)
+
+
+def _attend(k, case):
+    q, kc, vc, key_slots, off, cnt = case
+    return k.attention(q, kc, vc, key_slots, off, cnt, q.shape[-1] ** -0.5)
+
+
+# contexts around the score block (KEYS) and the work unit (SPLIT), and a long one
+CONTEXTS = [1, 7, 8, 9, 15, 16, 17, 63, cpu_kernels.SPLIT - 1, cpu_kernels.SPLIT, cpu_kernels.SPLIT + 1, 1000]
+
+
+@pytest.mark.parametrize("cnt", CONTEXTS)
+def test_attention_equals_a_float64_reference(cnt):
+    assert cpu_kernels.KEYS == 16 and cpu_kernels.SPLIT % cpu_kernels.KEYS == 0
+    case = _attention_case(cnt, [cnt])
+    out = _attend(kernels, case)
+    assert torch.allclose(out.double(), _attention_reference(*case), atol=2e-6, rtol=1e-5)
+
+
+def test_attention_rows_are_independent_of_the_step_and_the_threads():
+    """A row alone, inside a step of rows with other contexts (in any order), with one thread
+    or two: the same bits."""
+    cnts = [1000, 7, 129, 1, 64, 300, 16, 999]
+    case = _attention_case(21, cnts)
+    q, kc, vc, key_slots, off, cnt = case
+    together = _attend(kernels, case)
+    assert torch.allclose(together.double(), _attention_reference(*case), atol=2e-6, rtol=1e-5)
+    for r in range(len(cnts)):
+        alone = kernels.attention(q[r:r + 1], kc, vc, key_slots, off[r:r + 1], cnt[r:r + 1], ATT_D ** -0.5)
+        assert torch.equal(alone, together[r:r + 1]), r
+    order = torch.tensor([5, 0, 7, 2, 1, 6, 3, 4])
+    shuffled = kernels.attention(q[order].contiguous(), kc, vc, key_slots, off[order].contiguous(),
+                                 cnt[order].contiguous(), ATT_D ** -0.5)
+    assert torch.equal(shuffled, together[order])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(_attend(kernels, case), together)
+        torch.set_num_threads(3)
+        assert torch.equal(_attend(kernels, case), together)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_attention_takes_other_head_dims_and_refuses_others():
+    for d in (16, 32, 48, 128):
+        case = _attention_case(d, [1, 40, 200], d=d, slots=400)
+        assert torch.allclose(_attend(kernels, case).double(), _attention_reference(*case), atol=2e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        _attend(kernels, _attention_case(0, [5], d=40, slots=16))
+
+
+@pytest.fixture(scope="module")
+def isa_builds(tmp_path_factory):
+    """This machine's build and the other ISA levels it can run: AVX2 (what a machine
+    without AVX-512 builds) and the portable C (no AVX at all)."""
+    if not kernels.simd.startswith("AVX-512"):
+        pytest.skip(f"this machine builds {kernels.simd}")
+    os.environ["LMNB_CACHE_DIR"], old = str(tmp_path_factory.mktemp("isa")), os.environ.get("LMNB_CACHE_DIR")
+    try:
+        builds = {"avx2": cpu_kernels.build(("-mno-avx512f",)), "portable": cpu_kernels.build(("-mno-avx",))}
+    finally:
+        if old is None:
+            del os.environ["LMNB_CACHE_DIR"]
+        else:
+            os.environ["LMNB_CACHE_DIR"] = old
+    for name, (k, why) in builds.items():
+        assert k is not None, (name, why)
+    assert builds["avx2"][0].simd.startswith("AVX2") and builds["portable"][0].simd == "scalar C"
+    return {name: k for name, (k, _) in builds.items()}
+
+
+def test_attention_is_the_same_bits_in_every_isa_build(isa_builds):
+    for d in (64, 32, 128):
+        case = _attention_case(d + 1, CONTEXTS, d=d)
+        ref = _attend(kernels, case)
+        for name, k in isa_builds.items():
+            assert torch.equal(_attend(k, case), ref), (name, d)
+
+
+def test_the_fused_step_is_the_same_bits_in_the_portable_build(isa_builds):
+    from lmnb.runtime.quant.cpu_decode import FusedDecode
+
+    model = _model("q4", seed=8)
+    pools = [_pool(9), _pool(9)]
+    outs = []
+    for k_, pool in zip((kernels, isa_builds["portable"]), pools):
+        model.set_fused_decode(FusedDecode(model, k_))
+        outs.append(_step(model, pool, [0, 1, 2], [4, 5, 6]))
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(pools[0].k + pools[0].v, pools[1].k + pools[1].v))
 

@@ -60,6 +60,8 @@ class FusedDecode:
         cfg = model.cfg
         if cfg.qk_norm:
             return "q/k norms"
+        if cfg.head_dim % cpu_kernels.HEAD_LANES:
+            return f"head dim {cfg.head_dim} (the fused step's attention takes multiples of {cpu_kernels.HEAD_LANES})"
         if model.embed_tokens.weight.dtype != torch.float32:
             return f"dtype {model.embed_tokens.weight.dtype} (the fused step is fp32)"
         for layer in model.layers:

@@ -508,6 +508,363 @@ int lmnb_linear_forward(const lmnb_linear *L, const float *x, int64_t R, float *
     return 0;
 }
 
+/* ---- attention --------------------------------------------------------------------------
+ *
+ * A row's attention over its n keys, for the rep query heads that share one KV head, is
+ * split into work units of SPLIT consecutive keys. A unit computes, per head, its keys'
+ * scores s = (q . k) * scale, their max m, p = e^(s - m), l = sum p and o = sum p v; a
+ * merge then combines a row's units in key order: with M the max of their m and
+ * w = e^(m - M), out = (sum w o) / (sum w l). Units are computed whole by whichever thread
+ * takes them, so a row's result depends on nothing but its own query and keys: not on the
+ * other rows of the step, their number, or the thread count.
+ *
+ * In a unit, the scores come in blocks of KEYS = 16 keys, one lane per key. A key's dot
+ * product is 16 lanes (d mod 16) of FMAs over the head dim, lanes l and l + 8 added, then
+ * ((v0 + v2) + (v1 + v3)) + ((v4 + v6) + (v5 + v7)): the AVX-512 code does it for 16 keys
+ * at once by an add/shuffle tree on the keys' accumulators (no horizontal sum per key), the
+ * AVX2 code for 8 keys at once, the portable C key by key. A block's exponentials are one
+ * vector of the polynomial below (l adds them by lane: lane j has keys j, j + 16, ..., then
+ * the 16 lanes are summed like a dot product's), and o is, per dim, an FMA chain over the
+ * keys in order, each V row loaded once for the unit's heads. The three builds run the same
+ * operations, so they give the same bits. A partial last block is the block's first key
+ * repeated, its scores set to -inf (p = 0). */
+#define KEYS 16       /* keys per score block */
+#define SPLIT 128     /* keys per work unit: balances a one-row step over the threads */
+#define HEAD_LANES 16 /* the head dim is a multiple of this (a key's dot product lanes) */
+
+int lmnb_kernels_keys(void) { return KEYS; }         /* checked against cpu_kernels.py at load */
+int lmnb_kernels_split(void) { return SPLIT; }
+int lmnb_kernels_head_lanes(void) { return HEAD_LANES; }
+
+/* e^x for x <= 0: x = n ln2 + r (n = round(x log2 e), ln2 in two parts), e^r by its Taylor
+ * polynomial of degree 7 (|r| <= ln2 / 2: under 1e-8 relative), times 2^n; 0 below -87. */
+#define EXP_MIN (-87.0f)
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693145751953125f
+#define LN2_LO 1.42860682030941723212e-6f
+static const float EXP_POLY[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+
+static inline float exp_neg(float x) {
+    const float xc = x > EXP_MIN ? x : EXP_MIN, n = nearbyintf(xc * LOG2E);
+    const float r = fmaf(n, -LN2_LO, fmaf(n, -LN2_HI, xc));
+    float p = EXP_POLY[0];
+    for (int i = 1; i < 8; i++) p = fmaf(p, r, EXP_POLY[i]);
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return x < EXP_MIN ? 0.0f : p * two_n;
+}
+
+/* the 16 lanes of a score block's sums: lanes l and l + 8, then the tree above */
+static inline float sum16(const float *p) {
+    float v[8];
+    for (int l = 0; l < 8; l++) v[l] = p[l] + p[l + 8];
+    return ((v[0] + v[2]) + (v[1] + v[3])) + ((v[4] + v[6]) + (v[5] + v[7]));
+}
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+#ifdef LMNB_AVX512
+typedef __m512 vecf;
+#define VW 16
+#define vzero() _mm512_setzero_ps()
+#define vload(p) _mm512_loadu_ps(p)
+#define vstore(p, v) _mm512_storeu_ps(p, v)
+#define vset1(x) _mm512_set1_ps(x)
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+
+ALWAYS_INLINE __m512 exp_neg_512(__m512 x) {
+    const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));   /* NaN -> EXP_MIN, as above */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), xc));
+    __m512 p = _mm512_set1_ps(EXP_POLY[0]);
+    UNROLL for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_POLY[i]));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    const __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_MIN), _CMP_NLT_UQ), y);
+}
+
+/* the dot products of q with 16 keys (D a multiple of 16), one lane per key */
+ALWAYS_INLINE __m512 scores_512(const float *q, const float *const *k, int64_t D) {
+    __m512 a[KEYS], v[8], s[4];
+    UNROLL for (int j = 0; j < KEYS; j++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(k[j] + c), acc);
+        a[j] = acc;
+    }
+    /* v[i]: keys i and i + 8, each lanes l + (l + 8), in the low and high 256 bits */
+    UNROLL for (int i = 0; i < 8; i++)
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 8], 0x44), _mm512_shuffle_f32x4(a[i], a[i + 8], 0xEE));
+    /* then the AVX2 tree below in each 256-bit half */
+    UNROLL for (int i = 0; i < 4; i++)
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    const __m512 t0 = _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], 0x44), _mm512_shuffle_ps(s[0], s[1], 0xEE));
+    const __m512 t1 = _mm512_add_ps(_mm512_shuffle_ps(s[2], s[3], 0x44), _mm512_shuffle_ps(s[2], s[3], 0xEE));
+    /* t0: keys 0-3 (v0+v2)+(v1+v3), 0-3 (v4+v6)+(v5+v7), 8-11 ..., 8-11 ...; t1: 4-7, 12-15 */
+    const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+    const __m512i hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    return _mm512_add_ps(_mm512_permutex2var_ps(t0, lo, t1), _mm512_permutex2var_ps(t0, hi, t1));
+}
+#elif defined(LMNB_AVX2)
+typedef __m256 vecf;
+#define VW 8
+#define vzero() _mm256_setzero_ps()
+#define vload(p) _mm256_loadu_ps(p)
+#define vstore(p, v) _mm256_storeu_ps(p, v)
+#define vset1(x) _mm256_set1_ps(x)
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+
+ALWAYS_INLINE __m256 exp_neg_256(__m256 x) {
+    const __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), xc));
+    __m256 p = _mm256_set1_ps(EXP_POLY[0]);
+    UNROLL for (int i = 1; i < 8; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_POLY[i]));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(EXP_MIN), _CMP_LT_OQ));
+}
+
+/* the dot products of q with 8 keys, one lane per key */
+ALWAYS_INLINE __m256 scores_256(const float *q, const float *const *k, int64_t D) {
+    __m256 v[8], s[4];
+    UNROLL for (int j = 0; j < 8; j++) {
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k[j] + c), lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + c + 8), _mm256_loadu_ps(k[j] + c + 8), hi);
+        }
+        v[j] = _mm256_add_ps(lo, hi);
+    }
+    /* per 128-bit lane, keys 2i and 2i + 1: lanes (0 + 2), (1 + 3) / (4 + 6), (5 + 7) */
+    UNROLL for (int i = 0; i < 4; i++)
+        s[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    const __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s[0], s[1], 0x44), _mm256_shuffle_ps(s[0], s[1], 0xEE));
+    const __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s[2], s[3], 0x44), _mm256_shuffle_ps(s[2], s[3], 0xEE));
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+#endif
+
+/* one score block: the scores (q . k) * scale of 16 keys into s */
+ALWAYS_INLINE void score_block(const float *q, const float *const *k, int64_t D, float scale, float *s) {
+#if defined(LMNB_AVX512)
+    _mm512_storeu_ps(s, _mm512_mul_ps(scores_512(q, k, D), _mm512_set1_ps(scale)));
+#elif defined(LMNB_AVX2)
+    _mm256_storeu_ps(s, _mm256_mul_ps(scores_256(q, k, D), _mm256_set1_ps(scale)));
+    _mm256_storeu_ps(s + 8, _mm256_mul_ps(scores_256(q, k + 8, D), _mm256_set1_ps(scale)));
+#else
+    for (int j = 0; j < KEYS; j++) {
+        float p[16] = {0};
+        for (int64_t c = 0; c < D; c += 16)
+            for (int l = 0; l < 16; l++) p[l] = fmaf(q[c + l], k[j][c + l], p[l]);
+        s[j] = sum16(p) * scale;
+    }
+#endif
+}
+
+/* the max of the nb blocks of s (exact in any order; a max of 0 may be -0 or +0, which
+ * gives the same e^(s - m)) */
+static float max_blocks(const float *s, int64_t nb) {
+    float lanes[16], m = -INFINITY;
+#if defined(LMNB_AVX512)
+    __m512 v = _mm512_loadu_ps(s);
+    for (int64_t b = 1; b < nb; b++) v = _mm512_max_ps(v, _mm512_loadu_ps(s + b * KEYS));
+    _mm512_storeu_ps(lanes, v);
+#elif defined(LMNB_AVX2)
+    __m256 lo = _mm256_loadu_ps(s), hi = _mm256_loadu_ps(s + 8);
+    for (int64_t b = 1; b < nb; b++) {
+        lo = _mm256_max_ps(lo, _mm256_loadu_ps(s + b * KEYS));
+        hi = _mm256_max_ps(hi, _mm256_loadu_ps(s + b * KEYS + 8));
+    }
+    _mm256_storeu_ps(lanes, lo);
+    _mm256_storeu_ps(lanes + 8, hi);
+#else
+    for (int l = 0; l < 16; l++) lanes[l] = s[l];
+    for (int64_t b = 1; b < nb; b++)
+        for (int l = 0; l < 16; l++) lanes[l] = s[b * KEYS + l] > lanes[l] ? s[b * KEYS + l] : lanes[l];
+#endif
+    for (int l = 0; l < 16; l++) m = lanes[l] > m ? lanes[l] : m;
+    return m;
+}
+
+/* s[i] = e^(s[i] - m) for the nb blocks of s; returns their sum (lane by lane, then sum16) */
+static float exp_blocks(float *s, int64_t nb, float m) {
+    float lanes[16];
+#if defined(LMNB_AVX512)
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512 p = exp_neg_512(_mm512_sub_ps(_mm512_loadu_ps(s + b * KEYS), _mm512_set1_ps(m)));
+        _mm512_storeu_ps(s + b * KEYS, p);
+        acc = _mm512_add_ps(acc, p);
+    }
+    _mm512_storeu_ps(lanes, acc);
+#elif defined(LMNB_AVX2)
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256 p0 = exp_neg_256(_mm256_sub_ps(_mm256_loadu_ps(s + b * KEYS), _mm256_set1_ps(m)));
+        const __m256 p1 = exp_neg_256(_mm256_sub_ps(_mm256_loadu_ps(s + b * KEYS + 8), _mm256_set1_ps(m)));
+        _mm256_storeu_ps(s + b * KEYS, p0);
+        _mm256_storeu_ps(s + b * KEYS + 8, p1);
+        lo = _mm256_add_ps(lo, p0);
+        hi = _mm256_add_ps(hi, p1);
+    }
+    _mm256_storeu_ps(lanes, lo);
+    _mm256_storeu_ps(lanes + 8, hi);
+#else
+    for (int l = 0; l < 16; l++) lanes[l] = 0.0f;
+    for (int64_t b = 0; b < nb; b++)
+        for (int l = 0; l < 16; l++) {
+            s[b * KEYS + l] = exp_neg(s[b * KEYS + l] - m);
+            lanes[l] += s[b * KEYS + l];
+        }
+#endif
+    return sum16(lanes);
+}
+
+#ifdef LMNB_AVX2
+/* o[h][d0 ..] for NH heads and NV vectors of the head dim: per key, its V row's vectors
+ * loaded once, an FMA for each head (p from s, a head's scores SPLIT apart) */
+ALWAYS_INLINE void pv_tile(int NH, int NV, const float *s, int64_t n, const float *vc, int64_t stride,
+                           const int64_t *slots, int64_t d0, float *o, int64_t ostride) {
+    vecf acc[3][4];
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int i = 0; i < NV; i++) acc[h][i] = vzero();
+    for (int64_t j = 0; j < n; j++) {
+        const float *v = vc + slots[j] * stride + d0;
+        vecf x[4];
+        UNROLL for (int i = 0; i < NV; i++) x[i] = vload(v + i * VW);
+        UNROLL for (int h = 0; h < NH; h++) {
+            const vecf p = vset1(s[h * SPLIT + j]);
+            UNROLL for (int i = 0; i < NV; i++) acc[h][i] = vfma(p, x[i], acc[h][i]);
+        }
+    }
+    UNROLL for (int h = 0; h < NH; h++) UNROLL for (int i = 0; i < NV; i++) vstore(o + h * ostride + d0 + i * VW, acc[h][i]);
+}
+#endif
+
+/* o[h] = sum_j p[h][j] v_j (each dim an FMA chain over the keys in order) for nh heads */
+static void pv(int64_t nh, const float *s, int64_t n, const float *vc, int64_t stride, const int64_t *slots,
+               int64_t D, float *o, int64_t ostride) {
+#ifdef LMNB_AVX2
+    const int nv = (D / VW) % 4 == 0 ? 4 : (D / VW) % 2 == 0 ? 2 : 1;
+    for (int64_t h0 = 0; h0 < nh; h0 += 3) {
+        const int nhb = nh - h0 < 3 ? (int)(nh - h0) : 3;
+        for (int64_t d0 = 0; d0 < D; d0 += nv * VW) {
+            const float *sh = s + h0 * SPLIT;
+            float *oh = o + h0 * ostride;
+#define PV_CASE(A, B) if (nhb == A && nv == B) pv_tile(A, B, sh, n, vc, stride, slots, d0, oh, ostride);
+            PV_CASE(1, 1) PV_CASE(1, 2) PV_CASE(1, 4) PV_CASE(2, 1) PV_CASE(2, 2) PV_CASE(2, 4)
+            PV_CASE(3, 1) PV_CASE(3, 2) PV_CASE(3, 4)
+#undef PV_CASE
+        }
+    }
+#else
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t d = 0; d < D; d++) o[h * ostride + d] = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float *v = vc + slots[j] * stride;
+        for (int64_t h = 0; h < nh; h++)
+            for (int64_t d = 0; d < D; d++) o[h * ostride + d] = fmaf(s[h * SPLIT + j], v[d], o[h * ostride + d]);
+    }
+#endif
+}
+
+/* One unit: nh heads (queries q, D apart) against n <= SPLIT keys (K/V rows at kc/vc +
+ * slots[j] * stride). Per head h, writes part[h * pstride ..]: o [D], m, l. sc: scratch of
+ * nh * SPLIT floats. */
+static void attend_unit(const float *q, int64_t nh, int64_t D, float scale, const float *kc, const float *vc,
+                        int64_t stride, const int64_t *slots, int64_t n, float *sc, float *part, int64_t pstride) {
+    const int64_t nb = (n + KEYS - 1) / KEYS;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *k[KEYS];
+        for (int j = 0; j < KEYS; j++) k[j] = kc + slots[b * KEYS + j < n ? b * KEYS + j : b * KEYS] * stride;
+        for (int64_t h = 0; h < nh; h++) {
+            float *s = sc + h * SPLIT + b * KEYS;
+            if (D == 64) score_block(q + h * D, k, 64, scale, s);   /* unrolled for the common dim */
+            else score_block(q + h * D, k, D, scale, s);
+            for (int64_t j = n - b * KEYS; j < KEYS; j++) s[j] = -INFINITY;
+        }
+    }
+    for (int64_t h = 0; h < nh; h++) {
+        float *s = sc + h * SPLIT;
+        const float m = max_blocks(s, nb);
+        part[h * pstride + D] = m;
+        part[h * pstride + D + 1] = exp_blocks(s, nb, m);
+    }
+    pv(nh, sc, n, vc, stride, slots, D, part, pstride);
+}
+
+/* The attention of R rows (see lmnb_decode_step for key_slots, key_off, key_cnt). */
+typedef struct {
+    int64_t R, heads, kv_heads, D, maxc;   /* maxc: units per row and head, at most */
+    float scale;
+    const float *q;                        /* row r, head h: q + r * qstride + h * D */
+    int64_t qstride;
+    const int64_t *slots, *off, *cnt;
+    float *part;                           /* [R, heads, maxc, D + 2] */
+} attn_job;
+
+static int64_t attn_units_max(const int64_t *key_cnt, int64_t R) {
+    int64_t n = 1;
+    for (int64_t r = 0; r < R; r++) n = key_cnt[r] > n ? key_cnt[r] : n;
+    return (n + SPLIT - 1) / SPLIT;
+}
+
+/* every unit, against the K/V caches k and v [slots, kv_heads, D] (inside a parallel
+ * region: its threads share them) */
+static void attn_units(const attn_job *a, const float *k, const float *v, float *sc) {
+    const int64_t rep = a->heads / a->kv_heads, nkv = a->kv_heads * a->D, R = a->R, maxc = a->maxc;
+    /* rows fastest: a verify step's rows of one key span follow each other */
+#pragma omp for schedule(dynamic)
+    for (int64_t u = 0; u < a->kv_heads * maxc * R; u++) {
+        const int64_t r = u % R, c = u / R % maxc, kh = u / (R * maxc), k0 = c * SPLIT, n = a->cnt[r];
+        if (k0 >= n) continue;
+        attend_unit(a->q + r * a->qstride + kh * rep * a->D, rep, a->D, a->scale, k + kh * a->D,
+                    v + kh * a->D, nkv, a->slots + a->off[r] + k0, n - k0 < SPLIT ? n - k0 : SPLIT, sc,
+                    a->part + ((r * a->heads + kh * rep) * maxc + c) * (a->D + 2), maxc * (a->D + 2));
+    }
+}
+
+/* row r's output [heads, D] from its units, merged in key order */
+static void attn_merge(const attn_job *a, int64_t r, float *out) {
+    const int64_t D = a->D, nc = (a->cnt[r] + SPLIT - 1) / SPLIT;
+    for (int64_t h = 0; h < a->heads; h++) {
+        const float *p = a->part + (r * a->heads + h) * a->maxc * (D + 2);
+        float *o = out + h * D, mx = -INFINITY, l = 0.0f;
+        for (int64_t c = 0; c < nc; c++) mx = p[c * (D + 2) + D] > mx ? p[c * (D + 2) + D] : mx;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+        for (int64_t c = 0; c < nc; c++) {
+            const float *pc = p + c * (D + 2), w = exp_neg(pc[D] - mx);
+            l = fmaf(w, pc[D + 1], l);
+            for (int64_t d = 0; d < D; d++) o[d] = fmaf(w, pc[d], o[d]);
+        }
+        const float inv = 1.0f / l;
+        for (int64_t d = 0; d < D; d++) o[d] *= inv;
+    }
+}
+
+/* out [R, heads, D] = the attention of q [R, heads, D] over each row's keys (as in the
+ * fused step). Returns 0, -1 when memory ran out, -2 for a head dim it does not take. */
+int lmnb_attention(const float *q, int64_t R, int64_t heads, int64_t kv_heads, int64_t D, float scale,
+                   const float *k_cache, const float *v_cache, const int64_t *key_slots,
+                   const int64_t *key_off, const int64_t *key_cnt, float *out, int nthreads) {
+    if (D % HEAD_LANES || heads % kv_heads) return -2;
+    const int nt = nthreads > 0 ? nthreads : 1;
+    const int64_t maxc = attn_units_max(key_cnt, R);
+    float *mem = (float *)malloc(sizeof(float) * (size_t)(R * heads * maxc * (D + 2) + nt * heads * SPLIT));
+    if (!mem) return -1;
+    const attn_job a = {R, heads, kv_heads, D, maxc, scale, q, heads * D, key_slots, key_off, key_cnt, mem};
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        attn_units(&a, k_cache, v_cache, mem + R * heads * maxc * (D + 2) + thread_id() * heads * SPLIT);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < R; r++) attn_merge(&a, r, out + r * heads * D);
+    }
+    free(mem);
+    return 0;
+}
+
 /* ---- the fused decoder step ------------------------------------------------------------ */
 
 typedef struct {
@@ -524,9 +881,12 @@ typedef struct {
     const float *final_norm;
 } lmnb_model;
 
+/* sum_i a[i] b[i]: 16 lanes (i mod 16) of FMAs, lanes l and l + 8 added, then
+ * ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)); the last n % 16 in order. The portable
+ * C does the same operations. */
 static float dot_f32(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
-    float out = 0.0f;
+    float out;
 #ifdef LMNB_AVX2
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (; i + 16 <= n; i += 16) {
@@ -534,20 +894,15 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
     }
     out = hsum8(_mm256_add_ps(s0, s1));
+#else
+    float p[16] = {0}, v[8];
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) p[l] = fmaf(a[i + l], b[i + l], p[l]);
+    for (int l = 0; l < 8; l++) v[l] = p[l] + p[l + 8];
+    out = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 #endif
     for (; i < n; i++) out += a[i] * b[i];
     return out;
-}
-
-/* y += a * x */
-static void axpy_f32(float a, const float *x, float *y, int64_t n) {
-    int64_t i = 0;
-#ifdef LMNB_AVX2
-    __m256 av = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += a * x[i];
 }
 
 /* HF LlamaRMSNorm of one row: y = w * (x / sqrt(mean(x^2) + eps)) */
@@ -574,34 +929,38 @@ static void rope_row(float *x, int64_t heads, int64_t d, const float *c, const f
  *   pos      [R] positions; out_slot [R] the KV slots this step writes
  *   key_slots, key_off [R], key_cnt [R]: row r attends to the slots
  *            key_slots[key_off[r] .. key_off[r] + key_cnt[r]) (its own included)
- * Every row is computed as it would be alone. Returns 0, or -1 when memory ran out. */
+ * Every row is computed as it would be alone. Returns 0, -1 when memory ran out, or -2 for
+ * a head dim that is not a multiple of HEAD_LANES (or query heads not a multiple of KV heads). */
 int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *pos,
                      const int64_t *out_slot, const int64_t *key_slots, const int64_t *key_off,
                      const int64_t *key_cnt, int nthreads) {
     const int64_t H = m->hidden, D = m->head_dim, nq = m->heads * D, nkv = m->kv_heads * D;
-    const int64_t nqkv = nq + 2 * nkv, I = m->inter, rep = m->heads / m->kv_heads;
-    int64_t max_keys = 1, kmax = H > I ? H : I;
+    const int64_t nqkv = nq + 2 * nkv, I = m->inter;
+    if (D % HEAD_LANES || m->heads % m->kv_heads) return -2;
+    int64_t kmax = H > I ? H : I;
     kmax = kmax > nq ? kmax : nq;
-    for (int64_t r = 0; r < R; r++) max_keys = key_cnt[r] > max_keys ? key_cnt[r] : max_keys;
+    const int64_t maxc = attn_units_max(key_cnt, R), nparts = R * m->heads * maxc * (D + 2);
     int nt = nthreads > 0 ? nthreads : 1;
-    float *res = (float *)malloc(sizeof(float) * (size_t)(R * (2 * H + nqkv + nq + 3 * I)
-                                                          + nt * max_keys));
+    float *res = (float *)malloc(sizeof(float) * (size_t)(R * (2 * H + nqkv + nq + 3 * I) + nparts
+                                                          + nt * m->heads * SPLIT));
     qbuf qb;
     if (!res || qbuf_alloc(&qb, R, kmax)) {
         free(res);
         return -1;
     }
     float *h = res + R * H, *qkv = h + R * H, *att = qkv + R * nqkv, *gu = att + R * nq;
-    float *act = gu + R * 2 * I, *scores = act + R * I;
+    float *act = gu + R * 2 * I, *parts = act + R * I, *scores = parts + nparts;
     memcpy(res, x, sizeof(float) * (size_t)(R * H));
     const qrows xr = qbuf_rows(&qb);
+    const attn_job aj = {R, m->heads, m->kv_heads, D, maxc, m->scale, qkv, nqkv, key_slots, key_off,
+                         key_cnt, parts};
 
     /* The per-row phases (norms, quantization, rotary and the KV writes, residual adds) are
      * split by rows among the threads: a row's operations are the same whoever does them. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int t = thread_id(), T = thread_count();
-        float *sc = scores + t * max_keys;
+        float *sc = scores + t * m->heads * SPLIT;
         int64_t n0, n1;
         for (int64_t li = 0; li < m->n_layers; li++) {
             const lmnb_layer *L = m->layers + li;
@@ -622,28 +981,12 @@ int lmnb_decode_step(const lmnb_model *m, int64_t R, float *x, const int64_t *po
                 memcpy(L->k_cache + out_slot[r] * nkv, row + nq, sizeof(float) * (size_t)nkv);
                 memcpy(L->v_cache + out_slot[r] * nkv, row + nq + nkv, sizeof(float) * (size_t)nkv);
             }
+            attn_units(&aj, L->k_cache, L->v_cache, sc);
 #pragma omp for schedule(static)
-            for (int64_t rh = 0; rh < R * m->heads; rh++) {
-                const int64_t r = rh / m->heads, hd = rh % m->heads, kh = hd / rep, n = key_cnt[r];
-                const float *q = qkv + r * nqkv + hd * D;
-                const int64_t *slots = key_slots + key_off[r];
-                float mx = -INFINITY, sum = 0.0f;
-                for (int64_t i = 0; i < n; i++) {
-                    sc[i] = dot_f32(q, L->k_cache + slots[i] * nkv + kh * D, D) * m->scale;
-                    mx = sc[i] > mx ? sc[i] : mx;
-                }
-                float *o = att + r * nq + hd * D;
-                memset(o, 0, sizeof(float) * (size_t)D);
-                for (int64_t i = 0; i < n; i++) {
-                    float p = expf(sc[i] - mx);
-                    sum += p;
-                    axpy_f32(p, L->v_cache + slots[i] * nkv + kh * D, o, D);
-                }
-                const float inv = 1.0f / sum;
-                for (int64_t i = 0; i < D; i++) o[i] *= inv;
+            for (int64_t r = 0; r < R; r++) {
+                attn_merge(&aj, r, att + r * nq);
+                quant_row(&qb, r, att + r * nq, nq);
             }
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < R; r++) quant_row(&qb, r, att + r * nq, nq);
             split_cols(L->o.n, t, T, &n0, &n1);
             linear_cols(&L->o, R, xr, n0, n1, h);
 #pragma omp barrier

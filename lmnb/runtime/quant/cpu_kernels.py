@@ -27,8 +27,14 @@ import torch
 GROUP = 32   # activation and 4-bit weight group along the input dim: GGUF Q4_1's block (the
              # C source's GROUP, which `build` checks; cpu_linear.INT4_GROUP is this one)
 COLS = 16    # output columns per block of the repacked weights (the C source's COLS, checked too)
+KEYS = 16    # keys per score block of the attention (the C source's KEYS, checked too)
+SPLIT = 128  # keys per attention work unit (SPLIT, checked): a row's units merge in key order
+HEAD_LANES = 16   # the attention takes head dims that are multiples of this (HEAD_LANES, checked)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+# -ffp-contract=off: a * b + c stays two roundings in the C loops, as written, in every
+# build (GCC would otherwise fuse it where the target has FMA, and the portable build's bits
+# would depend on the machine)
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 ENV_SWITCH = "LMNB_CPU_KERNELS"   # "torch": do not build or use them
 _SIMD = {0: "scalar C", 1: "AVX2", 2: "AVX2 + AVX512-VNNI", 3: "AVX-512 + VNNI"}
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -64,6 +70,9 @@ def linear_desc(bits: int, n: int, k: int, weight: torch.Tensor, scale: torch.Te
 
 
 def _check(rc: int, what: str) -> None:
+    if rc == -2:
+        raise ValueError(f"lmnb CPU kernel {what}: the head dim must be a multiple of {HEAD_LANES}"
+                         " and the query heads a multiple of the KV heads")
     if rc:
         raise MemoryError(f"lmnb CPU kernel {what}: out of memory for its buffers")
 
@@ -74,10 +83,13 @@ class Kernels:
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.simd = _SIMD.get(lib.lmnb_kernels_simd(), "unknown")
         self._linear, self._step, self._quant = lib.lmnb_linear_forward, lib.lmnb_decode_step, lib.lmnb_quant_rows
+        self._attention = lib.lmnb_attention
         self._linear.argtypes = [ctypes.POINTER(Linear), _P, _I64, _P, ctypes.c_int]
         self._step.argtypes = [ctypes.POINTER(Model), _I64, _P, _P, _P, _P, _P, _P, ctypes.c_int]
         self._quant.argtypes = [_P, _I64, _I64, _P, _P, _P]
-        self._linear.restype = self._step.restype = ctypes.c_int
+        self._attention.argtypes = [_P, _I64, _I64, _I64, _I64, ctypes.c_float, _P, _P, _P, _P, _P, _P,
+                                    ctypes.c_int]
+        self._linear.restype = self._step.restype = self._attention.restype = ctypes.c_int
 
     def linear(self, desc: Linear, x: torch.Tensor) -> torch.Tensor:
         """x [R, K] fp32 contiguous @ W.T (+ bias) -> [R, N] fp32."""
@@ -95,6 +107,19 @@ class Kernels:
                           out_slots.data_ptr(), key_slots.data_ptr(), key_off.data_ptr(),
                           key_cnt.data_ptr(), torch.get_num_threads()), "decode step")
         return x
+
+    def attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  key_slots: torch.Tensor, key_off: torch.Tensor, key_cnt: torch.Tensor,
+                  scale: float) -> torch.Tensor:
+        """The fused step's attention alone: q [R, heads, D] fp32 against the caches
+        [slots, kv_heads, D] fp32, row r over the slots key_slots[key_off[r] ..
+        key_off[r] + key_cnt[r]) (int64) -> [R, heads, D]. All contiguous."""
+        r, heads, d = q.shape
+        out = torch.empty_like(q)
+        _check(self._attention(q.data_ptr(), r, heads, k_cache.shape[1], d, scale, k_cache.data_ptr(),
+                               v_cache.data_ptr(), key_slots.data_ptr(), key_off.data_ptr(),
+                               key_cnt.data_ptr(), out.data_ptr(), torch.get_num_threads()), "attention")
+        return out
 
     def quant_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kernels' activation quantization of x [R, K] fp32: (int8 codes [R, K], step
@@ -221,9 +246,11 @@ def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         return None, f"loading {out.name} failed: {e}"
-    if lib.lmnb_kernels_group() != GROUP or lib.lmnb_kernels_cols() != COLS:
-        return None, (f"{out.name} groups by {lib.lmnb_kernels_group()} inputs and "
-                      f"{lib.lmnb_kernels_cols()} columns, not {GROUP} and {COLS}")
+    built = (lib.lmnb_kernels_group(), lib.lmnb_kernels_cols(), lib.lmnb_kernels_keys(),
+             lib.lmnb_kernels_split(), lib.lmnb_kernels_head_lanes())
+    if built != (GROUP, COLS, KEYS, SPLIT, HEAD_LANES):
+        return None, (f"{out.name} has GROUP, COLS, KEYS, SPLIT, HEAD_LANES = {built}, not "
+                      f"{(GROUP, COLS, KEYS, SPLIT, HEAD_LANES)}")
     return Kernels(lib), ""
 
 
