@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import torch
 
+from lmnb.runtime.token_ids import common_prefix_len
+
 _EMPTY = torch.empty(0, dtype=torch.int64)
 
 
@@ -44,24 +46,6 @@ class TreeNode:
 
     def __lt__(self, other: TreeNode) -> bool:
         return self.last_access < other.last_access
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix. Slice comparisons run in C: the usual case (the whole
-    edge matches) is one of them, a mismatch is found by bisection over slices."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo]; the first difference is before hi
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    while a[lo] == b[lo]:
-        lo += 1
-    return lo
 
 
 class RadixCache:
@@ -88,7 +72,7 @@ class RadixCache:
             child = node.children.get(key[0])
             if child is None:
                 break
-            n = _common_len(child.key, key)
+            n = common_prefix_len(child.key, key)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
@@ -122,7 +106,7 @@ class RadixCache:
                 self.evictable_size += len(key)
                 node = leaf
                 break
-            n = _common_len(child.key, key)
+            n = common_prefix_len(child.key, key)
             if n < len(child.key):
                 child = self._split(child, n)
             cached.append(child.value)
