@@ -166,3 +166,29 @@ def test_rollback_into_cached_tokens_cuts_the_locked_path():
     # both spellings stay cached: the old one is an unlocked branch now
     assert s.cache.match_prefix(list(range(3, 33)) + [70, 71, 72, 73])[0].numel() == 34
     assert s.alloc.available() + s.cache.total_size() == 200
+
+
+def test_prefix_set_finds_the_longest_shared_prefix():
+    """Admission's set of this step's prompts: the longest prefix a candidate shares with
+    any admitted sequence, as a scan over all of them would find it."""
+    import random
+
+    from lmnb.runtime.scheduler import _PrefixSet
+
+    rng = random.Random(1)
+    for _ in range(200):
+        admitted, ps = [], _PrefixSet()
+        base = [rng.randrange(3) for _ in range(30)]
+        for _ in range(rng.randrange(0, 6)):
+            seq = base[: rng.randrange(0, 31)] + [rng.randrange(3) for _ in range(rng.randrange(0, 20))]
+            ps.add(seq)
+            admitted.append(seq)
+        for _ in range(10):
+            cand = base[: rng.randrange(0, 31)] + [rng.randrange(3) for _ in range(rng.randrange(0, 20))]
+            naive = 0
+            for seq in admitted:
+                n = 0
+                while n < min(len(seq), len(cand)) and seq[n] == cand[n]:
+                    n += 1
+                naive = max(naive, n)
+            assert ps.longest(cand) == naive
