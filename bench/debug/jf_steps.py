@@ -44,9 +44,10 @@ def step_kind(batch) -> str:
 
 
 class HostClock:
-    """Engine-thread host time per step kind, the model's forward taken out: the
-    `next_batch` that made a step, its `_step` (launch, sample, cache progress; less the
-    forward and less the settle of the step before, done inside), and its `_settle`."""
+    """Engine-thread host time per step kind, the model's forward (on CUDA: its launch or
+    graph replay) and the wait for the GPU's tokens taken out: the `next_batch` that made
+    a step, its `_step` (launch, sample, cache progress; less the forward and less the
+    settle of the step before, done inside), and its `_settle`."""
 
     def __init__(self) -> None:
         self.profile = None      # a cProfile.Profile enabled over the engine's loop body
@@ -55,7 +56,8 @@ class HostClock:
     def clear(self) -> None:
         self.host = defaultdict(float)     # kind -> seconds
         self.steps = defaultdict(int)      # kind -> steps
-        self.forward = defaultdict(float)  # kind -> seconds in the model's forward
+        self.forward = defaultdict(float)  # kind -> seconds in the model's forward (its launch on CUDA)
+        self.wait = defaultdict(float)     # kind -> seconds waiting for a step's tokens (the GPU)
         self.spent = defaultdict(float)    # function -> seconds (as before: whole calls)
         self.work = defaultdict(lambda: defaultdict(int))   # kind -> counter -> amount
         self._kind = None                  # the kind of the step being launched / settled
@@ -181,6 +183,23 @@ class HostClock:
         model = runner.model
         fwd = model.forward
         model.forward = lambda *a, **k: forward(fwd, *a, **k)
+        # CUDA: graph replays are the forward's launch; the settle's wait for the step's
+        # tokens is the GPU's time, not the host's (classes patched: one runtime here)
+        from lmnb.runtime.cuda_graph import DecodeGraphRunner
+        from lmnb.runtime.device_sampling import SampledStep
+
+        wrap(DecodeGraphRunner, "replay", lambda fn, *a, **k: forward(fn, *a, **k))
+
+        def host_values(fn, step):
+            if step.ready is None:   # on the CPU the values are there: no wait
+                return fn(step)
+            t = time.perf_counter()
+            try:
+                step.ready.synchronize()
+            finally:
+                clock.wait[clock._kind] += time.perf_counter() - t
+            return fn(step)
+        wrap(SampledStep, "host_values", host_values)
 
     def summary(self) -> dict:
         out = {}
@@ -188,8 +207,10 @@ class HostClock:
             n = self.steps.get(kind, 0)
             if not n:
                 continue
-            row = {"steps": n, "host_ms_per_step": 1e3 * (self.host[kind] - self.forward[kind]) / n,
-                   "forward_ms_per_step": 1e3 * self.forward[kind] / n}
+            own = self.host[kind] - self.forward[kind] - self.wait[kind]
+            row = {"steps": n, "host_ms_per_step": 1e3 * own / n,
+                   "forward_ms_per_step": 1e3 * self.forward[kind] / n,
+                   "wait_ms_per_step": 1e3 * self.wait[kind] / n}
             row["run_host_ms"] = self.work[kind]["run_ms"] / n - row["forward_ms_per_step"]
             row.update({k: v / n for k, v in sorted(self.work[kind].items()) if k != "run_ms"})
             out[kind] = row
