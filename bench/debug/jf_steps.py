@@ -103,6 +103,12 @@ class HostClock:
 
         def step(fn, batch):
             kind, outer = step_kind(batch), clock._kind
+            # each new token's causal window: the keys a step run as decode rows (CUDA
+            # graphs replay extends that way) reads, one row per token
+            work = clock.work[kind]
+            work["rows"] += sum(batch.lens)
+            work["attn_key_reads"] += sum(n * pre + n * (n + 1) // 2
+                                          for pre, n in zip(batch.prefix_lens, batch.lens))
             clock._enter()
             clock._kind, clock._nested = kind, 0.0
             t = time.perf_counter()
