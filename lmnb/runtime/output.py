@@ -15,6 +15,7 @@ from lmnb.runtime import run_ahead
 from lmnb.runtime.device_sampling import SampledStep
 from lmnb.runtime.request import Req
 from lmnb.runtime.results import GenMeta, GenResult, StreamEvent
+from lmnb.runtime.token_ids import common_prefix_len
 from lmnb.runtime.tokenizer import IncrementalDetokenizer
 
 
@@ -211,9 +212,7 @@ class OutputProcessor:
         new = self.tok.encode(text + forced, add_special_tokens=False)
         if len(new) > r.params.max_new_tokens:
             return None   # the forced text does not fit: decoding goes on to the length limit
-        common = 0
-        while common < min(len(old), len(new)) and old[common] == new[common]:
-            common += 1
+        common = common_prefix_len(old, new)
         r.output_ids = new
         r.output_version += 1
         out.rollbacks.append((r, len(r.input_ids) + common))

@@ -8,6 +8,10 @@ read from leaf to root; only unlocked leaves are evicted, least recently used fi
                            when the match ends inside it, so the node boundary is exact
     insert(key, slots)  -> length of the prefix that was already cached; the caller frees
                            its own duplicate slots for that range
+    insert_below(node, key, slots) -> (cached slots of the part already there, end node)
+                           for a key continuing node's path, walking only below it (a
+                           request caching its newest tokens)
+    ancestor_at(node, n) -> the node at n tokens up node's path (a request cut back)
     inc/dec_lock_ref    -> protect / release the path node..root
     evict(n)            -> free at least n slots of unlocked leaves (fewer if not possible)
 """
@@ -19,6 +23,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from lmnb.runtime.token_ids import common_prefix_len
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 
@@ -40,24 +46,6 @@ class TreeNode:
 
     def __lt__(self, other: TreeNode) -> bool:
         return self.last_access < other.last_access
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix. Slice comparisons run in C: the usual case (the whole
-    edge matches) is one of them, a mismatch is found by bisection over slices."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo]; the first difference is before hi
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    while a[lo] == b[lo]:
-        lo += 1
-    return lo
 
 
 class RadixCache:
@@ -84,7 +72,7 @@ class RadixCache:
             child = node.children.get(key[0])
             if child is None:
                 break
-            n = _common_len(child.key, key)
+            n = common_prefix_len(child.key, key)
             if n < len(child.key):
                 child = self._split(child, n)
             child.last_access = now
@@ -95,25 +83,80 @@ class RadixCache:
 
     def insert(self, key: list[int], value: torch.Tensor) -> int:
         """Insert key -> slots; returns how many leading tokens were already cached."""
+        return self.insert_below(self.root, key, value)[0].numel()
+
+    def insert_below(self, node: TreeNode, key: list[int], value: torch.Tensor,
+                     hit: bool = False) -> tuple[torch.Tensor, TreeNode]:
+        """`insert` of a key that continues `node`'s path: `node` is in the tree (locked,
+        so its path is whole) and the full key is its path followed by `key`. Only the
+        part below `node` is walked: the cost is that of `key`, not of the prefix.
+        Returns (the cached slots of the leading tokens of `key` that were already in the
+        tree: the caller frees its duplicates value[:len], and the node whose path ends
+        where the key ends). The path from the root to that node is touched as `insert`
+        touches it and, with `hit`, counted as the `match_prefix` of the full key would."""
         if self.disabled:
-            return 0
-        node, matched, now = self.root, 0, time.monotonic()
+            return _EMPTY, self.root
+        cached = []
         while key:
-            node.last_access = now
             child = node.children.get(key[0])
             if child is None:
                 leaf = TreeNode(node)
                 leaf.key, leaf.value = list(key), value.clone()
                 node.children[key[0]] = leaf
                 self.evictable_size += len(key)
-                return matched
-            n = _common_len(child.key, key)
+                node = leaf
+                break
+            n = common_prefix_len(child.key, key)
             if n < len(child.key):
                 child = self._split(child, n)
-            matched += n
+            cached.append(child.value)
             node, key, value = child, key[n:], value[n:]
+        self._touch(node, hit)
+        return (torch.cat(cached) if len(cached) > 1 else cached[0] if cached else _EMPTY), node
+
+    def ancestor_at(self, node: TreeNode, length: int) -> TreeNode:
+        """The node whose path is the first `length` tokens of `node`'s path (an edge is
+        split there), touched as `match_prefix` of that prefix touches it. `node` is in
+        the tree (locked); the cost is the path's depth in nodes, not its tokens."""
+        if self.disabled or length <= 0:
+            return self.root
+        end, n = self.path_len(node), node
+        if length > end:
+            raise ValueError(f"prefix of {length} tokens past the node's path of {end}")
+        while end - len(n.key) >= length:
+            end -= len(n.key)
+            n = n.parent
+        if end > length:
+            n = self._split(n, len(n.key) - (end - length))
+        self._touch(n, hit=True)
+        return n
+
+    def path_len(self, node: TreeNode) -> int:
+        """Tokens on the path from the root to `node`."""
+        total = 0
+        while node is not self.root:
+            total += len(node.key)
+            node = node.parent
+        return total
+
+    def path_of(self, node: TreeNode) -> tuple[list[int], torch.Tensor]:
+        """(tokens, slots) on the path from the root to `node` (for checks: O(path))."""
+        keys, values = [], []
+        while node is not self.root:
+            keys.append(node.key)
+            values.append(node.value)
+            node = node.parent
+        return ([t for k in reversed(keys) for t in k],
+                torch.cat(values[::-1]) if values else _EMPTY)
+
+    def _touch(self, node: TreeNode, hit: bool) -> None:
+        now = time.monotonic()
+        while node is not self.root:
+            node.last_access = now
+            if hit:
+                node.hits += 1
+            node = node.parent
         node.last_access = now
-        return matched
 
     def _split(self, child: TreeNode, n: int) -> TreeNode:
         """Cut child's edge after n tokens; returns the new upper node."""

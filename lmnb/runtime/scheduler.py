@@ -23,6 +23,9 @@ import torch
 from lmnb.runtime.memory import ReqToTokenPool, TokenSlotAllocator
 from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, Status
+from lmnb.runtime.token_ids import common_prefix_len
+
+_NO_SLOTS = torch.empty(0, dtype=torch.int64)
 
 
 @dataclass
@@ -218,21 +221,23 @@ class Scheduler:
         return ScheduledBatch([r for r, _ in picked], lens, prefix_lens, locs)
 
     # -- release --------------------------------------------------------------
-    def slots_of(self, r: Req) -> torch.Tensor:
-        return self.req_pool.read(r.req_pool_idx, 0, r.kv_len)
-
     def cache_progress(self, r: Req) -> None:
-        """Insert the request's computed tokens into the cache and hold them from there."""
-        slots = self.slots_of(r)
+        """Insert the request's computed tokens into the cache and hold them from there.
+        Only the tokens past its cached prefix are walked and read (its locked path
+        already holds the rest): a jump-forward extend over a long document costs its
+        own tokens, not the document's."""
         if self.cache.disabled:
             return
-        matched = self.cache.insert(r.fill_ids[: r.kv_len], slots)
-        self.alloc.free(slots[r.cache_len : matched])   # duplicates of what another request cached
-        new_slots, node = self.cache.match_prefix(r.fill_ids[: r.kv_len])
-        self.req_pool.write(r.req_pool_idx, 0, new_slots)
+        start, idx = r.cache_len, r.req_pool_idx
+        own = self.req_pool.read(idx, start, r.kv_len)
+        cached, node = self.cache.insert_below(r.last_node, r.fill_slice(start, r.kv_len), own,
+                                               hit=True)
+        if cached.numel():   # another request cached these first: hold its slots, free ours
+            self.alloc.free(own[: cached.numel()])
+            self.req_pool.write(idx, start, cached)
         self.cache.dec_lock_ref(r.last_node)
         self.cache.inc_lock_ref(node)
-        r.last_node, r.cache_len = node, new_slots.numel()
+        r.last_node, r.cache_len = node, r.kv_len
 
     def release(self, r: Req) -> None:
         """Give back everything the request holds; computed KV stays in the cache."""
@@ -241,13 +246,15 @@ class Scheduler:
         if r.kv_len > r.fill_len:   # a draft's KV, its tokens not accepted (finished mid-verify)
             self.alloc.free(self.req_pool.read(r.req_pool_idx, r.fill_len, r.kv_len))
             r.kv_len = r.fill_len
-        if r.kv_len:
-            slots = self.slots_of(r)
+        if r.kv_len > r.cache_len:
+            own = self.req_pool.read(r.req_pool_idx, r.cache_len, r.kv_len)
             if self.cache.disabled:
-                self.alloc.free(slots[r.cache_len :])
+                self.alloc.free(own)
             else:
-                matched = self.cache.insert(r.fill_ids[: r.kv_len], slots)
-                self.alloc.free(slots[r.cache_len : matched])
+                cached, _ = self.cache.insert_below(r.last_node, r.fill_slice(r.cache_len, r.kv_len), own)
+                self.alloc.free(own[: cached.numel()])
+        elif r.kv_len and not self.cache.disabled:
+            self.cache.insert_below(r.last_node, [], _NO_SLOTS)   # touched, as a whole insert would
         self.cache.dec_lock_ref(r.last_node)
         self.req_pool.free(r.req_pool_idx)
         r.req_pool_idx, r.last_node, r.kv_len, r.cache_len = None, None, 0, 0
@@ -275,12 +282,14 @@ class Scheduler:
             self.alloc.free(own[keep - r.cache_len :])
             r.kv_len = keep
             return
-        self.alloc.free(own)  # the change reaches into the cached part: re-match the new tokens
+        # the change reaches into the cached part: hold the cached path only up to keep
+        # (fill_ids[:keep] is unchanged, so that is the path a match of it would find, and
+        # the request's table row already holds its slots)
+        self.alloc.free(own)
         self.cache.dec_lock_ref(r.last_node)
-        slots, node = self.cache.match_prefix(r.fill_ids[:keep])
+        node = self.cache.ancestor_at(r.last_node, keep)
         self.cache.inc_lock_ref(node)
-        self.req_pool.write(r.req_pool_idx, 0, slots)
-        r.last_node, r.cache_len, r.kv_len = node, slots.numel(), slots.numel()
+        r.last_node, r.cache_len, r.kv_len = node, keep, keep
 
     # -- accounting -----------------------------------------------------------
     def in_use_slots(self) -> torch.Tensor:
@@ -289,8 +298,18 @@ class Scheduler:
         return torch.cat(held) if held else torch.empty(0, dtype=torch.int64)
 
     def check_integrity(self) -> None:
-        """free + cached + in-use == pool size, with no slot counted twice."""
+        """free + cached + in-use == pool size, with no slot counted twice; each running
+        request's locked path is its first cache_len tokens, and its table row holds that
+        path's slots (what incremental caching and cut-backs rely on)."""
         self.cache.check_integrity()
+        for r in self.running:
+            if r.req_pool_idx is None or self.cache.disabled:
+                continue
+            keys, slots = self.cache.path_of(r.last_node)
+            assert len(keys) == r.cache_len <= r.kv_len, f"{r.rid}: path {len(keys)} != cache_len {r.cache_len}"
+            assert keys == r.fill_slice(0, r.cache_len), f"{r.rid}: cached path is not its tokens"
+            assert torch.equal(slots, self.req_pool.read(r.req_pool_idx, 0, r.cache_len)), \
+                f"{r.rid}: table row differs from its cached path"
         free, cached, used = self.alloc.free_slots(), self.cache.cached_slots(), self.in_use_slots()
         total = free.numel() + cached.numel() + used.numel()
         assert total == self.alloc.size, (
@@ -312,23 +331,36 @@ def _waits_for_leader(r: Req) -> bool:
 
 
 class _PrefixSet:
-    """Token sequences admitted in this step, as a trie: the longest prefix a candidate
-    shares with any of them costs one walk, not one comparison per admitted request
-    (hundreds of waiting x hundreds of admitted requests made admission quadratic)."""
+    """Token sequences admitted in this step, as a compressed trie (edges are id lists):
+    the longest prefix a candidate shares with any of them costs one walk, not one
+    comparison per admitted request (hundreds of waiting x hundreds of admitted requests
+    made admission quadratic), and each edge is compared by slices, in C, rather than
+    token by token (a 3k-token document was 3k dict operations per admitted request)."""
 
     def __init__(self) -> None:
-        self.root: dict = {}
+        self.root: dict[int, list] = {}   # first id -> [edge ids, children]
 
     def add(self, ids: list[int]) -> None:
-        node = self.root
-        for t in ids:
-            node = node.setdefault(t, {})
+        children, ids = self.root, list(ids)
+        while ids:
+            edge = children.get(ids[0])
+            if edge is None:
+                children[ids[0]] = [ids, {}]
+                return
+            n = common_prefix_len(edge[0], ids)
+            if n < len(edge[0]):   # split the edge where the new sequence leaves it
+                edge[0], edge[1] = edge[0][:n], {edge[0][n]: [edge[0][n:], edge[1]]}
+            children, ids = edge[1], ids[n:]
 
     def longest(self, ids: list[int]) -> int:
-        node, n = self.root, 0
-        for t in ids:
-            node = node.get(t)
-            if node is None:
+        children, total = self.root, 0
+        while ids:
+            edge = children.get(ids[0])
+            if edge is None:
                 break
-            n += 1
-        return n
+            n = common_prefix_len(edge[0], ids)
+            total += n
+            if n < len(edge[0]):
+                break
+            children, ids = edge[1], ids[n:]
+        return total

@@ -73,3 +73,58 @@ def test_singular_states_detected_once_per_pattern(backend):
     assert len(singular_states(guide.fsm)) > 90
     a, b = guide.cursor(), guide.cursor()
     assert a.jump_forward() is b.jump_forward()
+
+
+class _CountingMatcher:
+    """An llguidance matcher that counts its forced-bytes computations."""
+
+    def __init__(self, matcher) -> None:
+        self._m, self.ff_calls = matcher, 0
+
+    def compute_ff_bytes(self):
+        self.ff_calls += 1
+        return self._m.compute_ff_bytes()
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+
+def test_llg_jump_asks_for_the_forced_bytes_once_per_position(smol_tokenizer):
+    """A jump (`jump_forward`, then `accept_text` of its text) computes the forced bytes
+    once; any move of the cursor forgets them, and a copy starts with them."""
+    from copy import copy
+
+    from lmnb.runtime.constrained.llg import LlgBackend
+
+    cursor = LlgBackend(smol_tokenizer, vocab_size=len(smol_tokenizer) + 64).compile(
+        json_schema=LONG_KEYS).cursor()
+    cursor.matcher = counting = _CountingMatcher(cursor.matcher)
+    forced = cursor.jump_forward()
+    assert forced == '{"customer_identification_number":'
+    assert cursor.jump_forward() == forced
+    cursor.accept_text(forced)
+    assert counting.ff_calls == 1
+    assert cursor.jump_forward() is None and counting.ff_calls == 2   # moved: asked again
+    for piece in ("4", ","):
+        cursor.accept_token(smol_tokenizer.encode(piece, add_special_tokens=False)[0])
+    assert cursor.jump_forward() == '"preferred_communication_channel":"'
+    twin = copy(cursor)
+    assert twin.jump_forward() == '"preferred_communication_channel":"'
+    cursor.accept_text(twin.jump_forward())
+    assert twin.jump_forward() == '"preferred_communication_channel":"'   # its own position
+    assert cursor.jump_forward() is None                                  # email or phone
+
+
+def test_common_prefix_len_matches_a_plain_scan():
+    import random
+
+    from lmnb.runtime.token_ids import common_prefix_len
+
+    rng = random.Random(0)
+    for _ in range(500):
+        a = [rng.randrange(3) for _ in range(rng.randrange(0, 80))]
+        b = a[: rng.randrange(0, len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(0, 80))]
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        assert common_prefix_len(a, b) == n == common_prefix_len(b, a)

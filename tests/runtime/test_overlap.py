@@ -149,3 +149,48 @@ def test_prompt_logprobs_over_chunks_match_one_pass():
             assert len(a) == len(b) >= len(p) - 1
             assert [t for t, _ in a] == [t for t, _ in b]
             assert _flat([v for _, v in a]) == pytest.approx(_flat([v for _, v in b]), abs=1e-4)
+
+
+JSON_FIELDS = json.dumps({
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                   "city": {"enum": ["Paris", "London", "Tokyo", "New York"]},
+                   "employed": {"type": "boolean"}},
+    "required": ["name", "age", "city", "employed"]})
+
+
+def test_jump_forward_extends_keep_the_cache_whole_at_every_step():
+    """JSON programs over long documents as on the GPU (overlap, mixed steps, jump-forward
+    extends caching their text below each request's cached document): after every step
+    the pool, the cache and each request's cached path agree, and the tokens are those of
+    settling every step with extends on their own; run twice, the second time over a cache
+    that already holds the first run's outputs."""
+    rng = random.Random(3)
+    docs = ["".join(rng.choice("abcdefghij ") for _ in range(300)) + "\nJSON: " for _ in range(6)]
+    kw = {"max_new_tokens": 60, "temperature": 0, "json_schema": JSON_FIELDS, "speculative": False}
+    outs, rts = {}, {}
+    for gpu_like in (False, True):
+        rt = rts[gpu_like] = lm.Runtime("dummy:tiny", device="cpu", dtype="float32", overlap=gpu_like,
+                                        mixed_steps=gpu_like, max_total_tokens=6000)
+        eng, checked = rt.engine, [0]
+        step = eng._step
+
+        def checked_step(batch, step=step, eng=eng, checked=checked):
+            step(batch)
+            eng.sched.check_integrity()
+            checked[0] += 1
+
+        eng.call(lambda eng=eng, f=checked_step: setattr(eng, "_step", f))
+        runs = [rt.generate(docs, **kw) for _ in range(2)]
+        outs[gpu_like] = [[o["output_ids"] for o in run] for run in runs]
+        assert checked[0] > 0 and all(o["meta"]["jump_forward_tokens"] > 0 for o in runs[0])
+        rt.check_integrity()
+    try:
+        assert outs[True] == outs[False]
+        assert outs[True][0] == outs[True][1]
+        c = rts[True].engine.counters
+        assert c["mixed_steps"] > 0 and c["grammar_run_ahead_steps"] > 0
+    finally:
+        for rt in rts.values():
+            rt.shutdown()

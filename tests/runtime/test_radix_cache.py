@@ -66,6 +66,38 @@ class RadixModel(RuleBasedStateMachine):
         node, _ = self.locks.pop(i % len(self.locks))
         self.cache.dec_lock_ref(node)
 
+    @precondition(lambda self: self.locks)
+    @rule(i=st.integers(0, 100), more=tokens)
+    def insert_below(self, i, more):
+        """A request caching its newest tokens below its locked path: the same answer as
+        an insert of the whole key, and the node returned ends exactly there."""
+        node, prefix = self.locks[i % len(self.locks)]
+        key = list(prefix) + more
+        if self.alloc.available() < len(more):
+            return
+        slots = self.alloc.alloc(len(more))
+        expect = self._naive_match(key) - len(prefix)
+        cached, end = self.cache.insert_below(node, more, slots, hit=True)
+        assert cached.numel() == expect
+        assert cached.tolist() == [self.naive[tuple(key[: len(prefix) + j + 1])] for j in range(expect)]
+        self.alloc.free(slots[:expect])
+        for j in range(expect, len(more)):
+            self.naive[tuple(key[: len(prefix) + j + 1])] = int(slots[j])
+        path, path_slots = self.cache.path_of(end)
+        assert path == key and self.cache.path_len(end) == len(key)
+        value, found = self.cache.match_prefix(key)
+        assert found is end and torch.equal(value, path_slots)
+
+    @precondition(lambda self: self.locks)
+    @rule(i=st.integers(0, 100), n=st.integers(0, 12))
+    def ancestor_at(self, i, n):
+        """Cutting a locked path back: the node a match of that prefix finds."""
+        node, prefix = self.locks[i % len(self.locks)]
+        n = min(n, len(prefix))
+        up = self.cache.ancestor_at(node, n)
+        assert self.cache.path_of(up)[0] == list(prefix[:n])
+        assert self.cache.match_prefix(list(prefix[:n]))[1] is up
+
     @rule(n=st.integers(1, POOL))
     def evict(self, n):
         before = self.alloc.available()
@@ -137,3 +169,60 @@ def test_lru_evicts_oldest_unlocked_leaf_first():
     cache.evict(1)
     assert cache.match_prefix([2, 2])[0].numel() == 0
     assert cache.match_prefix([1, 1])[0].numel() == 2
+
+
+def _shape(cache: RadixCache) -> list:
+    """Every node as (path, hits, lock_ref), in least-recently-used order."""
+    return [(cache.path_of(n)[0], n.hits, n.lock_ref)
+            for n in sorted(cache.nodes(), key=lambda n: (n.last_access, n.id))]
+
+
+def test_insert_below_touches_the_path_as_insert_then_match():
+    """A request's cache progress walks only its new tokens, yet leaves the tree as the
+    whole-key insert and re-match did: same nodes, hits, locks and LRU order."""
+    runs = []
+    for incremental in (False, True):
+        alloc = TokenSlotAllocator(64)
+        cache = RadixCache(alloc.free)
+        cache.insert([5, 5, 5], alloc.alloc(3))          # an older, unrelated branch
+        doc = [1, 2, 3, 4, 5, 6]
+        row = alloc.alloc(6)                              # the request's table row
+        cache.insert(doc, row)
+        _, node = cache.match_prefix(doc)
+        cache.inc_lock_ref(node)
+        for step, more in enumerate(([7, 8], [9], [10, 11, 12])):
+            cache.match_prefix([5, 5, 5])                 # other traffic in between
+            key = doc + [t for m in ([7, 8], [9], [10, 11, 12])[: step + 1] for t in m]
+            new = alloc.alloc(len(more))
+            if incremental:
+                cached, end = cache.insert_below(node, more, new, hit=True)
+                assert cached.numel() == 0
+            else:                                         # as cache_progress did before
+                cache.insert(key, torch.cat([row, new]))
+                _, end = cache.match_prefix(key)
+            row = torch.cat([row, new])
+            cache.dec_lock_ref(node)
+            cache.inc_lock_ref(end)
+            node = end
+        cache.check_integrity()
+        runs.append(_shape(cache))
+    assert runs[0] == runs[1]
+
+
+def test_ancestor_at_splits_and_keeps_locks():
+    alloc = TokenSlotAllocator(16)
+    cache = RadixCache(alloc.free)
+    slots = alloc.alloc(6)
+    cache.insert([1, 2, 3, 4, 5, 6], slots)
+    _, node = cache.match_prefix([1, 2, 3, 4, 5, 6])
+    cache.inc_lock_ref(node)
+    mid = cache.ancestor_at(node, 4)                      # splits the one edge after 4 tokens
+    assert cache.path_of(mid)[0] == [1, 2, 3, 4]
+    assert torch.equal(cache.path_of(mid)[1], slots[:4])
+    assert mid.lock_ref == 1 and cache.protected_size == 6
+    assert cache.ancestor_at(node, 0) is cache.root
+    assert cache.ancestor_at(node, 6) is node
+    cache.inc_lock_ref(mid)
+    cache.dec_lock_ref(node)                              # the tail is evictable, the head held
+    assert cache.evict(100) == 2 and cache.protected_size == 4
+    cache.check_integrity()

@@ -103,3 +103,92 @@ def test_regex_requests_jumping_forward_in_a_full_pool_all_finish():
         assert got == want
         assert rt.cache_stats()["retractions"] > 0
         rt.check_integrity()
+
+
+def test_jump_extends_cache_only_their_own_tokens():
+    """A jump-forward extend over a long prompt caches the forced tokens below the
+    request's locked path: the path then spells the whole computed text, the table row
+    holds its slots, and a twin that computed the same tokens alongside holds the cached
+    slots instead of its own duplicates."""
+    s = make_scheduler(pool=200)
+    doc = list(range(3, 43))
+    a, b = request("a", doc + [50], 16), request("b", doc + [50], 16)
+    s.add(a)
+    after_step(s, s.next_batch())                     # a computes the document
+    s.add(b)
+    after_step(s, s.next_batch())                     # b reads it from the cache
+    assert b.cached_tokens == len(doc)
+    reads = []
+    read = s.req_pool.read
+    s.req_pool.read = lambda idx, lo, hi: reads.append(hi - lo) or read(idx, lo, hi)
+    for r in (a, b):
+        r.output_ids += [60, 61, 62, 63]              # the same forced text for both
+    batch = s.next_batch()
+    assert batch.lens == [4, 4]
+    free_before = s.alloc.available()
+    after_step(s, batch)
+    assert reads == [4, 4], "only the tokens past the cached prefix are read"
+    assert s.alloc.available() == free_before + 4, "the second request's duplicates are freed"
+    for r in (a, b):
+        assert r.cache_len == r.kv_len == len(doc) + 5   # the prompt's last token, the text
+    assert a.last_node is b.last_node
+    s.check_integrity()
+    for r in (a, b):
+        s.release(r)
+    s.check_integrity()
+    assert s.alloc.available() + s.cache.total_size() == 200
+
+
+def test_rollback_into_cached_tokens_cuts_the_locked_path():
+    """Re-tokenization at a jump boundary may change a token that an extend already
+    cached: the request then holds its cached path only up to the kept tokens, and
+    computes the new ones from there."""
+    s = make_scheduler(pool=200)
+    r = request("r", list(range(3, 33)), 16)
+    s.add(r)
+    after_step(s, s.next_batch())
+    r.output_ids += [70, 71, 72, 73]
+    after_step(s, s.next_batch())                     # forced tokens computed and cached
+    assert r.cache_len == r.kv_len == 34
+    keep = 32                                         # the last two forced tokens re-tokenized
+    r.output_ids[2:] = [80, 81, 82]
+    s.rollback(r, keep)
+    assert r.cache_len == r.kv_len == keep
+    assert s.cache.path_of(r.last_node)[0] == r.fill_ids[:keep]
+    s.check_integrity()
+    batch = s.next_batch()
+    assert batch.reqs == [r] and batch.prefix_lens == [keep] and batch.lens == [3]
+    after_step(s, batch)
+    assert s.cache.path_of(r.last_node)[0] == r.fill_ids
+    s.check_integrity()
+    s.release(r)
+    s.check_integrity()
+    # both spellings stay cached: the old one is an unlocked branch now
+    assert s.cache.match_prefix(list(range(3, 33)) + [70, 71, 72, 73])[0].numel() == 34
+    assert s.alloc.available() + s.cache.total_size() == 200
+
+
+def test_prefix_set_finds_the_longest_shared_prefix():
+    """Admission's set of this step's prompts: the longest prefix a candidate shares with
+    any admitted sequence, as a scan over all of them would find it."""
+    import random
+
+    from lmnb.runtime.scheduler import _PrefixSet
+
+    rng = random.Random(1)
+    for _ in range(200):
+        admitted, ps = [], _PrefixSet()
+        base = [rng.randrange(3) for _ in range(30)]
+        for _ in range(rng.randrange(0, 6)):
+            seq = base[: rng.randrange(0, 31)] + [rng.randrange(3) for _ in range(rng.randrange(0, 20))]
+            ps.add(seq)
+            admitted.append(seq)
+        for _ in range(10):
+            cand = base[: rng.randrange(0, 31)] + [rng.randrange(3) for _ in range(rng.randrange(0, 20))]
+            naive = 0
+            for seq in admitted:
+                n = 0
+                while n < min(len(seq), len(cand)) and seq[n] == cand[n]:
+                    n += 1
+                naive = max(naive, n)
+            assert ps.longest(cand) == naive

@@ -154,7 +154,7 @@ class LlgGuide:
 class LlgCursor:
     """A request's position in an `LlgGuide` (see `interface.GuideCursor`)."""
 
-    __slots__ = ("_bits", "_mask", "eos_seen", "guide", "matcher", "text_bytes")
+    __slots__ = ("_bits", "_forced", "_mask", "eos_seen", "guide", "matcher", "text_bytes")
 
     def __init__(self, guide: LlgGuide, matcher):
         self.guide = guide
@@ -163,13 +163,14 @@ class LlgCursor:
         self.text_bytes = bytearray()   # what the cursor has accepted so far
         self._bits: np.ndarray | None = None
         self._mask: torch.Tensor | None = None
+        self._forced: bytes | None = None   # the matcher's forced bytes here, once asked
 
     def __copy__(self) -> LlgCursor:
         """An independent cursor at the same position (the matcher is copied, not shared:
         speculative drafts walk a copy ahead without moving the request's cursor)."""
         c = LlgCursor(self.guide, self.matcher.deep_copy())
         c.eos_seen, c.text_bytes = self.eos_seen, bytearray(self.text_bytes)
-        c._bits, c._mask = self._bits, self._mask   # read-only once computed
+        c._bits, c._mask, c._forced = self._bits, self._mask, self._forced   # read-only once computed
         return c
 
     @staticmethod
@@ -219,8 +220,7 @@ class LlgCursor:
         data = text.encode("utf-8")
         if self.eos_seen or not data:
             raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
-        forced = self.matcher.compute_ff_bytes()
-        if not forced.startswith(data):
+        if not self.forced_bytes().startswith(data):
             raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
         ok = self.matcher.consume_tokens(self.guide.vocab.encode_bytes(data))
         if not ok:
@@ -240,7 +240,7 @@ class LlgCursor:
         """The text forced from here (whole characters only), or None."""
         if self.eos_seen:
             return None
-        forced = self.matcher.compute_ff_bytes()
+        forced = self.forced_bytes()
         if not forced or _mid_character(self.text_bytes):
             return None
         try:
@@ -249,6 +249,13 @@ class LlgCursor:
             text = forced[: e.start].decode("utf-8")
         return text or None
 
+    def forced_bytes(self) -> bytes:
+        """The bytes the grammar forces from here (computed once per position: a jump's
+        `jump_forward` and `accept_text` ask for the same)."""
+        if self._forced is None:
+            self._forced = self.matcher.compute_ff_bytes()
+        return self._forced
+
     def _allows(self, token_id: int) -> bool:
         bits = self.bitmask()
         return bool((int(bits[token_id >> 5]) >> (token_id & 31)) & 1)
@@ -256,6 +263,7 @@ class LlgCursor:
     def _changed(self) -> None:
         self._bits = None
         self._mask = None
+        self._forced = None
 
     def _raise_if_error(self) -> None:
         if self.matcher.is_error():
