@@ -12,6 +12,7 @@ read from leaf to root; only unlocked leaves are evicted, least recently used fi
                            for a key continuing node's path, walking only below it (a
                            request caching its newest tokens)
     ancestor_at(node, n) -> the node at n tokens up node's path (a request cut back)
+    touch(node, hit)    -> mark the path root..node as just used
     inc/dec_lock_ref    -> protect / release the path node..root
     evict(n)            -> free at least n slots of unlocked leaves (fewer if not possible)
 """
@@ -111,7 +112,7 @@ class RadixCache:
                 child = self._split(child, n)
             cached.append(child.value)
             node, key, value = child, key[n:], value[n:]
-        self._touch(node, hit)
+        self.touch(node, hit)
         return (torch.cat(cached) if len(cached) > 1 else cached[0] if cached else _EMPTY), node
 
     def ancestor_at(self, node: TreeNode, length: int) -> TreeNode:
@@ -128,7 +129,7 @@ class RadixCache:
             n = n.parent
         if end > length:
             n = self._split(n, len(n.key) - (end - length))
-        self._touch(n, hit=True)
+        self.touch(n, hit=True)
         return n
 
     def path_len(self, node: TreeNode) -> int:
@@ -149,7 +150,8 @@ class RadixCache:
         return ([t for k in reversed(keys) for t in k],
                 torch.cat(values[::-1]) if values else _EMPTY)
 
-    def _touch(self, node: TreeNode, hit: bool) -> None:
+    def touch(self, node: TreeNode, hit: bool = False) -> None:
+        """Mark the path root..node as just used (and, with `hit`, count a hit on it)."""
         now = time.monotonic()
         while node is not self.root:
             node.last_access = now

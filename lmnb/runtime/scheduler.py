@@ -25,8 +25,6 @@ from lmnb.runtime.radix_cache import RadixCache
 from lmnb.runtime.request import Req, Status
 from lmnb.runtime.token_ids import common_prefix_len
 
-_NO_SLOTS = torch.empty(0, dtype=torch.int64)
-
 
 @dataclass
 class ScheduledBatch:
@@ -254,7 +252,7 @@ class Scheduler:
                 cached, _ = self.cache.insert_below(r.last_node, r.fill_slice(r.cache_len, r.kv_len), own)
                 self.alloc.free(own[: cached.numel()])
         elif r.kv_len and not self.cache.disabled:
-            self.cache.insert_below(r.last_node, [], _NO_SLOTS)   # touched, as a whole insert would
+            self.cache.touch(r.last_node)   # as inserting its whole tokens would
         self.cache.dec_lock_ref(r.last_node)
         self.req_pool.free(r.req_pool_idx)
         r.req_pool_idx, r.last_node, r.kv_len, r.cache_len = None, None, 0, 0
