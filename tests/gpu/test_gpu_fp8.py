@@ -113,6 +113,54 @@ def test_gemv_fused_silu_mul(m, block):
                        fp8_linear_ref(silu_and_mul_ref(h).float(), q, s, None, block)) < TOL
 
 
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("block", [None, (128, 128), "dense"])
+def test_gemv_fused_norm(block, residual):
+    """NORM: the one-row GEMV of rms_norm(x + r) * g (the decoder's add + norm inside the
+    projection) against norm-then-GEMM references, on every GEMV config; x + r is stored
+    exactly as the add + norm kernel rounds it. Splits and act are refused."""
+    from lmnb.runtime.kernels.reference import add_rms_norm_ref, rms_norm_ref
+
+    n, k = (136, 200) if INTERPRET else (6144, 4096)
+    eps = 1e-5
+    if block == "dense":
+        g = torch.Generator().manual_seed(k)
+        q, s, block = (torch.randn(n, k, generator=g) * 0.02).to(DEVICE, BF16), None, None
+    else:
+        q, s = _weights(n, k, block, seed=n + 3)
+    x = _x(1, k, seed=11) * 3.0
+    r = _x(1, k, seed=12) if residual else None
+    gw = (1.0 + 0.3 * _x(1, k, seed=13, dtype=torch.float32)[0]).to(x.dtype)
+    if residual:
+        h, total_ref = add_rms_norm_ref(x, r, gw, eps)
+    else:
+        h, total_ref = rms_norm_ref(x, gw, eps), x
+    ref = h.float() @ q.float().t() if s is None else fp8_linear_ref(h.float(), q, s, None, block)
+    norm = fp8_gemm.GemvNorm(gw, eps, r)
+    configs = fp8_gemm.gemv_configs(1, n, k, block)
+    for cfg in configs[:2] if INTERPRET else configs:
+        y = torch.full((1, n), float("nan"), dtype=x.dtype, device=DEVICE)
+        total = torch.full_like(x, float("nan")) if residual else None
+        fp8_gemm._launch_gemv(x, q, s, block, y, cfg, norm=norm, sum_out=total)
+        assert rel_err(y, ref) < TOL, cfg
+        if residual:
+            assert torch.equal(total, total_ref), cfg
+    y = torch.empty((1, n), dtype=x.dtype, device=DEVICE)
+    with pytest.raises(ValueError, match="whole-K"):
+        fp8_gemm._launch_gemv(x, q, s, block, y, (8, 16, 4, 4), norm=norm, sum_out=total)
+    if residual:
+        with pytest.raises(ValueError, match="buffer of its own"):
+            fp8_gemm._launch_gemv(x, q, s, block, y, configs[0], norm=norm, sum_out=r)
+    if CUDA:   # the dispatcher: the GEMV where the timed choice is the GEMV, else None
+        got = fp8_gemm.norm_gemv(x, q, s, block, norm)
+        chosen = fp8_gemm.chosen_configs()
+        if got is None:
+            assert not any(v[0] == "gemv" and k_.split("/")[2:4] == [str(n), str(k)]
+                           for k_, v in chosen.items() if k_.startswith(("small/1/", "dense/1/")))
+        else:
+            assert rel_err(got[0], ref) < TOL and torch.equal(got[1], total_ref)
+
+
 @pytest.mark.parametrize("n,k", SHAPES[:3])
 @pytest.mark.parametrize("split", [1, 2])
 def test_gemv_unscaled_weight(n, k, split):

@@ -105,6 +105,43 @@ def test_graph_decode_bf16_matches_eager(runtimes):
         assert max(abs(p - q) for p, q in zip(lx, ly)) < 0.05
 
 
+def test_norm_inside_gemv_matches_norm_kernels(runtimes, monkeypatch):
+    """Batch-1 bf16 decode with each layer's add + norm inside the q/k/v and gate/up GEMVs
+    (the default) gives the logprobs of the separate norm kernels (LMNB_NORM_GEMV=0)
+    within bf16 rounding, and the fused path really ran."""
+    from lmnb.runtime.kernels import fp8_gemm
+
+    rt = runtimes("bfloat16", "triton", graphs=False)
+    calls = []
+    real = fp8_gemm.norm_gemv
+
+    def counting(*a, **k):
+        got = real(*a, **k)
+        calls.append(got is not None)
+        return got
+
+    monkeypatch.setattr(fp8_gemm, "norm_gemv", counting)
+
+    def run():
+        rt.flush_cache()
+        return [rt.generate([p], max_new_tokens=8, temperature=0, ignore_eos=True,
+                            return_logprob=True)[0] for p in PROMPTS[:3]]
+
+    fused = run()
+    assert any(calls), "no GEMV took the norm"
+    monkeypatch.setenv("LMNB_NORM_GEMV", "0")
+    calls.clear()
+    plain = run()
+    assert not calls
+    for x, y in zip(fused, plain):
+        n = _common_prefix(x["output_ids"], y["output_ids"])
+        assert n >= 4, (x["output_ids"], y["output_ids"])
+        lx = [lp for _, lp in x["meta"]["output_token_logprobs"][:n]]
+        ly = [lp for _, lp in y["meta"]["output_token_logprobs"][:n]]
+        assert max(abs(p - q) for p, q in zip(lx, ly)) < 0.05
+    rt.check_integrity()
+
+
 def _prompt_logprobs(rt, prompts) -> list[torch.Tensor]:
     outs = rt.generate(prompts, max_new_tokens=1, temperature=0, logprob_start_len=0)
     return [torch.tensor([lp for _, lp in o["meta"]["input_token_logprobs"]]) for o in outs]

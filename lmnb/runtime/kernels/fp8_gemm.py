@@ -31,6 +31,7 @@ never while a graph is being captured; `LMNB_FP8_TUNE=0`: the first candidate.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
 
 import torch
@@ -81,6 +82,31 @@ def _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm, stride_sn, pid_
 
 
 @triton.jit
+def _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k, k_ok,
+                    BLOCK_N: tl.constexpr, SCALE: tl.constexpr, SB_N: tl.constexpr,
+                    SB_K: tl.constexpr, NORM: tl.constexpr):
+    """The one-row GEMV step on the RMS-normalised input: acc0 += w * (s * g) and
+    ss += s * s, where s = X (NORM == 1) or X + R rounded to X's dtype (NORM == 2: the
+    residual add, stored to SO by the programs of the first column block). The row's
+    1 / rms is applied to the sums at the end (`_gemv_out`'s scale), so the normalised
+    input is never rounded (the unfused norm rounds it twice)."""
+    wf = w.to(tl.float32)
+    if SCALE == 2:
+        sc = tl.load(S + (pid_n * BLOCK_N // SB_N) * stride_sn + offs_k // SB_K, mask=k_ok, other=0.0)
+        wf = wf * sc[None, :]
+    x = tl.load(X + offs_k, mask=k_ok, other=0.0)
+    if NORM == 2:
+        x = (x.to(tl.float32) + tl.load(R + offs_k, mask=k_ok, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
+        if pid_n == 0:
+            tl.store(SO + offs_k, x, mask=k_ok)
+    xf = x.to(tl.float32)
+    ss += xf * xf
+    g = tl.load(G + offs_k, mask=k_ok, other=0.0).to(tl.float32)
+    acc0 += wf * (xf * g)[None, :]
+    return acc0, ss
+
+
+@triton.jit
 def _gemv_out(Y, P, acc, row, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT: tl.constexpr):
     """One output row of a GEMV program: the scaled result, or (split-K) the fp32 partial
     sum of this program's K range into P[pid_k, row, :]."""
@@ -93,11 +119,11 @@ def _gemv_out(Y, P, acc, row, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT: tl
 
 
 @triton.jit
-def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_ym, stride_sn,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, ACT: tl.constexpr,
-                     PIPE: tl.constexpr, PDL: tl.constexpr):
+def _fp8_gemv_kernel(X, W, S, Y, P, R, G, SO, M, N, K, K_SPLIT, stride_xm, stride_wn, stride_ym,
+                     stride_sn, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, SCALE: tl.constexpr, SB_N: tl.constexpr,
+                     SB_K: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+                     ACT: tl.constexpr, NORM: tl.constexpr, PIPE: tl.constexpr, PDL: tl.constexpr):
     """Y[m, n] = sum_k X[m, k] * W[n, k] * scale for M <= BLOCK_M <= 4 rows.
 
     Program (pid_n, pid_k) owns BLOCK_N output rows over K[pid_k * K_SPLIT, +K_SPLIT)
@@ -109,7 +135,9 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
     SPLIT: write fp32 partials P [splits, M, N] for `_splitk_reduce_kernel` (which
     applies the per-channel scale); else write Y directly. ACT == 1: X is [M, 2K] and the
     GEMV reads silu(gate) * up (the MLP's down projection without its own activation
-    kernel). PDL: the first weight tile is loaded before waiting for the previous kernel
+    kernel). NORM (one row, whole-K programs): the GEMV of rms_norm(X) * G (NORM == 1) or
+    of rms_norm(X + R) * G with X + R stored to SO (NORM == 2), see `_gemv_norm_step`:
+    the decoder's residual add and norm without their own kernel. PDL: the first weight tile is loaded before waiting for the previous kernel
     (see `kernels.pdl`). PIPE: the next tile's loads are issued before the current tile's
     math (two tiles in flight per program; also two before the wait)."""
     pdl_trigger(PDL)
@@ -135,10 +163,15 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
     if PIPE:
         w_nxt = tl.load(w_ptr + BLOCK_K, mask=n_ok[:, None] & (offs_k + BLOCK_K < k_hi)[None, :],
                         other=0.0)
+    ss = tl.zeros([BLOCK_K], dtype=tl.float32)
     pdl_wait(PDL)
-    acc0, acc1, acc2, acc3 = _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm, stride_sn,
-                                        pid_n, offs_k, k_ok, BLOCK_M, BLOCK_N, SCALE, SB_N, SB_K,
-                                        EVEN_K, ACT)
+    if NORM:
+        acc0, ss = _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k, k_ok,
+                                   BLOCK_N, SCALE, SB_N, SB_K, NORM)
+    else:
+        acc0, acc1, acc2, acc3 = _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm,
+                                            stride_sn, pid_n, offs_k, k_ok, BLOCK_M, BLOCK_N,
+                                            SCALE, SB_N, SB_K, EVEN_K, ACT)
     for k0 in range(k_lo + BLOCK_K, k_hi, BLOCK_K):
         w_ptr += BLOCK_K
         offs_k = k0 + rk
@@ -151,13 +184,19 @@ def _fp8_gemv_kernel(X, W, S, Y, P, M, N, K, K_SPLIT, stride_xm, stride_wn, stri
             w = tl.load(w_ptr, mask=n_ok[:, None], other=0.0)
         else:
             w = tl.load(w_ptr, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc0, acc1, acc2, acc3 = _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm,
-                                            stride_sn, pid_n, offs_k, k_ok, BLOCK_M, BLOCK_N,
-                                            SCALE, SB_N, SB_K, EVEN_K, ACT)
+        if NORM:
+            acc0, ss = _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k,
+                                       k_ok, BLOCK_N, SCALE, SB_N, SB_K, NORM)
+        else:
+            acc0, acc1, acc2, acc3 = _gemv_step(acc0, acc1, acc2, acc3, w, X, S, M, K, stride_xm,
+                                                stride_sn, pid_n, offs_k, k_ok, BLOCK_M, BLOCK_N,
+                                                SCALE, SB_N, SB_K, EVEN_K, ACT)
     if SCALE == 1 and not SPLIT:
         scale = tl.load(S + rn, mask=n_ok, other=0.0)
     else:
         scale = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
+    if NORM:
+        scale = scale * tl.rsqrt(tl.sum(ss, 0) / K + eps)
     _gemv_out(Y, P, acc0, 0, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT)
     if BLOCK_M > 1:
         _gemv_out(Y, P, acc1, 1, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT)
@@ -298,24 +337,43 @@ def _reduce_splits(p: torch.Tensor, s, y: torch.Tensor, mode: int) -> None:
         num_warps=4, **launch_kwargs(y.device))
 
 
-def _launch_gemv(x, q, s, block, y, cfg, act: int = 0) -> None:
-    """act == 1: x is [M, 2K] (gate, up) and the GEMV reads silu(gate) * up."""
+@dataclass(frozen=True, slots=True)
+class GemvNorm:
+    """The RMSNorm a one-row GEMV applies to its input first (`_gemv_norm_step`): its
+    weight and eps, and the residual added before it (None: the norm of x alone)."""
+
+    weight: torch.Tensor
+    eps: float
+    residual: torch.Tensor | None = None
+
+
+def _launch_gemv(x, q, s, block, y, cfg, act: int = 0, norm: GemvNorm | None = None,
+                 sum_out: torch.Tensor | None = None) -> None:
+    """act == 1: x is [M, 2K] (gate, up) and the GEMV reads silu(gate) * up. norm: x is
+    one row and the GEMV's input is its RMS norm (see GemvNorm; whole-K programs only),
+    with x + norm.residual stored to sum_out."""
     m, k = x.shape
     if act:
         k //= 2
     n = q.shape[0]
     bn, bk, warps, split_k, *pipe = cfg
     per, splits = k_splits(k, bk, split_k)
+    if norm is not None and (m != 1 or splits != 1 or act):
+        raise ValueError("a GEMV applies a norm to one row over whole-K programs, without act")
     mode = _scale_mode(s, block)
     sb_n, sb_k, stride_sn = _scale_args(s, block)
     p = _partials(m, n, splits, y)
     pdl = pdl_enabled(x.device)
+    norm_mode = 0 if norm is None else (1 if norm.residual is None else 2)
+    if norm_mode == 2 and (sum_out is None or sum_out.data_ptr() in (x.data_ptr(), norm.residual.data_ptr())):
+        raise ValueError("the residual sum needs a buffer of its own (programs read x and the residual)")
     _fp8_gemv_kernel[(triton.cdiv(n, bn), splits)](
-        x, q, s if s is not None else y, y, p, m, n, k, per,
-        x.stride(0), q.stride(0), y.stride(0), stride_sn,
+        x, q, s if s is not None else y, y, p, x if norm_mode < 2 else norm.residual,
+        x if norm is None else norm.weight, x if norm_mode < 2 else sum_out, m, n, k, per,
+        x.stride(0), q.stride(0), y.stride(0), stride_sn, 0.0 if norm is None else norm.eps,
         BLOCK_M=_gemv_rows(m), BLOCK_N=bn, BLOCK_K=bk, SCALE=mode, SB_N=sb_n, SB_K=sb_k,
-        EVEN_K=k % bk == 0, SPLIT=splits > 1, ACT=act, PIPE=bool(pipe and pipe[0]), PDL=pdl,
-        num_warps=warps,
+        EVEN_K=k % bk == 0, SPLIT=splits > 1, ACT=act, NORM=norm_mode,
+        PIPE=bool(pipe and pipe[0]), PDL=pdl, num_warps=warps,
         **launch_kwargs(x.device))
     if splits > 1:
         _reduce_splits(p, s, y, mode)
@@ -502,13 +560,18 @@ def launch_candidate(cand: tuple, x, q, s, block, y, act: int = 0) -> torch.Tens
     return y
 
 
-def _run_chosen(key, cands, x, q, s, block, act: int) -> torch.Tensor:
-    m, n = x.shape[0], q.shape[0]
+def _chosen_for(key, cands, x, q, s, block, act: int) -> tuple:
     chosen = _CHOSEN.get(key)
     if chosen is None:
         xt = silu_and_mul(x) if act else x   # the choice is timed on the GEMM alone
         chosen = _choose(key, cands, lambda cand, qq, y: launch_candidate(cand, xt, qq, s, block, y),
-                         q, (m, n), x.dtype)
+                         q, (x.shape[0], q.shape[0]), x.dtype)
+    return chosen
+
+
+def _run_chosen(key, cands, x, q, s, block, act: int) -> torch.Tensor:
+    m, n = x.shape[0], q.shape[0]
+    chosen = _chosen_for(key, cands, x, q, s, block, act)
     if chosen[0] == "scaled_mm":
         return scaled_mm_rowwise(silu_and_mul(x) if act else x, q, s)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -521,18 +584,50 @@ def small_m_bucket(m: int) -> int:
     return _gemv_rows(m) if m <= GEMV_MAX_M else (8 if m <= 8 else 16)
 
 
+def _small_key(x: torch.Tensor, q: torch.Tensor, block, act: int) -> tuple:
+    m, k = x.shape
+    return ("small", small_m_bucket(m), q.shape[0], k // 2 if act else k, block, x.dtype, x.device)
+
+
+def _small_candidates(key: tuple) -> list[tuple]:
+    _, m, n, k, block, dtype, device = key
+    return small_m_candidates(m, n, k, block, dtype, device) if key not in _CHOSEN else []
+
+
 def fp8_small_m(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None, act: int = 0) -> torch.Tensor:
     """M <= 16 (decode): the GEMV (M <= 4), the skinny tl.dot kernel or per-token
     activations on torch._scaled_mm, whichever the timed choice finds faster for this
     shape (default: GEMV up to 4 rows, else the skinny kernel). act == 1: x is [M, 2K]
     (gate, up) and the GEMM's input is silu(gate) * up (fused into the GEMV)."""
-    m, k = x.shape
-    if act:
-        k //= 2
-    n = q.shape[0]
-    key = ("small", small_m_bucket(m), n, k, block, x.dtype, x.device)
-    return _run_chosen(key, small_m_candidates(m, n, k, block, x.dtype, x.device) if key not in _CHOSEN else [],
-                       x, q, s, block, act)
+    key = _small_key(x, q, block, act)
+    return _run_chosen(key, _small_candidates(key), x, q, s, block, act)
+
+
+def norm_gemv_enabled() -> bool:
+    """LMNB_NORM_GEMV=0 keeps the decoder's norms in kernels of their own (A/B runs)."""
+    return os.environ.get("LMNB_NORM_GEMV", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def norm_gemv(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, block,
+              norm: GemvNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One row x [1, K]: (w's product with rms_norm(x + norm.residual) * norm.weight,
+    x + norm.residual) in one GEMV kernel, for an fp8 w with scales s (or a bf16/fp16 w,
+    s None), where the timed choice for this shape is the GEMV; None otherwise (the
+    caller runs the norm, then the projection). Without a residual the second element
+    is x."""
+    if x.shape[0] != 1 or x.stride(-1) != 1:
+        return None
+    if s is None:
+        chosen = _dense_choice(x, w, 0)
+    else:
+        key = _small_key(x, w, block, 0)
+        chosen = _chosen_for(key, _small_candidates(key), x, w, s, block, 0)
+    if chosen[0] != "gemv" or chosen[1][3] != 1:
+        return None
+    y = torch.empty((1, w.shape[0]), dtype=x.dtype, device=x.device)
+    total = x if norm.residual is None else torch.empty_like(x)
+    _launch_gemv(x, w, s, block, y, chosen[1], norm=norm, sum_out=total)
+    return y, total
 
 
 def fp8_wide_m(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -549,10 +644,8 @@ def dense_candidates(m: int, n: int, k: int) -> list[tuple]:
     return [("cublas", None)] + [("gemv", c) for c in gemv_configs(1, n, k, None)]
 
 
-def dense_small_m(x: torch.Tensor, w: torch.Tensor, act: int = 0) -> torch.Tensor:
-    """x [1, K] @ w.T for a bf16/fp16 weight w [N, K]: the GEMV kernel (no scales) or
-    cuBLAS, the timed choice per shape. act == 1: x is [1, 2K] (gate, up), input
-    silu(gate) * up (fused into the GEMV)."""
+def _dense_choice(x: torch.Tensor, w: torch.Tensor, act: int) -> tuple:
+    """The timed choice (cuBLAS or a GEMV tile) for x [1, K or 2K] @ w.T."""
     m, k = x.shape
     if act:
         k //= 2
@@ -570,9 +663,17 @@ def dense_small_m(x: torch.Tensor, w: torch.Tensor, act: int = 0) -> torch.Tenso
                 _launch_gemv(xt, ww, None, None, y, cand[1])
 
         chosen = _choose(key, dense_candidates(m, n, k), launch, w, (m, n), x.dtype)
+    return chosen
+
+
+def dense_small_m(x: torch.Tensor, w: torch.Tensor, act: int = 0) -> torch.Tensor:
+    """x [1, K] @ w.T for a bf16/fp16 weight w [N, K]: the GEMV kernel (no scales) or
+    cuBLAS, the timed choice per shape. act == 1: x is [1, 2K] (gate, up), input
+    silu(gate) * up (fused into the GEMV)."""
+    chosen = _dense_choice(x, w, act)
     if chosen[0] == "cublas":
         return torch.mm(silu_and_mul(x) if act else x, w.t())
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((x.shape[0], w.shape[0]), dtype=x.dtype, device=x.device)
     _launch_gemv(x, w, None, None, y, chosen[1], act)
     return y
 

@@ -95,6 +95,15 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
+    def norm_forward(self, x: torch.Tensor, residual: torch.Tensor | None,
+                     norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(self(norm(x + residual)), x + residual) in one GEMV at one CUDA row, or None
+        (see `fused_norm_projection`)."""
+        got = fused_norm_projection(x, residual, norm, self.weight)
+        if got is None or self.bias is None:
+            return got
+        return got[0] + self.bias, got[1]
+
     def silu_mul_forward(self, h: torch.Tensor) -> torch.Tensor:
         """self(silu_and_mul(h)) for h [..., 2 * in_features] (gate, up), fused at one row."""
         if _gemv_row(h, self.weight):
@@ -117,6 +126,47 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
         y = y.view(*x.shape[:-1], y.shape[-1])
         return y if bias is None else y + bias
     return F.linear(x, w, bias)
+
+
+def norm_linear(norm: RMSNorm, proj: nn.Module, x: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(proj(norm(x + residual)), x + residual); residual None: (proj(norm(x)), x). A
+    projection with `norm_forward` (Linear, Fp8Linear) runs both in its GEMV at one CUDA
+    row; otherwise the fused add + norm kernel, then the projection."""
+    fused = getattr(proj, "norm_forward", None)
+    got = fused(x, residual, norm) if fused is not None else None
+    if got is not None:
+        return got
+    if residual is None:
+        return proj(norm(x)), x
+    h, residual = norm.add(x, residual)
+    return proj(h), residual
+
+
+def fused_norm_projection(x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
+                          w: torch.Tensor, scale: torch.Tensor | None = None,
+                          block=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One row x on CUDA: (norm(x + residual) @ W.T, x + residual) in one GEMV kernel
+    (`fp8_gemm.norm_gemv`: the row's 1/rms is applied to the GEMV's sums) for a
+    bf16/fp16 weight (scale None) or an FP8 one with its scales. None where that does not
+    apply: another device or dtype, several rows, a shape whose timed choice is not the
+    GEMV, or LMNB_NORM_GEMV=0."""
+    one_row = x.is_cuda and x.numel() == x.shape[-1] and x.stride(-1) == 1
+    if not (one_row and x.dtype in (torch.bfloat16, torch.float16) and norm.weight.dtype == x.dtype
+            and (scale is not None or w.dtype == x.dtype) and _have_triton()):
+        return None
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                 or not residual.is_contiguous()):
+        return None
+    from lmnb.runtime.kernels.fp8_gemm import GemvNorm, norm_gemv, norm_gemv_enabled
+
+    if not norm_gemv_enabled():
+        return None
+    got = norm_gemv(x.reshape(1, -1), w, scale, block,
+                    GemvNorm(norm.weight, norm.eps, None if residual is None else residual.reshape(1, -1)))
+    if got is None:
+        return None
+    return got[0].view(*x.shape[:-1], w.shape[0]), got[1].view(x.shape)
 
 
 def _gemv_row(x: torch.Tensor, w: torch.Tensor) -> bool:

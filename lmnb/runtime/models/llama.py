@@ -15,7 +15,14 @@ from lmnb.runtime.forward_batch import ForwardBatch
 from lmnb.runtime.kernels import silu_and_mul
 from lmnb.runtime.memory import KVPool
 from lmnb.runtime.models.config import ModelConfig
-from lmnb.runtime.models.layers import RMSNorm, Rotary, empty_linear, linear
+from lmnb.runtime.models.layers import (
+    RMSNorm,
+    Rotary,
+    empty_linear,
+    fused_norm_projection,
+    linear,
+    norm_linear,
+)
 from lmnb.runtime.quant.fp8_checkpoint import Fp8Weight
 
 
@@ -32,7 +39,11 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rotary: Rotary, backend: AttentionBackend,
                 batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
-        qkv = self.qkv_proj(x)
+        return self.attend(self.qkv_proj(x), positions, rotary, backend, batch, pool)
+
+    def attend(self, qkv, positions, rotary: Rotary, backend: AttentionBackend,
+               batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        """The block after the q/k/v projection: rotary, KV store, attention, o_proj."""
         if self.q_norm is None and not qkv.is_cuda:
             # CPU: rotate q and k heads in one pass (fewer small ops per layer)
             qk = rotary.rotate_cpu(qkv[:, : self.q_size + self.kv_size].view(-1, self.h + self.kvh, self.d),
@@ -64,8 +75,11 @@ class MLP(nn.Module):
         self.down_proj = empty_linear(self.inter, cfg.hidden_size, False, dtype, device, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate_up_proj(x)
-        fused = getattr(self.down_proj, "silu_mul_forward", None)   # FP8: the GEMV applies it
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, h: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate) * up) of the gate/up projection's output h."""
+        fused = getattr(self.down_proj, "silu_mul_forward", None)   # one row: the GEMV applies it
         return fused(h) if fused is not None else self.down_proj(silu_and_mul(h))
 
 
@@ -80,14 +94,12 @@ class DecoderLayer(nn.Module):
     def forward(self, x, residual, positions, rotary, backend, batch, pool):
         """Pre-norm block carrying the residual stream separately, so each residual add is
         fused into the next norm: returns (mlp output, residual) with x + residual being
-        the block's output. `residual=None` in the first layer."""
-        if residual is None:
-            residual, h = x, self.input_layernorm(x)
-        else:
-            h, residual = self.input_layernorm.add(x, residual)
-        h = self.self_attn(h, positions, rotary, backend, batch, pool)
-        h, residual = self.post_attention_layernorm.add(h, residual)
-        return self.mlp(h), residual
+        the block's output. `residual=None` in the first layer. At one CUDA row the
+        norms run inside the q/k/v and gate/up GEMVs (`norm_linear`)."""
+        qkv, residual = norm_linear(self.input_layernorm, self.self_attn.qkv_proj, x, residual)
+        h = self.self_attn.attend(qkv, positions, rotary, backend, batch, pool)
+        gate_up, residual = norm_linear(self.post_attention_layernorm, self.mlp.gate_up_proj, h, residual)
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -133,6 +145,11 @@ class LlamaForCausalLM(nn.Module):
             x, residual = layer(x, residual, batch.positions, self.rotary, backend, batch, pool)
         if batch.logits_rows is not None:
             x, residual = x[batch.logits_rows], residual[batch.logits_rows]
+        if self.quant_head is not None:
+            return norm_linear(self.norm, self.quant_head, x, residual)[0].float()
+        fused = fused_norm_projection(x, residual, self.norm, self.head_weight())
+        if fused is not None:
+            return fused[0].float()
         x, _ = self.norm.add(x, residual)
         return self.logits(x)
 

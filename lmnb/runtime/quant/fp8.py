@@ -28,6 +28,7 @@ from torch import nn
 
 from lmnb.errors import LmnbError
 from lmnb.runtime.models.config import ModelConfig
+from lmnb.runtime.models.layers import RMSNorm, fused_norm_projection
 from lmnb.runtime.quant.fp8_checkpoint import (
     Fp8CheckpointFormat,
     Fp8Weight,
@@ -82,6 +83,15 @@ class Fp8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.block)
+
+    def norm_forward(self, x: torch.Tensor, residual: torch.Tensor | None,
+                     norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(self(norm(x + residual)), x + residual) in one GEMV at one CUDA row, or None
+        (see `models.layers.fused_norm_projection`)."""
+        got = fused_norm_projection(x, residual, norm, self.weight, self.weight_scale, self.block)
+        if got is None or self.bias is None:
+            return got
+        return got[0] + self.bias, got[1]
 
     def silu_mul_forward(self, h: torch.Tensor) -> torch.Tensor:
         """self(silu_and_mul(h)) for h [..., 2 * in_features] (gate, up): the decode GEMV
