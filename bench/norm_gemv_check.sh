@@ -3,7 +3,7 @@
 # of the GEMV kernels (the fused norm against norm-then-GEMM references, every config) and
 # of the models (fused vs separate norms, FP8 vs bf16, HF parity), then batch-1 latency and
 # the decode-step graph time of bf16 and FP8 on dummy:llama3-8b with the norms inside the
-# GEMVs (the default) and in their own kernels (LMNB_NORM_GEMV=0), and the traced batch-1
+# GEMVs (LMNB_NORM_GEMV=1) and in their own kernels (the default), and the traced batch-1
 # run (kernels per token). Logs and JSON go to $OUT.
 #   bash bench/norm_gemv_check.sh [model]
 # Environment: TEST_K (a pytest -k selection), MODES, TEST_TIMEOUT / BENCH_TIMEOUT.

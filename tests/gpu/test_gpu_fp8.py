@@ -153,11 +153,9 @@ def test_gemv_fused_norm(block, residual):
             fp8_gemm._launch_gemv(x, q, s, block, y, configs[0], norm=norm, sum_out=r)
     if CUDA:   # the dispatcher: the GEMV where the timed choice is the GEMV, else None
         got = fp8_gemm.norm_gemv(x, q, s, block, norm)
-        chosen = fp8_gemm.chosen_configs()
-        if got is None:
-            assert not any(v[0] == "gemv" and k_.split("/")[2:4] == [str(n), str(k)]
-                           for k_, v in chosen.items() if k_.startswith(("small/1/", "dense/1/")))
-        else:
+        chosen = fp8_gemm.chosen_configs()[f"{'dense' if s is None else 'small'}/1/{n}/{k}/{block}"]
+        assert (got is not None) == (chosen[0] == "gemv"), chosen
+        if got is not None:
             assert rel_err(got[0], ref) < TOL and torch.equal(got[1], total_ref)
 
 

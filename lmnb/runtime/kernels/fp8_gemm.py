@@ -42,6 +42,7 @@ from lmnb.runtime.kernels.activation import silu_and_mul_triton as silu_and_mul
 from lmnb.runtime.kernels.pdl import launch_kwargs, pdl_enabled, pdl_start, pdl_trigger, pdl_wait
 
 GEMV_MAX_M = 4
+NORM_LATE_STORE = 0
 SKINNY_MAX_M = 16
 WIDE_MAX_M = 256     # above: prefill / extend, straight to _scaled_mm
 FP8_MAX = 448.0
@@ -95,10 +96,11 @@ def _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k, k_ok,
         sc = tl.load(S + (pid_n * BLOCK_N // SB_N) * stride_sn + offs_k // SB_K, mask=k_ok, other=0.0)
         wf = wf * sc[None, :]
     x = tl.load(X + offs_k, mask=k_ok, other=0.0)
-    if NORM == 2:
+    if NORM >= 2:
         x = (x.to(tl.float32) + tl.load(R + offs_k, mask=k_ok, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
-        if pid_n == 0:
-            tl.store(SO + offs_k, x, mask=k_ok)
+        if NORM == 2:
+            if pid_n == 0:
+                tl.store(SO + offs_k, x, mask=k_ok)
     xf = x.to(tl.float32)
     ss += xf * xf
     g = tl.load(G + offs_k, mask=k_ok, other=0.0).to(tl.float32)
@@ -197,6 +199,13 @@ def _fp8_gemv_kernel(X, W, S, Y, P, R, G, SO, M, N, K, K_SPLIT, stride_xm, strid
         scale = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
     if NORM:
         scale = scale * tl.rsqrt(tl.sum(ss, 0) / K + eps)
+    if NORM == 3:
+        if pid_n == 0:
+            for k1 in range(0, K, BLOCK_K):
+                o1 = k1 + rk
+                ok1 = o1 < K
+                t = tl.load(X + o1, mask=ok1, other=0.0).to(tl.float32) + tl.load(R + o1, mask=ok1, other=0.0).to(tl.float32)
+                tl.store(SO + o1, t.to(X.dtype.element_ty), mask=ok1)
     _gemv_out(Y, P, acc0, 0, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT)
     if BLOCK_M > 1:
         _gemv_out(Y, P, acc1, 1, M, N, rn, n_ok, pid_k, stride_ym, scale, SPLIT)
@@ -364,8 +373,8 @@ def _launch_gemv(x, q, s, block, y, cfg, act: int = 0, norm: GemvNorm | None = N
     sb_n, sb_k, stride_sn = _scale_args(s, block)
     p = _partials(m, n, splits, y)
     pdl = pdl_enabled(x.device)
-    norm_mode = 0 if norm is None else (1 if norm.residual is None else 2)
-    if norm_mode == 2 and (sum_out is None or sum_out.data_ptr() in (x.data_ptr(), norm.residual.data_ptr())):
+    norm_mode = 0 if norm is None else (1 if norm.residual is None else 2 + NORM_LATE_STORE)
+    if norm_mode >= 2 and (sum_out is None or sum_out.data_ptr() in (x.data_ptr(), norm.residual.data_ptr())):
         raise ValueError("the residual sum needs a buffer of its own (programs read x and the residual)")
     _fp8_gemv_kernel[(triton.cdiv(n, bn), splits)](
         x, q, s if s is not None else y, y, p, x if norm_mode < 2 else norm.residual,
@@ -604,8 +613,9 @@ def fp8_small_m(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, block=None, a
 
 
 def norm_gemv_enabled() -> bool:
-    """LMNB_NORM_GEMV=0 keeps the decoder's norms in kernels of their own (A/B runs)."""
-    return os.environ.get("LMNB_NORM_GEMV", "1").strip().lower() not in ("0", "false", "no", "off")
+    """LMNB_NORM_GEMV=1 runs the decoder's add + norm inside the one-row GEMVs; off by
+    default: measured slower than the norm kernels (bench/RESULTS.md)."""
+    return os.environ.get("LMNB_NORM_GEMV", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def norm_gemv(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, block,

@@ -150,7 +150,7 @@ def fused_norm_projection(x: torch.Tensor, residual: torch.Tensor | None, norm: 
     (`fp8_gemm.norm_gemv`: the row's 1/rms is applied to the GEMV's sums) for a
     bf16/fp16 weight (scale None) or an FP8 one with its scales. None where that does not
     apply: another device or dtype, several rows, a shape whose timed choice is not the
-    GEMV, or LMNB_NORM_GEMV=0."""
+    GEMV, or without LMNB_NORM_GEMV=1."""
     one_row = x.is_cuda and x.numel() == x.shape[-1] and x.stride(-1) == 1
     if not (one_row and x.dtype in (torch.bfloat16, torch.float16) and norm.weight.dtype == x.dtype
             and (scale is not None or w.dtype == x.dtype) and _have_triton()):
