@@ -96,6 +96,7 @@ def _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k, k_ok,
         sc = tl.load(S + (pid_n * BLOCK_N // SB_N) * stride_sn + offs_k // SB_K, mask=k_ok, other=0.0)
         wf = wf * sc[None, :]
     x = tl.load(X + offs_k, mask=k_ok, other=0.0)
+    g = tl.load(G + offs_k, mask=k_ok, other=0.0).to(tl.float32)
     if NORM >= 2:
         x = (x.to(tl.float32) + tl.load(R + offs_k, mask=k_ok, other=0.0).to(tl.float32)).to(X.dtype.element_ty)
         if NORM == 2:
@@ -103,8 +104,10 @@ def _gemv_norm_step(acc0, ss, w, X, R, G, SO, S, stride_sn, pid_n, offs_k, k_ok,
                 tl.store(SO + offs_k, x, mask=k_ok)
     xf = x.to(tl.float32)
     ss += xf * xf
-    g = tl.load(G + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-    acc0 += wf * (xf * g)[None, :]
+    # s * g rounded to X's dtype, as the plain GEMV reads its input: the layout change
+    # to the tile's columns then moves 16-bit values (as it does there), not fp32
+    xg = (xf * g).to(X.dtype.element_ty).to(tl.float32)
+    acc0 += wf * xg[None, :]
     return acc0, ss
 
 
