@@ -151,12 +151,16 @@ def test_gemv_fused_norm(block, residual):
     if residual:
         with pytest.raises(ValueError, match="buffer of its own"):
             fp8_gemm._launch_gemv(x, q, s, block, y, configs[0], norm=norm, sum_out=r)
-    if CUDA:   # the dispatcher: the GEMV where the timed choice is the GEMV, else None
+    if CUDA:   # the dispatcher: the fused GEMV where both timed choices pick it, else None
         got = fp8_gemm.norm_gemv(x, q, s, block, norm)
-        chosen = fp8_gemm.chosen_configs()[f"{'dense' if s is None else 'small'}/1/{n}/{k}/{block}"]
-        assert (got is not None) == (chosen[0] == "gemv"), chosen
+        chosen = fp8_gemm.chosen_configs()
+        gemv = chosen[f"{'dense' if s is None else 'small'}/1/{n}/{k}/{block}"]
+        pick = chosen.get(f"norm/1/{n}/{k}/{block}/{residual}", ("separate",))
+        assert (got is not None) == (gemv[0] == "gemv" and pick[0] == "fused"), (gemv, pick)
         if got is not None:
             assert rel_err(got[0], ref) < TOL and torch.equal(got[1], total_ref)
+        cands = fp8_gemm.norm_candidates(configs[0], k)
+        assert cands[0] == ("separate", configs[0]) and all(c[0] == "fused" and c[1][3] == 1 for c in cands[1:])
 
 
 @pytest.mark.parametrize("n,k", SHAPES[:3])

@@ -116,6 +116,7 @@ def test_norm_inside_gemv_matches_norm_kernels(runtimes, monkeypatch):
     monkeypatch.setattr(fp8_gemm, "_CHOSEN", {})
     monkeypatch.setattr(fp8_gemm, "dense_candidates",
                         lambda m, n, k: [("gemv", c) for c in fp8_gemm.gemv_configs(1, n, k, None)[:1]])
+    monkeypatch.setattr(fp8_gemm, "norm_candidates", lambda cfg, k: [("fused", cfg)])
     calls = []
     real = fp8_gemm.norm_gemv
 
