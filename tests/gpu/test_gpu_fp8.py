@@ -155,7 +155,7 @@ def test_gemv_fused_norm(block, residual):
         got = fp8_gemm.norm_gemv(x, q, s, block, norm)
         chosen = fp8_gemm.chosen_configs()
         gemv = chosen[f"{'dense' if s is None else 'small'}/1/{n}/{k}/{block}"]
-        pick = chosen.get(f"norm/1/{n}/{k}/{block}/{residual}", ("separate",))
+        pick = chosen.get(f"norm/1/{n}/{k}/{block}/{residual}/{q.dtype}", ("separate",))
         assert (got is not None) == (gemv[0] == "gemv" and pick[0] == "fused"), (gemv, pick)
         if got is not None:
             assert rel_err(got[0], ref) < TOL and torch.equal(got[1], total_ref)

@@ -634,7 +634,7 @@ def norm_gemv(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor | None, block,
         chosen = _chosen_for(key, _small_candidates(key), x, w, s, block, 0)
     if chosen[0] != "gemv" or chosen[1][3] != 1:
         return None
-    key = ("norm", 1, w.shape[0], x.shape[1], block, x.dtype, x.device, norm.residual is not None)
+    key = ("norm", 1, w.shape[0], x.shape[1], block, x.dtype, x.device, norm.residual is not None, w.dtype)
     total = x if norm.residual is None else torch.empty_like(x)
     pick = _CHOSEN.get(key)
     if pick is None:
