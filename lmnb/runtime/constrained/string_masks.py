@@ -1,0 +1,213 @@
+"""Masks inside JSON strings of plain text: a table built once per tokenizer, exact per state.
+
+llguidance computes a mask by walking the token trie with its lexer. Inside a string with
+a length bound, every plain token longer than the room left is walked to the byte where it
+fails: 0.5-0.9 ms on the 49k SmolLM2 vocabulary with 3 to 9 characters left, whatever
+token slices it has (a slice only helps when the lexer accepts all of it). Here such states
+take the plain tokens from a per-vocabulary table and leave llguidance the rest.
+
+How the mask stays exactly llguidance's:
+- A *plain* token is valid UTF-8 with no `"`, no backslash and no control character: inside
+  a JSON string it adds `len(text)` characters and never ends the string.
+- The guide also compiles a *probe* grammar (`ProbeLarkOut`): the same Lark grammar, where
+  each plain-text string terminal (`"C{lo,hi}"`, `"C*"`, C = `STRING_CHAR`) also takes the
+  byte ROOM_TAG as a character and, within its bound, BOUND_TAG + the bound (decimal, or
+  `x` for none) + BOUND_TAG as a way out; every other terminal that starts
+  with a quote takes, anywhere inside its string, OTHER_TAG as a way out. Real text never
+  holds these bytes, so a probe matcher follows the cursor over the same text.
+- Where OTHER_TAG cannot come next (no other string terminal is live) and ROOM_TAG can (the
+  text is inside a plain-text string, at a character boundary), the room left is the
+  largest bound the probe accepts minus the characters since the opening quote, and a
+  plain token is allowed exactly when its length fits in it (`PlainTable.upto`). (Counting
+  ROOM_TAGs would also give the room, but each count is a lexer state of its own, built on a
+  first visit at ~5 us: 80 of them cost ~300 us at the start of a long string.)
+- The other tokens (escapes, partial characters, tokens that end the string and go on) come
+  from the probe matcher's own mask over `probe_tokens`, where plain tokens are blanked:
+  ~770 tokens to walk instead of 49k. A token that reads on inside another string after
+  ending this one is checked again on the real matcher (the probe grammar is wider inside
+  strings).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmnb.runtime.constrained.grammar_out import LarkOut
+from lmnb.runtime.constrained.json_terminals import STRING_CHAR
+
+ROOM_TAG = 0x01     # in the probe grammar: one more character of a plain-text string
+OTHER_TAG = 0x02    # in the probe grammar: "inside some other string terminal"
+BOUND_TAG = 0x03    # in the probe grammar: brackets the bound of a plain-text string
+TAGS = (ROOM_TAG, OTHER_TAG, BOUND_TAG)
+UNBOUNDED = 1 << 30   # the room of a string without maxLength
+
+_PLAIN_LEAF = re.compile('^"' + re.escape(STRING_CHAR) + r'(\*|\{\d+,\d*\})"$')
+_QUOTE = re.compile(r'"|\\x22', re.IGNORECASE)
+
+
+@dataclass(frozen=True, eq=False)
+class PlainTable:
+    """What one vocabulary's plain tokens contribute inside strings.
+
+    `upto[k]` is the bitset (int32 words, bit i % 32 of word i // 32) of plain tokens of
+    1..k characters (the last row holds them all). `probe_tokens` is the token list of the probe
+    vocabulary (blanked plain tokens are b""); `byte_ids[b]` the id of the one-byte token
+    `b` (-1 if none): the probe matcher reads a blanked token byte by byte.
+    """
+
+    upto: np.ndarray          # int32 [longest plain token + 1, words]
+    blank: np.ndarray         # bool [len(tokens)]: blanked in the probe vocabulary
+    byte_ids: np.ndarray      # int64 [256]
+    recheck: np.ndarray       # int64: ids reading on after a second quote
+    tag_ids: np.ndarray       # int64: ids holding a tag byte
+    probe_tokens: list[bytes | None]
+
+    @classmethod
+    def build(cls, tokens: list[bytes | None], words: int) -> PlainTable | None:
+        """The table for `tokens` (None when the tags have no one-byte tokens)."""
+        byte_ids = np.full(256, -1, np.int64)
+        for tid, data in enumerate(tokens):
+            if data and len(data) == 1 and byte_ids[data[0]] < 0:
+                byte_ids[data[0]] = tid
+        if (byte_ids[list(TAGS)] < 0).any() or (byte_ids[list(b"0123456789x")] < 0).any():
+            return None
+        # per-byte tests summed per token (a loop over 49k tokens in Python took 0.17 s)
+        n = len(tokens)
+        sizes = np.array([len(t) if t else 0 for t in tokens], np.int64)
+        ids = np.flatnonzero(sizes)
+        blob = np.frombuffer(b"".join(t for t in tokens if t), np.uint8)
+        starts = np.concatenate([[0], np.cumsum(sizes[ids])[:-1]])
+
+        def per_token(flags: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(flags.astype(np.int32), starts)
+
+        quotes = per_token(blob == 0x22)
+        bad = per_token((blob == 0x22) | (blob == 0x5C) | (blob < 0x20)) > 0
+        chars = per_token((blob & 0xC0) != 0x80)              # bytes that start a character
+        no_byte = per_token(byte_ids[blob] < 0) > 0
+        high = per_token(blob >= 0x80) > 0
+        for j in np.flatnonzero(high & ~bad):                 # non-ASCII: must be valid UTF-8
+            try:
+                tokens[ids[j]].decode("utf-8")
+            except UnicodeDecodeError:
+                bad[j] = True
+        plain = ~bad
+        length = np.zeros(n, np.int16)
+        length[ids[plain]] = chars[plain]
+        blank = np.zeros(n, bool)
+        blank[ids[plain & (sizes[ids] > 1) & ~no_byte]] = True
+        # ending a string and opening the next one is allowed alike by both grammars (the same
+        # terminals start with a quote); reading on inside the next one is not
+        recheck = np.array([t for t in ids[quotes >= 2].tolist()
+                            if tokens[t].index(b'"', tokens[t].index(b'"') + 1) < len(tokens[t]) - 1],
+                           np.int64)
+        tags = ids[per_token(np.isin(blob, TAGS)) > 0]
+        longest = int(length.max(initial=0))
+        upto = np.zeros((longest + 1, words), np.int32)
+        bits = np.zeros(words * 32, bool)
+        for k in range(1, longest + 1):
+            bits[:n] = (length >= 1) & (length <= k)
+            upto[k] = np.packbits(bits, bitorder="little").view(np.int32)
+        probe = [b"" if b else t for t, b in zip(tokens, blank)]
+        return cls(upto, blank, byte_ids, recheck, tags.astype(np.int64), probe)
+
+    def probe_ids(self, token_id: int, data: bytes) -> list[int]:
+        """The probe vocabulary's ids for reading one real token."""
+        if token_id < len(self.blank) and self.blank[token_id]:
+            return self.byte_ids[np.frombuffer(data, np.uint8)].tolist()
+        return [token_id]
+
+    def bound_probes(self, bounds) -> list[tuple[int | None, list[int]]]:
+        """Per bound (None: unbounded), largest first, the ids that spell its way out."""
+        order = sorted(bounds, key=lambda b: -1 if b is None else -b)
+        tag = int(self.byte_ids[BOUND_TAG])
+        return [(b, [tag, *self.byte_ids[list(_bound_code(b))].tolist(), tag]) for b in order]
+
+    def mask(self, probe_bits: np.ndarray, room: int, matcher) -> np.ndarray:
+        """The allowed tokens inside a plain-text string with `room` characters left, given
+        the probe matcher's mask (modified in place); `matcher` re-checks the tokens that
+        read on inside another string."""
+        probe_bits |= self.upto[min(room, len(self.upto) - 1)]
+        _clear(probe_bits, self.tag_ids)
+        recheck = self.recheck[(probe_bits[self.recheck >> 5] >> (self.recheck & 31)) & 1 == 1]
+        _clear(probe_bits, [t for t in recheck.tolist() if not matcher.validate_tokens([t])])
+        return probe_bits
+
+
+def string_room(probe, bound_probes, room_probe: list[int], other_probe: list[int],
+                text: bytes) -> int | None:
+    """The characters left in the plain-text string `text` ends inside (a large number when
+    unbounded), or None when the probe matcher is anywhere else (see the module docstring)."""
+    if not probe.validate_tokens(room_probe) or probe.validate_tokens(other_probe):
+        return None
+    bound = next((b for b, ids in bound_probes if probe.validate_tokens(ids) == len(ids)), 0)
+    return UNBOUNDED if bound is None else bound - chars_since_quote(text)
+
+
+def chars_since_quote(text: bytes) -> int:
+    """Characters of the JSON string `text` ends inside (complete content, escapes as one)."""
+    i = len(text)
+    while True:
+        i = text.rindex(b'"', 0, i)
+        slashes = len(text[:i]) - len(text[:i].rstrip(b"\\"))
+        if slashes % 2 == 0:
+            return len(json.loads(text[i:] + b'"'))
+
+
+def _bound_code(bound: int | None) -> bytes:
+    return b"x" if bound is None else str(bound).encode()
+
+
+def _clear(bits: np.ndarray, ids) -> None:
+    """Clear the bits of token `ids` in an int32 bitset row."""
+    words = bits.view(np.uint32)
+    for t in ids:
+        words[t >> 5] &= np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF)
+
+
+class ProbeLarkOut(LarkOut):
+    """`LarkOut` writing the probe grammar (see the module docstring). `usable` turns False
+    when a terminal holds a quote without starting with one (a const object or array):
+    the tags could not tell its strings apart, so its guide gets no probe. `text` is the
+    grammar once written."""
+
+    def __init__(self):
+        super().__init__()
+        self.usable = True
+        self.bounds: set[int | None] = set()   # of the plain-text string terminals
+        self.text = ""
+
+    def finish(self, part: str) -> str:
+        self.text = super().finish(part)
+        return self.text
+
+    def leaf(self, regex: str) -> str:
+        m = _PLAIN_LEAF.match(regex)
+        if m:
+            count = m.group(1)
+            bound = None if count == "*" or count.endswith(",}") else int(count[1:-1].split(",")[1])
+            self.bounds.add(bound)
+            code = "".join(_esc(b) for b in _bound_code(bound))
+            # the way out reads the same characters as the terminal, at most its bound, so
+            # real text is allowed here exactly as by the terminal itself
+            most = "*" if bound is None else f"{{0,{bound}}}"
+            return super().leaf(f'(?:"(?:{STRING_CHAR}|{_esc(ROOM_TAG)}){count}"'
+                                f'|"(?:{STRING_CHAR}){most}{_esc(BOUND_TAG)}{code}{_esc(BOUND_TAG)})')
+        if not _QUOTE.search(regex):
+            return super().leaf(regex)
+        if not _QUOTE.match(regex):
+            self.usable = False
+            return super().leaf(regex)
+        return super().leaf(f"(?:{regex}|{_OPEN}{_esc(OTHER_TAG)})")
+
+
+# an open string: live as long as another terminal's string is open (escapes are pairs),
+# never reading a tag byte, so that a tag is only ever read as a tag
+_OPEN = '"(?:[^"\\\\\\x01-\\x03]|\\\\[^\\x00-\\x03])*'
+
+
+def _esc(byte: int) -> str:
+    return f"\\x{byte:02x}"
