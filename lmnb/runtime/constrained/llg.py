@@ -30,7 +30,6 @@ from lmnb.runtime.constrained.json_schema import (
 )
 from lmnb.runtime.constrained.string_masks import (
     OTHER_TAG,
-    ROOM_TAG,
     PlainTable,
     ProbeLarkOut,
     string_room,
@@ -116,7 +115,6 @@ class LlgVocabulary:
             probe = llg.TokenizerWrapper(_Bytes(tokenizer, self.plain.probe_tokens, int(self.eos_ids[0])))
             self.probe_tok = llg.LLTokenizer(probe, n_vocab=real,
                                              eos_token=[int(i) for i in self.eos_ids], slices=[])
-            self.room_probe = [int(self.plain.byte_ids[ROOM_TAG])]
             self.other_probe = [int(self.plain.byte_ids[OTHER_TAG])]
 
     def bytes_of(self, token_id: int) -> bytes | None:
@@ -236,8 +234,7 @@ class LlgCursor:
         probe, vocab = self.probe, self.guide.vocab
         if probe is None or self.eos_seen:
             return None
-        room = string_room(probe, self.guide.bound_probes, vocab.room_probe, vocab.other_probe,
-                           bytes(self.text_bytes))
+        room = string_room(probe, self.guide.bound_probes, vocab.other_probe, self.text_bytes)
         if room is None or room < 1:
             return None
         bits = np.zeros(vocab.words, np.int32)

@@ -4,28 +4,28 @@ llguidance computes a mask by walking the token trie with its lexer. Inside a st
 a length bound, every plain token longer than the room left is walked to the byte where it
 fails: 0.5-0.9 ms on the 49k SmolLM2 vocabulary with 3 to 9 characters left, whatever
 token slices it has (a slice only helps when the lexer accepts all of it). Here such states
-take the plain tokens from a per-vocabulary table and leave llguidance the rest.
+take the tokens that stay inside the string from a per-vocabulary table and leave
+llguidance the few hundred that can end it.
 
 How the mask stays exactly llguidance's:
-- A *plain* token is valid UTF-8 with no `"`, no backslash and no control character: inside
-  a JSON string it adds `len(text)` characters and never ends the string.
+- An *inner* token reads, from a character boundary inside a JSON string, only string
+  characters (`STRING_CHAR`: a plain character or an escape; a partial one at its end
+  counts): it adds `count` characters, whatever the string, and never ends it.
 - The guide also compiles a *probe* grammar (`ProbeLarkOut`): the same Lark grammar, where
-  each plain-text string terminal (`"C{lo,hi}"`, `"C*"`, C = `STRING_CHAR`) also takes the
-  byte ROOM_TAG as a character and, within its bound, BOUND_TAG + the bound (decimal, or
-  `x` for none) + BOUND_TAG as a way out; every other terminal that starts
-  with a quote takes, anywhere inside its string, OTHER_TAG as a way out. Real text never
-  holds these bytes, so a probe matcher follows the cursor over the same text.
-- Where OTHER_TAG cannot come next (no other string terminal is live) and ROOM_TAG can (the
-  text is inside a plain-text string, at a character boundary), the room left is the
-  largest bound the probe accepts minus the characters since the opening quote, and a
-  plain token is allowed exactly when its length fits in it (`PlainTable.upto`). (Counting
-  ROOM_TAGs would also give the room, but each count is a lexer state of its own, built on a
-  first visit at ~5 us: 80 of them cost ~300 us at the start of a long string.)
-- The other tokens (escapes, partial characters, tokens that end the string and go on) come
-  from the probe matcher's own mask over `probe_tokens`, where plain tokens are blanked:
-  ~770 tokens to walk instead of 49k. A token that reads on inside another string after
-  ending this one is checked again on the real matcher (the probe grammar is wider inside
-  strings).
+  each plain-text string terminal (`"C{lo,hi}"`, `"C*"`, C = `STRING_CHAR`) may also stop,
+  anywhere inside its string, at BOUND_TAG + its bound (decimal, or `x` for none) +
+  BOUND_TAG, and every other terminal that starts with a quote at OTHER_TAG. Real text
+  never holds these bytes, so a probe matcher follows the cursor over the same text.
+- Where some bound can be read next (the text is inside a plain-text string, at a
+  character boundary) and OTHER_TAG cannot (no other string terminal is live), the room
+  left is the largest bound read minus the characters since the opening quote, and an
+  inner token is allowed exactly when its count fits in it (`PlainTable.upto`).
+  (Counting tags one by one would also give the room, but each count is a lexer state of
+  its own, built on a first visit at ~5 us: 80 of them cost ~300 us at a string's start.)
+- The other tokens (those that can end the string) come from the probe matcher's own mask
+  over `probe_tokens`, where every token without a quote is blanked: a few hundred tokens
+  to walk instead of 49k. A token that reads on inside another string after ending this
+  one is checked again on the real matcher (the probe grammar is wider inside strings).
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ import numpy as np
 
 from lmnb.runtime.constrained.grammar_out import LarkOut
 from lmnb.runtime.constrained.json_terminals import STRING_CHAR
+from lmnb.runtime.constrained.regex_fsm import ByteFSM, compile_regex
 
-ROOM_TAG = 0x01     # in the probe grammar: one more character of a plain-text string
 OTHER_TAG = 0x02    # in the probe grammar: "inside some other string terminal"
 BOUND_TAG = 0x03    # in the probe grammar: brackets the bound of a plain-text string
-TAGS = (ROOM_TAG, OTHER_TAG, BOUND_TAG)
+TAGS = (OTHER_TAG, BOUND_TAG)
 UNBOUNDED = 1 << 30   # the room of a string without maxLength
 
 _PLAIN_LEAF = re.compile('^"' + re.escape(STRING_CHAR) + r'(\*|\{\d+,\d*\})"$')
@@ -50,19 +50,20 @@ _QUOTE = re.compile(r'"|\\x22', re.IGNORECASE)
 
 @dataclass(frozen=True, eq=False)
 class PlainTable:
-    """What one vocabulary's plain tokens contribute inside strings.
+    """What one vocabulary's inner tokens contribute inside strings.
 
-    `upto[k]` is the bitset (int32 words, bit i % 32 of word i // 32) of plain tokens of
-    1..k characters (the last row holds them all). `probe_tokens` is the token list of the probe
-    vocabulary (blanked plain tokens are b""); `byte_ids[b]` the id of the one-byte token
-    `b` (-1 if none): the probe matcher reads a blanked token byte by byte.
+    `upto[k]` is the bitset (int32 words, bit i % 32 of word i // 32) of inner tokens of
+    1..k characters (the last row holds them all); `keep` the bitset of the other tokens,
+    less those holding a tag byte. `probe_tokens` is the token list of the probe vocabulary
+    (blanked tokens are b""); `byte_ids[b]` the id of the one-byte token `b` (-1 if none):
+    the probe matcher reads a blanked token byte by byte.
     """
 
-    upto: np.ndarray          # int32 [longest plain token + 1, words]
+    upto: np.ndarray          # int32 [most characters of an inner token + 1, words]
+    keep: np.ndarray          # int32 [words]
     blank: np.ndarray         # bool [len(tokens)]: blanked in the probe vocabulary
     byte_ids: np.ndarray      # int64 [256]
     recheck: np.ndarray       # int64: ids reading on after a second quote
-    tag_ids: np.ndarray       # int64: ids holding a tag byte
     probe_tokens: list[bytes | None]
 
     @classmethod
@@ -94,25 +95,32 @@ class PlainTable:
                 tokens[ids[j]].decode("utf-8")
             except UnicodeDecodeError:
                 bad[j] = True
-        plain = ~bad
-        length = np.zeros(n, np.int16)
-        length[ids[plain]] = chars[plain]
+        count = np.zeros(n, np.int16)   # characters an inner token adds; 0: not inner
+        count[ids[~bad]] = chars[~bad]   # plain text: one per character
+        fsm = compile_regex(f"(?:{STRING_CHAR})*")
+        for j in np.flatnonzero(bad):    # escapes, partial characters: lmnb's automaton
+            count[ids[j]] = _units(fsm, tokens[ids[j]])
+        inner = count > 0
         blank = np.zeros(n, bool)
-        blank[ids[plain & (sizes[ids] > 1) & ~no_byte]] = True
+        blank[ids[(sizes[ids] > 1) & (quotes == 0) & ~no_byte]] = True
         # ending a string and opening the next one is allowed alike by both grammars (the same
         # terminals start with a quote); reading on inside the next one is not
         recheck = np.array([t for t in ids[quotes >= 2].tolist()
                             if tokens[t].index(b'"', tokens[t].index(b'"') + 1) < len(tokens[t]) - 1],
                            np.int64)
         tags = ids[per_token(np.isin(blob, TAGS)) > 0]
-        longest = int(length.max(initial=0))
+        longest = int(count.max(initial=0))
         upto = np.zeros((longest + 1, words), np.int32)
         bits = np.zeros(words * 32, bool)
         for k in range(1, longest + 1):
-            bits[:n] = (length >= 1) & (length <= k)
+            bits[:n] = inner & (count <= k)
             upto[k] = np.packbits(bits, bitorder="little").view(np.int32)
+        bits[:] = False
+        bits[:n] = ~inner
+        bits[tags] = False
+        keep = np.packbits(bits, bitorder="little").view(np.int32)
         probe = [b"" if b else t for t, b in zip(tokens, blank)]
-        return cls(upto, blank, byte_ids, recheck, tags.astype(np.int64), probe)
+        return cls(upto, keep, blank, byte_ids, recheck, probe)
 
     def probe_ids(self, token_id: int, data: bytes) -> list[int]:
         """The probe vocabulary's ids for reading one real token."""
@@ -130,20 +138,23 @@ class PlainTable:
         """The allowed tokens inside a plain-text string with `room` characters left, given
         the probe matcher's mask (modified in place); `matcher` re-checks the tokens that
         read on inside another string."""
+        probe_bits &= self.keep
         probe_bits |= self.upto[min(room, len(self.upto) - 1)]
-        _clear(probe_bits, self.tag_ids)
         recheck = self.recheck[(probe_bits[self.recheck >> 5] >> (self.recheck & 31)) & 1 == 1]
         _clear(probe_bits, [t for t in recheck.tolist() if not matcher.validate_tokens([t])])
         return probe_bits
 
 
-def string_room(probe, bound_probes, room_probe: list[int], other_probe: list[int],
-                text: bytes) -> int | None:
-    """The characters left in the plain-text string `text` ends inside (a large number when
-    unbounded), or None when the probe matcher is anywhere else (see the module docstring)."""
-    if not probe.validate_tokens(room_probe) or probe.validate_tokens(other_probe):
+def string_room(probe, bound_probes, other_probe: list[int], text: bytes) -> int | None:
+    """The characters left in the plain-text string `text` ends inside (UNBOUNDED without a
+    bound), or None when the probe matcher is anywhere else (see the module docstring)."""
+    for bound, ids in bound_probes:   # largest first
+        if probe.validate_tokens(ids) == len(ids):
+            break
+    else:
         return None
-    bound = next((b for b, ids in bound_probes if probe.validate_tokens(ids) == len(ids)), 0)
+    if probe.validate_tokens(other_probe):
+        return None
     return UNBOUNDED if bound is None else bound - chars_since_quote(text)
 
 
@@ -152,16 +163,31 @@ def chars_since_quote(text: bytes) -> int:
     i = len(text)
     while True:
         i = text.rindex(b'"', 0, i)
-        slashes = len(text[:i]) - len(text[:i].rstrip(b"\\"))
-        if slashes % 2 == 0:
-            return len(json.loads(text[i:] + b'"'))
+        j = i
+        while j and text[j - 1] == 0x5C:
+            j -= 1
+        if (i - j) % 2 == 0:
+            return len(json.loads(bytes(text[i:]) + b'"'))
+
+
+def _units(fsm: ByteFSM, data: bytes) -> int:
+    """String characters `data` starts when read from a character boundary (0 when it
+    leaves `fsm`, the automaton of STRING_CHAR*, whose accepting states are the
+    boundaries: no string character is a prefix of another)."""
+    state, units = fsm.initial, 0
+    for b in data:
+        units += bool(fsm.accepting[state])
+        state = int(fsm.trans[state, b])
+        if state == fsm.dead:
+            return 0
+    return units
 
 
 def _bound_code(bound: int | None) -> bytes:
     return b"x" if bound is None else str(bound).encode()
 
 
-def _clear(bits: np.ndarray, ids) -> None:
+def _clear(bits: np.ndarray, ids: list[int]) -> None:
     """Clear the bits of token `ids` in an int32 bitset row."""
     words = bits.view(np.uint32)
     for t in ids:
@@ -191,11 +217,11 @@ class ProbeLarkOut(LarkOut):
             bound = None if count == "*" or count.endswith(",}") else int(count[1:-1].split(",")[1])
             self.bounds.add(bound)
             code = "".join(_esc(b) for b in _bound_code(bound))
-            # the way out reads the same characters as the terminal, at most its bound, so
-            # real text is allowed here exactly as by the terminal itself
-            most = "*" if bound is None else f"{{0,{bound}}}"
-            return super().leaf(f'(?:"(?:{STRING_CHAR}|{_esc(ROOM_TAG)}){count}"'
-                                f'|"(?:{STRING_CHAR}){most}{_esc(BOUND_TAG)}{code}{_esc(BOUND_TAG)})')
+            # the way out reads the terminal's characters without counting them (a count
+            # would double the lexer's states); the inner tokens it lets through beyond
+            # the bound are the table's to decide
+            return super().leaf(f'(?:{regex}|"(?:{STRING_CHAR})*'
+                                f'{_esc(BOUND_TAG)}{code}{_esc(BOUND_TAG)})')
         if not _QUOTE.search(regex):
             return super().leaf(regex)
         if not _QUOTE.match(regex):
