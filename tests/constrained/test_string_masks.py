@@ -130,8 +130,9 @@ def test_no_probe_where_tags_cannot_tell_strings_apart(llg):
     build_lark_from_schema(const, out=out)
     assert not out.usable
     assert not llg.compile(json_schema=json.dumps(const)).has_probe
-    # no plain-text string at all: nothing to probe
+    # no plain-text string with a maxLength: nothing to gain
     assert not llg.compile(json_schema=json.dumps({"enum": ["a", "b"]})).has_probe
+    assert not llg.compile(json_schema=json.dumps({"type": "array", "items": S})).has_probe
     cursor = llg.compile(json_schema=json.dumps(const)).cursor()
     _feed(cursor, '{"a":"x')
     assert cursor.string_bits() is None
@@ -190,8 +191,6 @@ def test_unbounded_room(llg):
     _feed(cursor, '{"a":"free text')
     from lmnb.runtime.constrained.string_masks import string_room
 
-    vocab = guide.vocab
-    assert string_room(cursor.probe, guide.bound_probes, vocab.other_probe,
-                       cursor.text_bytes) == UNBOUNDED
+    assert string_room(cursor.probe, guide.probes, cursor.text_bytes) == UNBOUNDED
     _feed(cursor, '","b":"x')
-    assert string_room(cursor.probe, guide.bound_probes, vocab.other_probe, cursor.text_bytes) == 1
+    assert string_room(cursor.probe, guide.probes, cursor.text_bytes) == 1

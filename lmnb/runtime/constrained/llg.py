@@ -28,12 +28,7 @@ from lmnb.runtime.constrained.json_schema import (
     build_lark_from_schema,
     build_regex_from_schema,
 )
-from lmnb.runtime.constrained.string_masks import (
-    OTHER_TAG,
-    PlainTable,
-    ProbeLarkOut,
-    string_room,
-)
+from lmnb.runtime.constrained.string_masks import PlainTable, ProbeLarkOut, string_room
 from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
@@ -115,7 +110,6 @@ class LlgVocabulary:
             probe = llg.TokenizerWrapper(_Bytes(tokenizer, self.plain.probe_tokens, int(self.eos_ids[0])))
             self.probe_tok = llg.LLTokenizer(probe, n_vocab=real,
                                              eos_token=[int(i) for i in self.eos_ids], slices=[])
-            self.other_probe = [int(self.plain.byte_ids[OTHER_TAG])]
 
     def bytes_of(self, token_id: int) -> bytes | None:
         return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else None
@@ -161,7 +155,7 @@ class LlgGuide:
                 raise LmnbError(f"pattern {_short(pattern)}: the string-mask probe grammar "
                                 f"failed: {matcher.get_error().splitlines()[0][:200]}")
             self._probe = matcher
-            self.bound_probes = vocab.plain.bound_probes(probe_out.bounds)
+            self.probes = vocab.plain.probes(probe_out.bounds)
 
     @property
     def has_probe(self) -> bool:
@@ -234,7 +228,7 @@ class LlgCursor:
         probe, vocab = self.probe, self.guide.vocab
         if probe is None or self.eos_seen:
             return None
-        room = string_room(probe, self.guide.bound_probes, vocab.other_probe, self.text_bytes)
+        room = string_room(probe, self.guide.probes, self.text_bytes)
         if room is None or room < 1:
             return None
         bits = np.zeros(vocab.words, np.int32)
@@ -435,7 +429,9 @@ class LlgBackend:
             if self.vocab.probe_tok is not None:
                 probe = ProbeLarkOut()
                 build_lark_from_schema(json_schema, whitespace=self.whitespace, out=probe)
-                if not (probe.usable and probe.bounds):
+                # only a maxLength makes llguidance slow inside a string (unbounded contents
+                # are one of its slices); without one the probe's build (~1.5 ms) buys nothing
+                if not (probe.usable and any(b is not None for b in probe.bounds)):
                     probe = None
         guide = LlgGuide(regex, self.vocab, lark, probe)
         with self._lock:

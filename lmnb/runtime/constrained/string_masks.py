@@ -128,11 +128,12 @@ class PlainTable:
             return self.byte_ids[np.frombuffer(data, np.uint8)].tolist()
         return [token_id]
 
-    def bound_probes(self, bounds) -> list[tuple[int | None, list[int]]]:
-        """Per bound (None: unbounded), largest first, the ids that spell its way out."""
+    def probes(self, bounds) -> Probes:
+        """What a probe matcher of a grammar with these plain-text string bounds is asked."""
         order = sorted(bounds, key=lambda b: -1 if b is None else -b)
         tag = int(self.byte_ids[BOUND_TAG])
-        return [(b, [tag, *self.byte_ids[list(_bound_code(b))].tolist(), tag]) for b in order]
+        spelled = [(b, [tag, *self.byte_ids[list(_bound_code(b))].tolist(), tag]) for b in order]
+        return Probes([tag], [int(self.byte_ids[OTHER_TAG])], spelled)
 
     def mask(self, probe_bits: np.ndarray, room: int, matcher) -> np.ndarray:
         """The allowed tokens inside a plain-text string with `room` characters left, given
@@ -145,15 +146,28 @@ class PlainTable:
         return probe_bits
 
 
-def string_room(probe, bound_probes, other_probe: list[int], text: bytes) -> int | None:
+@dataclass(frozen=True)
+class Probes:
+    """Token ids a probe matcher validates: `gate` (some bound can be read: inside a
+    plain-text string), `other` (another string terminal is live) and, largest first,
+    each bound (None: unbounded) with the ids that spell it."""
+
+    gate: list[int]
+    other: list[int]
+    bounds: list[tuple[int | None, list[int]]]
+
+
+def string_room(probe, probes: Probes, text: bytes) -> int | None:
     """The characters left in the plain-text string `text` ends inside (UNBOUNDED without a
     bound), or None when the probe matcher is anywhere else (see the module docstring)."""
-    for bound, ids in bound_probes:   # largest first
+    if not probe.validate_tokens(probes.gate):   # outside such strings: one call
+        return None
+    for bound, ids in probes.bounds:
         if probe.validate_tokens(ids) == len(ids):
             break
     else:
         return None
-    if probe.validate_tokens(other_probe):
+    if probe.validate_tokens(probes.other):
         return None
     return UNBOUNDED if bound is None else bound - chars_since_quote(text)
 
