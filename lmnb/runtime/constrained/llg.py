@@ -28,7 +28,12 @@ from lmnb.runtime.constrained.json_schema import (
     build_lark_from_schema,
     build_regex_from_schema,
 )
-from lmnb.runtime.constrained.string_masks import PlainTable, ProbeLarkOut, string_room
+from lmnb.runtime.constrained.string_masks import (
+    TABLE_ROOM,
+    PlainTable,
+    ProbeLarkOut,
+    string_room,
+)
 from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
@@ -156,6 +161,7 @@ class LlgGuide:
                                 f"failed: {matcher.get_error().splitlines()[0][:200]}")
             self._probe = matcher
             self.probes = vocab.plain.probes(probe_out.bounds)
+            matcher.validate_tokens(self.probes.gate)   # its lexer's start, built once here
 
     @property
     def has_probe(self) -> bool:
@@ -223,13 +229,14 @@ class LlgCursor:
         return self._bits
 
     def string_bits(self) -> np.ndarray | None:
-        """The mask from the plain-token table and the probe when the text is inside a
-        plain-text string with room left (string_masks.py); None anywhere else."""
+        """The mask from the inner-token table and the probe when the text is inside a
+        plain-text string with 1 to TABLE_ROOM - 1 characters of room left
+        (string_masks.py); None anywhere else."""
         probe, vocab = self.probe, self.guide.vocab
         if probe is None or self.eos_seen:
             return None
         room = string_room(probe, self.guide.probes, self.text_bytes)
-        if room is None or room < 1:
+        if room is None or not 1 <= room < TABLE_ROOM:
             return None
         bits = np.zeros(vocab.words, np.int32)
         probe.unsafe_compute_mask_ptr(bits.ctypes.data, vocab.llg_words * 4)

@@ -43,6 +43,10 @@ OTHER_TAG = 0x02    # in the probe grammar: "inside some other string terminal"
 BOUND_TAG = 0x03    # in the probe grammar: brackets the bound of a plain-text string
 TAGS = (OTHER_TAG, BOUND_TAG)
 UNBOUNDED = 1 << 30   # the room of a string without maxLength
+# with this much room or more, llguidance's own slice of plain contents of up to 30
+# characters (one of its defaults) covers almost every plain token, and its mask costs less
+# than the probe's (measured: ~150-220 us against ~230-380 us at a string's first position)
+TABLE_ROOM = 30
 
 _PLAIN_LEAF = re.compile('^"' + re.escape(STRING_CHAR) + r'(\*|\{\d+,\d*\})"$')
 _QUOTE = re.compile(r'"|\\x22', re.IGNORECASE)
@@ -159,7 +163,8 @@ class Probes:
 
 def string_room(probe, probes: Probes, text: bytes) -> int | None:
     """The characters left in the plain-text string `text` ends inside (UNBOUNDED without a
-    bound), or None when the probe matcher is anywhere else (see the module docstring)."""
+    bound), or None when the probe matcher is anywhere else (see the module docstring).
+    The table is worth using for a room of 1 to TABLE_ROOM - 1."""
     if not probe.validate_tokens(probes.gate):   # outside such strings: one call
         return None
     for bound, ids in probes.bounds:
