@@ -187,7 +187,7 @@ class LlgGuide:
 class LlgCursor:
     """A request's position in an `LlgGuide` (see `interface.GuideCursor`)."""
 
-    __slots__ = ("_bits", "_forced", "_mask", "eos_seen", "guide", "matcher", "probe",
+    __slots__ = ("_bits", "_forced", "_mask", "_quotes", "eos_seen", "guide", "matcher", "probe",
                  "text_bytes")
 
     def __init__(self, guide: LlgGuide, matcher, probe=None):
@@ -196,6 +196,7 @@ class LlgCursor:
         self.probe = probe   # the probe grammar's matcher over the same text (string_masks)
         self.eos_seen = False
         self.text_bytes = bytearray()   # what the cursor has accepted so far
+        self._quotes = 0   # JSON text so far: 1 inside a string, 3 inside one after a backslash
         self._bits: np.ndarray | None = None
         self._mask: torch.Tensor | None = None
         self._forced: bytes | None = None   # the matcher's forced bytes here, once asked
@@ -205,7 +206,7 @@ class LlgCursor:
         speculative drafts walk a copy ahead without moving the request's cursor)."""
         c = LlgCursor(self.guide, self.matcher.deep_copy(),
                       self.probe.deep_copy() if self.probe is not None else None)
-        c.eos_seen, c.text_bytes = self.eos_seen, bytearray(self.text_bytes)
+        c.eos_seen, c.text_bytes, c._quotes = self.eos_seen, bytearray(self.text_bytes), self._quotes
         c._bits, c._mask, c._forced = self._bits, self._mask, self._forced   # read-only once computed
         return c
 
@@ -233,7 +234,7 @@ class LlgCursor:
         plain-text string with 1 to TABLE_ROOM - 1 characters of room left
         (string_masks.py); None anywhere else."""
         probe, vocab = self.probe, self.guide.vocab
-        if probe is None or self.eos_seen:
+        if probe is None or self.eos_seen or self._quotes != 1:
             return None
         room = string_room(probe, self.guide.probes, self.text_bytes)
         if room is None or not 1 <= room < TABLE_ROOM:
@@ -269,7 +270,7 @@ class LlgCursor:
         if not self.matcher.consume_token(token_id):
             self._raise_if_error()
         if self.probe is not None:
-            self._advance_probe(self.guide.vocab.plain.probe_ids(token_id, data))
+            self._advance_probe(self.guide.vocab.plain.probe_ids(token_id, data), data)
         self.text_bytes += data
         self._changed()
 
@@ -285,7 +286,8 @@ class LlgCursor:
         if not self.matcher.consume_tokens(tokens):
             self._raise_if_error()
         if self.probe is not None:
-            self._advance_probe([i for t in tokens for i in vocab.plain.probe_ids(t, vocab.tokens[t])])
+            self._advance_probe([i for t in tokens for i in vocab.plain.probe_ids(t, vocab.tokens[t])],
+                                data)
         self.text_bytes += data
         self._changed()
 
@@ -317,10 +319,19 @@ class LlgCursor:
             self._forced = self.matcher.compute_ff_bytes()
         return self._forced
 
-    def _advance_probe(self, ids: list[int]) -> None:
+    def _advance_probe(self, ids: list[int], data: bytes) -> None:
         if not self.probe.consume_tokens(ids):   # its language holds the real one's
             raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)}: the "
                             f"string-mask probe lost the text: {self.probe.get_error()[:200]}")
+        q = self._quotes   # where JSON text is, so that masks outside strings ask nothing
+        for b in data:
+            if q == 3:
+                q = 1
+            elif b == 0x22:
+                q ^= 1
+            elif b == 0x5C and q:
+                q = 3
+        self._quotes = q
 
     def _allows(self, token_id: int) -> bool:
         bits = self.bitmask()
