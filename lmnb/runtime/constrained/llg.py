@@ -28,12 +28,7 @@ from lmnb.runtime.constrained.json_schema import (
     build_lark_from_schema,
     build_regex_from_schema,
 )
-from lmnb.runtime.constrained.string_masks import (
-    TABLE_ROOM,
-    PlainTable,
-    ProbeLarkOut,
-    string_room,
-)
+from lmnb.runtime.constrained.string_masks import GuideProbe, PlainTable, ProbeLarkOut, StringProbe
 from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
@@ -152,26 +147,25 @@ class LlgGuide:
             raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
                             f"decoding: {probe.get_error().splitlines()[0][:200]}")
         self._fsm = None
-        self._probe = None
+        self.probe: GuideProbe | None = None
         if probe_out is not None and vocab.probe_tok is not None:
             matcher = llg.LLMatcher(vocab.probe_tok, llg.LLMatcher.grammar_from_lark(probe_out.text),
                                     log_level=0)
             if matcher.is_error():   # lmnb wrote both grammars: a failure here is lmnb's bug
                 raise LmnbError(f"pattern {_short(pattern)}: the string-mask probe grammar "
                                 f"failed: {matcher.get_error().splitlines()[0][:200]}")
-            self._probe = matcher
-            self.probes = vocab.plain.probes(probe_out.bounds)
-            matcher.validate_tokens(self.probes.gate)   # its lexer's start, built once here
+            self.probe = GuideProbe(matcher, probe_out.bounds, vocab.plain, vocab.words,
+                                    vocab.llg_words)
 
     @property
     def has_probe(self) -> bool:
         """True when plain-text string states take their masks from the table (string_masks)."""
-        return self._probe is not None
+        return self.probe is not None
 
     def cursor(self) -> LlgCursor:
         """A fresh cursor at the start."""
         return LlgCursor(self, self._proto.deep_copy(),
-                         self._probe.deep_copy() if self._probe is not None else None)
+                         self.probe.cursor() if self.probe is not None else None)
 
     @property
     def fsm(self):
@@ -187,16 +181,15 @@ class LlgGuide:
 class LlgCursor:
     """A request's position in an `LlgGuide` (see `interface.GuideCursor`)."""
 
-    __slots__ = ("_bits", "_forced", "_mask", "_quotes", "eos_seen", "guide", "matcher", "probe",
+    __slots__ = ("_bits", "_forced", "_mask", "eos_seen", "guide", "matcher", "probe",
                  "text_bytes")
 
-    def __init__(self, guide: LlgGuide, matcher, probe=None):
+    def __init__(self, guide: LlgGuide, matcher, probe: StringProbe | None = None):
         self.guide = guide
         self.matcher = matcher
-        self.probe = probe   # the probe grammar's matcher over the same text (string_masks)
+        self.probe = probe   # string_masks: masks inside plain-text strings
         self.eos_seen = False
         self.text_bytes = bytearray()   # what the cursor has accepted so far
-        self._quotes = 0   # JSON text so far: 1 inside a string, 3 inside one after a backslash
         self._bits: np.ndarray | None = None
         self._mask: torch.Tensor | None = None
         self._forced: bytes | None = None   # the matcher's forced bytes here, once asked
@@ -205,8 +198,8 @@ class LlgCursor:
         """An independent cursor at the same position (the matcher is copied, not shared:
         speculative drafts walk a copy ahead without moving the request's cursor)."""
         c = LlgCursor(self.guide, self.matcher.deep_copy(),
-                      self.probe.deep_copy() if self.probe is not None else None)
-        c.eos_seen, c.text_bytes, c._quotes = self.eos_seen, bytearray(self.text_bytes), self._quotes
+                      self.probe.copy() if self.probe is not None else None)
+        c.eos_seen, c.text_bytes = self.eos_seen, bytearray(self.text_bytes)
         c._bits, c._mask, c._forced = self._bits, self._mask, self._forced   # read-only once computed
         return c
 
@@ -230,21 +223,11 @@ class LlgCursor:
         return self._bits
 
     def string_bits(self) -> np.ndarray | None:
-        """The mask from the inner-token table and the probe when the text is inside a
-        plain-text string with 1 to TABLE_ROOM - 1 characters of room left
-        (string_masks.py); None anywhere else."""
-        probe, vocab = self.probe, self.guide.vocab
-        if probe is None or self.eos_seen or self._quotes != 1:
+        """The mask from the inner-token table and the probe where the text is inside a
+        plain-text string with little room left (string_masks.py); None anywhere else."""
+        if self.probe is None or self.eos_seen:
             return None
-        room = string_room(probe, self.guide.probes, self.text_bytes)
-        if room is None or not 1 <= room < TABLE_ROOM:
-            return None
-        bits = np.zeros(vocab.words, np.int32)
-        probe.unsafe_compute_mask_ptr(bits.ctypes.data, vocab.llg_words * 4)
-        if probe.is_error():
-            raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)} failed in "
-                            f"its string-mask probe: {probe.get_error().splitlines()[0][:200]}")
-        return vocab.plain.mask(bits, room, self.matcher)
+        return self.probe.bits(self.text_bytes, self.matcher)
 
     def allowed_mask(self) -> torch.Tensor:
         """Bool tensor [vocab_size] (CPU; do not modify) of tokens allowed next."""
@@ -270,7 +253,7 @@ class LlgCursor:
         if not self.matcher.consume_token(token_id):
             self._raise_if_error()
         if self.probe is not None:
-            self._advance_probe(self.guide.vocab.plain.probe_ids(token_id, data), data)
+            self._advance_probe([token_id], data)
         self.text_bytes += data
         self._changed()
 
@@ -286,8 +269,7 @@ class LlgCursor:
         if not self.matcher.consume_tokens(tokens):
             self._raise_if_error()
         if self.probe is not None:
-            self._advance_probe([i for t in tokens for i in vocab.plain.probe_ids(t, vocab.tokens[t])],
-                                data)
+            self._advance_probe(tokens, data)
         self.text_bytes += data
         self._changed()
 
@@ -319,19 +301,10 @@ class LlgCursor:
             self._forced = self.matcher.compute_ff_bytes()
         return self._forced
 
-    def _advance_probe(self, ids: list[int], data: bytes) -> None:
-        if not self.probe.consume_tokens(ids):   # its language holds the real one's
+    def _advance_probe(self, tokens: list[int], data: bytes) -> None:
+        if not self.probe.advance(tokens, self.guide.vocab.tokens, data):
             raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)}: the "
-                            f"string-mask probe lost the text: {self.probe.get_error()[:200]}")
-        q = self._quotes   # where JSON text is, so that masks outside strings ask nothing
-        for b in data:
-            if q == 3:
-                q = 1
-            elif b == 0x22:
-                q ^= 1
-            elif b == 0x5C and q:
-                q = 3
-        self._quotes = q
+                            f"string-mask probe lost the text: {self.probe.matcher.get_error()[:200]}")
 
     def _allows(self, token_id: int) -> bool:
         bits = self.bitmask()
