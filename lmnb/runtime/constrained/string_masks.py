@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,7 +135,7 @@ class PlainTable:
             return self.byte_ids[np.frombuffer(data, np.uint8)].tolist()
         return [token_id]
 
-    def probes(self, bounds) -> Probes:
+    def probes(self, bounds: Iterable[int | None]) -> Probes:
         """What a probe matcher of a grammar with these plain-text string bounds is asked."""
         order = sorted(bounds, key=lambda b: -1 if b is None else -b)
         tag = int(self.byte_ids[BOUND_TAG])
@@ -183,7 +184,8 @@ class GuideProbe:
     """One guide's probe: the probe grammar's matcher at the start (an llguidance
     `LLMatcher` over the probe vocabulary), what to ask it, and the vocabulary's table."""
 
-    def __init__(self, matcher, bounds, table: PlainTable, words: int, llg_words: int):
+    def __init__(self, matcher, bounds: Iterable[int | None], table: PlainTable, words: int,
+                 llg_words: int):
         self.matcher = matcher
         self.table = table
         self.probes = table.probes(bounds)
