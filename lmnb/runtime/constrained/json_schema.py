@@ -77,10 +77,12 @@ def build_regex_from_schema(schema: Any, whitespace: Whitespace = "compact") -> 
     return _build(schema, whitespace, RegexOut())
 
 
-def build_lark_from_schema(schema: Any, whitespace: Whitespace = "compact") -> str:
+def build_lark_from_schema(schema: Any, whitespace: Whitespace = "compact",
+                           out: LarkOut | None = None) -> str:
     """The same language as `build_regex_from_schema`, as a Lark grammar for llguidance:
-    each JSON terminal a lexeme, the structure grammar rules (see `grammar_out.py`)."""
-    return _build(schema, whitespace, LarkOut())
+    each JSON terminal a lexeme, the structure grammar rules (see `grammar_out.py`).
+    `out` may be a `LarkOut` subclass that rewrites terminals (`string_masks.ProbeLarkOut`)."""
+    return _build(schema, whitespace, LarkOut() if out is None else out)
 
 
 def _build(schema: Any, whitespace: Whitespace, out) -> str:

@@ -28,6 +28,7 @@ from lmnb.runtime.constrained.json_schema import (
     build_lark_from_schema,
     build_regex_from_schema,
 )
+from lmnb.runtime.constrained.string_masks import GuideProbe, PlainTable, ProbeLarkOut, StringProbe
 from lmnb.runtime.constrained.vocab import vocabulary_ids
 
 GUIDE_CACHE = 256   # compiled patterns kept per tokenizer (LRU)
@@ -55,7 +56,8 @@ def slices(llg) -> list[str]:
 
 
 class _Bytes:
-    """The tokenizer as llguidance's TokenizerWrapper wants it: token bytes plus encode."""
+    """The tokenizer as llguidance's TokenizerWrapper wants it: token bytes plus encode
+    (None: a special token; b"": an id that is never allowed)."""
 
     def __init__(self, tokenizer, tokens: list[bytes | None], eos_id: int):
         self.eos_token_id = eos_id
@@ -100,6 +102,14 @@ class LlgVocabulary:
         if self.llg_words > self.words:
             raise LmnbError(f"the tokenizer has {self.lltok.vocab_size} ids, more than "
                             f"vocab_size {self.vocab_size}; pass the model's vocab_size")
+        # plain-text string states: a table of plain tokens plus a probe vocabulary without
+        # them (string_masks.py); None when the vocabulary has no one-byte tag tokens
+        self.plain = PlainTable.build(self.tokens[:real], self.words)
+        self.probe_tok = None
+        if self.plain is not None:
+            probe = llg.TokenizerWrapper(_Bytes(tokenizer, self.plain.probe_tokens, int(self.eos_ids[0])))
+            self.probe_tok = llg.LLTokenizer(probe, n_vocab=real,
+                                             eos_token=[int(i) for i in self.eos_ids], slices=[])
 
     def bytes_of(self, token_id: int) -> bytes | None:
         return self.tokens[token_id] if 0 <= token_id < len(self.tokens) else None
@@ -114,9 +124,11 @@ class LlgGuide:
 
     `pattern` is the language as one regex (messages, `fsm`); `lark`, where given, is the
     same language as a grammar of small lexemes (`build_lark_from_schema`), which llguidance
-    then runs instead: its masks are computed on small lexer states."""
+    then runs instead: its masks are computed on small lexer states. `probe_out` holds the
+    probe grammar of `string_masks.py` (plain-text string states), or is None."""
 
-    def __init__(self, pattern: str, vocab: LlgVocabulary, lark: str | None = None):
+    def __init__(self, pattern: str, vocab: LlgVocabulary, lark: str | None = None,
+                 probe_out: ProbeLarkOut | None = None):
         llg = _llguidance()
         self.pattern = pattern
         self.vocab = vocab
@@ -135,10 +147,25 @@ class LlgGuide:
             raise LmnbError(f"pattern {_short(pattern)} could not be compiled for constrained "
                             f"decoding: {probe.get_error().splitlines()[0][:200]}")
         self._fsm = None
+        self.probe: GuideProbe | None = None
+        if probe_out is not None and vocab.probe_tok is not None:
+            matcher = llg.LLMatcher(vocab.probe_tok, llg.LLMatcher.grammar_from_lark(probe_out.text),
+                                    log_level=0)
+            if matcher.is_error():   # lmnb wrote both grammars: a failure here is lmnb's bug
+                raise LmnbError(f"pattern {_short(pattern)}: the string-mask probe grammar "
+                                f"failed: {matcher.get_error().splitlines()[0][:200]}")
+            self.probe = GuideProbe(matcher, probe_out.bounds, vocab.plain, vocab.words,
+                                    vocab.llg_words)
+
+    @property
+    def has_probe(self) -> bool:
+        """True when plain-text string states take their masks from the table (string_masks)."""
+        return self.probe is not None
 
     def cursor(self) -> LlgCursor:
         """A fresh cursor at the start."""
-        return LlgCursor(self, self._proto.deep_copy())
+        return LlgCursor(self, self._proto.deep_copy(),
+                         self.probe.cursor() if self.probe is not None else None)
 
     @property
     def fsm(self):
@@ -154,11 +181,13 @@ class LlgGuide:
 class LlgCursor:
     """A request's position in an `LlgGuide` (see `interface.GuideCursor`)."""
 
-    __slots__ = ("_bits", "_forced", "_mask", "eos_seen", "guide", "matcher", "text_bytes")
+    __slots__ = ("_bits", "_forced", "_mask", "eos_seen", "guide", "matcher", "probe",
+                 "text_bytes")
 
-    def __init__(self, guide: LlgGuide, matcher):
+    def __init__(self, guide: LlgGuide, matcher, probe: StringProbe | None = None):
         self.guide = guide
         self.matcher = matcher
+        self.probe = probe   # string_masks: masks inside plain-text strings
         self.eos_seen = False
         self.text_bytes = bytearray()   # what the cursor has accepted so far
         self._bits: np.ndarray | None = None
@@ -168,7 +197,8 @@ class LlgCursor:
     def __copy__(self) -> LlgCursor:
         """An independent cursor at the same position (the matcher is copied, not shared:
         speculative drafts walk a copy ahead without moving the request's cursor)."""
-        c = LlgCursor(self.guide, self.matcher.deep_copy())
+        c = LlgCursor(self.guide, self.matcher.deep_copy(),
+                      self.probe.copy() if self.probe is not None else None)
         c.eos_seen, c.text_bytes = self.eos_seen, bytearray(self.text_bytes)
         c._bits, c._mask, c._forced = self._bits, self._mask, self._forced   # read-only once computed
         return c
@@ -182,12 +212,22 @@ class LlgCursor:
         """int32 [ceil(vocab_size / 32)] of allowed tokens (bit i%32 of word i//32); the
         cursor's own buffer: read it before the next accept."""
         if self._bits is None:
-            bits = np.zeros(self.guide.vocab.words, np.int32)
-            if not self.eos_seen:
-                self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data, self.guide.vocab.llg_words * 4)
+            bits = self.string_bits()
+            if bits is None:
+                bits = np.zeros(self.guide.vocab.words, np.int32)
+                if not self.eos_seen:
+                    self.matcher.unsafe_compute_mask_ptr(bits.ctypes.data,
+                                                         self.guide.vocab.llg_words * 4)
             self._raise_if_error()
             self._bits = bits
         return self._bits
+
+    def string_bits(self) -> np.ndarray | None:
+        """The mask from the inner-token table and the probe where the text is inside a
+        plain-text string with little room left (string_masks.py); None anywhere else."""
+        if self.probe is None or self.eos_seen:
+            return None
+        return self.probe.bits(self.text_bytes, self.matcher)
 
     def allowed_mask(self) -> torch.Tensor:
         """Bool tensor [vocab_size] (CPU; do not modify) of tokens allowed next."""
@@ -212,6 +252,8 @@ class LlgCursor:
                             "apply allowed_mask() before sampling")
         if not self.matcher.consume_token(token_id):
             self._raise_if_error()
+        if self.probe is not None:
+            self._advance_probe([token_id], data)
         self.text_bytes += data
         self._changed()
 
@@ -222,9 +264,12 @@ class LlgCursor:
             raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
         if not self.forced_bytes().startswith(data):
             raise LmnbError(f"text {text[:40]!r} does not continue {_short(self.guide.pattern)} here")
-        ok = self.matcher.consume_tokens(self.guide.vocab.encode_bytes(data))
-        if not ok:
+        vocab = self.guide.vocab
+        tokens = vocab.encode_bytes(data)
+        if not self.matcher.consume_tokens(tokens):
             self._raise_if_error()
+        if self.probe is not None:
+            self._advance_probe(tokens, data)
         self.text_bytes += data
         self._changed()
 
@@ -255,6 +300,11 @@ class LlgCursor:
         if self._forced is None:
             self._forced = self.matcher.compute_ff_bytes()
         return self._forced
+
+    def _advance_probe(self, tokens: list[int], data: bytes) -> None:
+        if not self.probe.advance(tokens, self.guide.vocab.tokens, data):
+            raise LmnbError(f"constrained decoding of {_short(self.guide.pattern)}: the "
+                            f"string-mask probe lost the text: {self.probe.matcher.get_error()[:200]}")
 
     def _allows(self, token_id: int) -> bool:
         bits = self.bitmask()
@@ -294,6 +344,8 @@ def fill_bitmasks(cursors: list[LlgCursor]) -> np.ndarray:
     out = np.zeros((len(cursors), words), np.int32)
     todo = []
     for j, c in enumerate(cursors):
+        if c._bits is None and (bits := c.string_bits()) is not None:
+            c._bits = bits
         if c._bits is not None:
             out[j] = c._bits
         elif not c.eos_seen:
@@ -351,10 +403,8 @@ class LlgBackend:
         """Compile (cached by pattern) or raise LmnbError naming the unsupported feature."""
         if (regex is None) == (json_schema is None):
             raise LmnbError("pass exactly one of regex= or json_schema= to constrain generation")
-        lark = None
         if json_schema is not None:
             regex = build_regex_from_schema(json_schema, whitespace=self.whitespace)
-            lark = build_lark_from_schema(json_schema, whitespace=self.whitespace)
         elif isinstance(regex, str):
             regex = canonical_regex(regex)
         if not isinstance(regex, str):
@@ -364,7 +414,17 @@ class LlgBackend:
             if guide is not None:
                 self._guides.move_to_end(regex)
                 return guide
-        guide = LlgGuide(regex, self.vocab, lark)
+        lark = probe = None
+        if json_schema is not None:
+            lark = build_lark_from_schema(json_schema, whitespace=self.whitespace)
+            if self.vocab.probe_tok is not None:
+                probe = ProbeLarkOut()
+                build_lark_from_schema(json_schema, whitespace=self.whitespace, out=probe)
+                # only a maxLength makes llguidance slow inside a string (unbounded contents
+                # are one of its slices); without one the probe's build (~1.5 ms) buys nothing
+                if not (probe.usable and any(b is not None for b in probe.bounds)):
+                    probe = None
+        guide = LlgGuide(regex, self.vocab, lark, probe)
         with self._lock:
             guide = self._guides.setdefault(regex, guide)
             while len(self._guides) > GUIDE_CACHE:
