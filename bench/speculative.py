@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
+    ap.add_argument("--out", default="speculative_cpu.json", help="JSON file name under bench/results")
     args = ap.parse_args()
     print("load:", os.popen("uptime").read().strip(), flush=True)
     rt = lm.Runtime("smollm2", device="cpu")
@@ -214,7 +215,7 @@ def main() -> None:
                          on_over_off=ratio, slowdown_pct=100 * (1 - ratio), target_max_slowdown_pct=3.0,
                          drafted=drafted, accepted=acc))
     print("load:", os.popen("uptime").read().strip(), flush=True)
-    print(save("speculative_cpu.json", rows, load=os.popen("uptime").read().strip()))
+    print(save(args.out, rows, load=os.popen("uptime").read().strip()))
     rt.shutdown()
 
 
