@@ -38,7 +38,7 @@ ROW_PRIOR = 0.15        # while only one-row steps were measured, each more row 
 MIN_GAIN = 1.03         # a draft must promise this many times a plain step's tokens per second
 SOURCE_PRIOR = {"radix": 0.9, "history": 0.6, "prompt": 0.5, "forced": 0.5}
 PRIOR_WEIGHT = 3.0      # pseudo-tokens the source's estimate weighs in a request's posterior
-REQ_DECAY = 0.7         # a request's earlier verified tokens count this much less at each verify
+REQ_DECAY = 0.85        # a request's earlier verified tokens count this much less at each verify
 SOURCE_DECAY = 0.97     # the same for the runtime's per-source estimate
 SOURCE_FLOOR = 0.05     # the per-source estimate stays above this (new requests can still try)
 

@@ -159,18 +159,20 @@ class RadixCache:
         if self.disabled or n <= 0:
             return []
         node = self.root if node is None else node
-        at = 0
+        at, out = 0, []
         while at < len(key):
             child = node.children.get(key[at])
             if child is None:
                 return []
             ck, rest = child.key, len(key) - at
-            if len(ck) > rest:   # key ends inside this edge
-                return ck[rest : rest + n] if ck[:rest] == key[at:] else []
+            if len(ck) > rest:   # key ends inside this edge: its rest comes first
+                if ck[:rest] != key[at:]:
+                    return []
+                out, node = ck[rest : rest + n], child
+                break
             if ck != key[at : at + len(ck)]:
                 return []
             node, at = child, at + len(ck)
-        out: list[int] = []
         while len(out) < n and node.children:
             node = max(node.children.values(), key=lambda c: c.last_access)
             out += node.key[: n - len(out)]

@@ -113,6 +113,23 @@ def test_greedy_parity_over_the_parity_prompts(smollm2):
     smollm2.check_integrity()
 
 
+def test_a_cached_prompt_drafts_from_its_first_step(smollm2):
+    """A re-run whose prompt is cached but for its last token: that token's step is a
+    decode step carrying the cached continuation as its draft (no one-token extend step
+    first), with the plain tokens; the pool is whole afterwards."""
+    p = PROMPTS[2] + " (again)"
+    kw = dict(max_new_tokens=24, temperature=0, ignore_eos=True, return_logprob=True)
+    off = smollm2.generate(p, speculative=False, **kw)
+    before = smollm2.stats()
+    on = smollm2.generate(p, **kw)
+    after = smollm2.stats()
+    _same(on, off)
+    assert after["extend_steps"] == before["extend_steps"]
+    assert after["spec_radix_drafts"] > before["spec_radix_drafts"]
+    assert on[0]["meta"]["decode_steps"] <= 4 < off[0]["meta"]["decode_steps"]
+    smollm2.check_integrity()
+
+
 CASES = [
     {"regex": r"(cat|dog|bird)s? (eat|like) [a-z]{3,12}\.", "max_new_tokens": 24},
     {"json_schema": '{"type": "object", "properties": {"name": {"type": "string"}, '
