@@ -71,7 +71,7 @@ class StepCost:
         if not self.plain_steps:
             return
         n = len(prefix_lens) + draft_rows
-        obs = seconds / self._one_row_seconds(prefix_lens)
+        obs = seconds / self.one_row_seconds(prefix_lens)
         prev = self.rows.get(n)
         est = self.rows_cost(n) if prev is None else prev
         obs = min(max(obs, est / OUTLIER), est * OUTLIER)
@@ -94,7 +94,7 @@ class StepCost:
         self.P = [[(P[i][j] - gain[i] * px[j]) / FORGET for j in range(3)] for i in range(3)]
         self.plain_steps += 1
 
-    def _one_row_seconds(self, prefix_lens: list[int]) -> float:
+    def one_row_seconds(self, prefix_lens: list[int]) -> float:
         """The plain fit's seconds for one row at these requests' mean context."""
         keys = sum(p + 1 for p in prefix_lens) / len(prefix_lens)
         return max(self._dot([1.0, 1.0, keys / KEYS_UNIT]), 0.05) * (self.scale or 1.0)

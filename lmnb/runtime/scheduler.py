@@ -201,14 +201,16 @@ class Scheduler:
 
     def _drafts(self, reqs: list[Req]) -> list | None:
         """Drafts for a decode batch's requests, or None when none has one (or the pool
-        has no room for their extra tokens: drafts never evict or retract anything)."""
+        has no room for their extra tokens, even after evicting unlocked cache: drafts
+        never retract a request). A full cache is the steady state of a long session, so
+        drafts may evict its least recently used leaves, as a decode step does."""
         if self.drafter is None:
             return None
         drafts = self.drafter.drafts(reqs)
         extra = sum(len(d.tokens) for d in drafts if d is not None)
         if not extra:
             return None
-        if self.alloc.available() < len(reqs) + extra:
+        if not self._ensure_free(len(reqs) + extra):
             return None
         return drafts
 

@@ -25,9 +25,10 @@ estimate for that source); a draft goes out only when its expected tokens per se
 beat a plain step's, at the length that maximises them. After PAUSE_AFTER drafts in a
 row whose first token was rejected a request pauses drafting, each pause twice as long
 as the one before (up to MAX_PAUSE steps), so free-form text that never matches pays for
-almost no verification rows. Grammar-constrained requests walk a copy of their cursor:
-a draft token the grammar forbids ends the draft, and the draft ends where the grammar
-would jump forward or terminate; the masks of every position come with the draft.
+almost no verification rows. Grammar-constrained requests walk a copy of their cursor
+(token healing's through a walker that rewrites no request): a draft token the grammar
+forbids ends the draft, and the draft ends where the grammar would jump forward or
+terminate; the masks of every position come with the draft.
 Requests with penalties (frequency / presence / repetition) do not speculate: their
 logits depend on every token before, which a batched verification would need per row.
 """
@@ -264,8 +265,6 @@ class Drafter:
         draft `rows` tokens, or None (a plain decode step)."""
         if self.k <= 0 or r.ahead or not self.enabled(r):
             return None
-        if r.guide is not None and not getattr(r.guide, "allows_drafts", True):
-            return None   # a cursor that cannot be walked ahead on a copy (token healing)
         st = self._state(r)
         st.idle = 0
         room = min(r.params.max_new_tokens - len(r.output_ids) - 1, self.context_len - r.fill_len - 1)
@@ -439,7 +438,9 @@ def _guided(cursor, draft: Draft) -> Draft | None:
     """Cut the draft where the grammar forbids a token, would jump forward or has ended;
     attach the allowed mask of every verified position (each draft token's, then the
     bonus token's)."""
-    cur = copy.copy(cursor)
+    # a cursor that rewrites its request as it goes (token healing) gives a walker instead
+    walker = getattr(cursor, "draft_walker", None)
+    cur = walker() if walker is not None else copy.copy(cursor)
     masks, kept = [], []
     for t in draft.tokens:
         mask = cur.allowed_mask()

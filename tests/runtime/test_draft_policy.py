@@ -46,14 +46,18 @@ def test_the_plain_fit_follows_the_context():
     for _ in range(60):
         for ctx in (10, 500, 1000, 2000):
             c.observe([ctx], 0, 0.004 + 0.004 * ctx / 1000)
-    one = c._one_row_seconds
+    one = c.one_row_seconds
     assert one([2000]) == pytest.approx(0.012, rel=0.05)
     assert one([10]) == pytest.approx(0.004, rel=0.1)
 
 
 def test_choose_k_weighs_acceptance_against_cost():
-    cheap = lambda k: 1 + 0.01 * k      # noqa: E731 - a GPU at batch 1
-    dear = lambda k: 1 + 0.25 * k       # noqa: E731 - a 2-core CPU at a 1k-token context
+    def cheap(k):   # a GPU at batch 1
+        return 1 + 0.01 * k
+
+    def dear(k):    # a 2-core CPU at a 1k-token context
+        return 1 + 0.25 * k
+
     assert choose_k(1.0, 14, 1, dear) == 14          # a re-run: every token stands
     assert choose_k(0.1, 14, 1, dear) == 0           # free-form text: never pays
     assert choose_k(0.1, 14, 1, cheap) > 0           # ... unless rows are nearly free
@@ -168,8 +172,8 @@ def test_the_same_acceptance_drafts_on_cheap_rows_only():
 def test_pauses_double_up_to_the_limit():
     r = _req([5] * 10)
     d = Drafter(_Cache(), k=8)
-    st = d._state(r)
-    pauses = []
+    d.verified(r, 2, 2, "prompt")
+    st, pauses = r.spec, []
     for _ in range(PAUSE_AFTER * 8):
         d.verified(r, 2, 0, "prompt")
         if st.paused:
