@@ -8,8 +8,9 @@ that share each weight unpack, so not even linearly), so it is measured, not ass
   StepCost    plain  an online least-squares fit of a plain decode step's seconds to
                      a + b * rows + c * keys (keys: the positions its rows attend to, in
                      units of KEYS_UNIT), with forgetting, over this runtime's decode steps
-              rows   per row count n of a decode or verify step: a running mean of its
-                     seconds over the plain fit's seconds for one row at the same context;
+              rows   per row count n of a decode or verify step: a running mean (from the
+                     prior, never set by one step) of its seconds over the plain fit's
+                     seconds for one row at the same context;
                      counts never measured interpolate between the measured ones (and
                      1 row = 1.0), past the last measured one at the mean cost per row of the
                      ones measured (ROW_PRIOR per row while only one-row steps are). A
@@ -30,13 +31,15 @@ from dataclasses import dataclass
 
 KEYS_UNIT = 1024        # the plain fit counts attended positions in these units
 FORGET = 0.98           # plain fit: forgetting factor per observed step (~50 steps of memory)
-OUTLIER = 3.0           # an observation this many times off the estimate (a preempted step) is clipped
+OUTLIER = 2.0           # an observation this many times off the estimate (a preempted step) is clipped
 RATIO_WEIGHT = 0.2      # weight of a new observation in a ratio's running mean
 KEYS_PRIOR = 0.3        # before the fit moves: a row's 1k attended keys cost 0.3 of the first step
 ROW_PRIOR = 0.15        # while only one-row steps were measured, each more row costs this
                         # much of a one-row step
 MIN_GAIN = 1.03         # a draft must promise this many times a plain step's tokens per second
-SOURCE_PRIOR = {"radix": 0.9, "history": 0.6, "prompt": 0.5, "forced": 0.5}
+# radix: the text generated after exactly these tokens before, which greedy decoding repeats
+# unless that text came from sampling or another constraint (119 of 119 per re-run here)
+SOURCE_PRIOR = {"radix": 0.97, "history": 0.6, "prompt": 0.5, "forced": 0.5}
 PRIOR_WEIGHT = 3.0      # pseudo-tokens the source's estimate weighs in a request's posterior
 REQ_DECAY = 0.85        # a request's earlier verified tokens count this much less at each verify
 SOURCE_DECAY = 0.97     # the same for the runtime's per-source estimate
@@ -72,10 +75,12 @@ class StepCost:
             return
         n = len(prefix_lens) + draft_rows
         obs = seconds / self.one_row_seconds(prefix_lens)
-        prev = self.rows.get(n)
-        est = self.rows_cost(n) if prev is None else prev
+        # from the current estimate (the interpolation or prior for a count never seen), a
+        # step of its weight: one slow step (a first grammar mask, another process) must
+        # not price a row count out for good, as no step of that count would then come
+        est = self.rows_cost(n)
         obs = min(max(obs, est / OUTLIER), est * OUTLIER)
-        self.rows[n] = obs if prev is None else prev + RATIO_WEIGHT * (obs - prev)
+        self.rows[n] = est + RATIO_WEIGHT * (obs - est)
         self.counts[n] = self.counts.get(n, 0) + 1
 
     def _fit(self, x: list[float], seconds: float) -> None:
