@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from lmnb.runtime import draft_cost
 from lmnb.runtime.draft_cost import Acceptance, StepCost
 from lmnb.runtime.request import Req
+from lmnb.runtime.token_ids import common_prefix_len
 
 NGRAM = 3            # tokens of context a lookup key holds (shorter keys match noise)
 MIN_MATCH = 3        # a lookup match must cover at least this many tokens
@@ -131,6 +132,27 @@ class NgramIndex:
                 at.append(end)
                 if len(at) > PER_KEY:
                     del at[0]
+
+    def truncate(self, n: int) -> None:
+        """Forget every window that ends past position n (the sequence is cut to n tokens),
+        in time proportional to what is cut: jump-forward rewrites a request's newest
+        tokens, and re-indexing a long prompt for each rewrite cost more than the drafts
+        saved. A key then remembers fewer earlier positions (the cut ones are not
+        replaced by older ones), never a wrong one."""
+        seq, pos, short = self.seq, self.pos, self.short
+        for end in range(len(seq), n, -1):
+            for m in SHORT_KEYS:
+                if end >= m:
+                    at = short.get(tuple(seq[end - m : end]))
+                    if at is not None:
+                        at[0] -= 1
+                        if end in at[1:]:
+                            at.remove(end)
+            if end >= NGRAM:
+                at = pos.get(tuple(seq[end - NGRAM : end]))
+                if at is not None and end in at:
+                    at.remove(end)
+        del seq[n:]
 
     def follow(self, tail: list[int], k: int, exclude_end: int | None = None) -> tuple[int, list[int]]:
         """(match length, up to k tokens that followed the longest earlier match of
@@ -319,8 +341,11 @@ class Drafter:
         if toks:
             return Draft(toks, "radix")
         ids = r.fill_ids
-        if st.index is None or st.version != r.output_version or len(st.index.seq) > len(ids):
-            st.index, st.version = NgramIndex(), r.output_version
+        if st.index is None:
+            st.index = NgramIndex()
+        elif st.version != r.output_version or len(st.index.seq) > len(ids):
+            st.index.truncate(common_prefix_len(st.index.seq, ids))   # output rewritten
+        st.version = r.output_version
         st.index.extend(ids[len(st.index.seq):])
         tail = ids[-64:]
         n_own, own = st.index.follow(tail, long, exclude_end=len(ids))

@@ -72,6 +72,36 @@ def test_a_rare_short_key_drafts_a_copy_from_its_first_token():
         assert (chunks.pos, chunks.short) == (whole.pos, whole.short)
 
 
+def test_ngram_index_truncates_as_if_rebuilt():
+    """A rewritten output (jump-forward) cuts the index back instead of re-indexing the
+    prompt: the counts are a rebuilt index's, and every position it remembers is one
+    the rebuilt index holds too (it may remember fewer)."""
+    rng = random.Random(3)
+    for _ in range(200):
+        seq = [rng.randrange(12) for _ in range(rng.randint(0, 60))]
+        cut = rng.randint(0, len(seq))
+        new = [rng.randrange(12) for _ in range(rng.randint(0, 10))]
+        idx = NgramIndex()
+        idx.extend(seq)
+        idx.truncate(cut)
+        idx.extend(new)
+        fresh = NgramIndex()
+        fresh.extend(seq[:cut] + new)
+        assert idx.seq == fresh.seq
+        for key, at in fresh.short.items():
+            mine = idx.short.get(key, [0])
+            assert mine[0] == at[0]
+            assert all(e <= len(idx.seq) and tuple(idx.seq[e - len(key):e]) == key for e in mine[1:])
+        for key, ends in idx.pos.items():
+            assert all(tuple(idx.seq[e - 3:e]) == key for e in ends)
+            assert set(ends) <= set(fresh.pos.get(key, []))
+        tail = idx.seq[-5:]
+        n, got = idx.follow(tail, 4, exclude_end=len(idx.seq))
+        if n:   # what it drafts did follow an earlier occurrence of the tail's end
+            assert any(idx.seq[e - n:e] == tail[-n:] and idx.seq[e:e + len(got)] == got
+                       for e in range(n, len(idx.seq)))
+
+
 def test_drafts_are_cut_to_stay_below_the_exact_row_count():
     from lmnb.runtime.speculative import Draft, Drafter
 
