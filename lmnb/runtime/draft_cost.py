@@ -16,14 +16,15 @@ that share each weight unpack, so not even linearly), so it is measured, not ass
                      ones measured (ROW_PRIOR per row while only one-row steps are). A
                      draft of k rows in a step of n rows then costs rows(n+k) / rows(n).
 
-  Acceptance  per request and draft source, a Beta posterior of "a draft token is
-              accepted": its prior is the runtime's running estimate for the source
-              (starting at SOURCE_PRIOR), then the request's own verified tokens, the
+  Acceptance  per request and draft source, Beta posteriors of "the first draft token
+              stands" (p) and "a later one stands, given the ones before it did" (q):
+              their priors are the runtime's running estimates for the source (starting
+              at SOURCE_PRIOR / MORE_PRIOR), then the request's own verify steps, the
               older ones decayed (REQ_DECAY) so a request that stops copying stops paying.
 
-  choose_k    the k that maximises the step's expected tokens per second, when a draft
-              token stands with probability p given the ones before it (E[tokens] =
-              1 + p + ... + p^k); 0 (no draft) unless that beats a plain step by MIN_GAIN.
+  choose_k    the k that maximises the step's expected tokens per second (E[tokens] =
+              1 + p (1 + q + ... + q^(k-1))); 0 (no draft) unless that beats a plain
+              step by MIN_GAIN.
 """
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ MIN_GAIN = 1.03         # a draft must promise this many times a plain step's to
 # radix: the text generated after exactly these tokens before, which greedy decoding repeats
 # unless that text came from sampling or another constraint (119 of 119 per re-run here)
 SOURCE_PRIOR = {"radix": 0.97, "history": 0.6, "prompt": 0.5, "forced": 0.5}
-PRIOR_WEIGHT = 3.0      # pseudo-tokens the source's estimate weighs in a request's posterior
-REQ_DECAY = 0.85        # a request's earlier verified tokens count this much less at each verify
+# the same for a later draft token once the ones before it stood (a copy goes on)
+MORE_PRIOR = {"radix": 0.97, "history": 0.8, "prompt": 0.8, "forced": 0.8}
+PRIOR_WEIGHT = 3.0      # pseudo-trials the source's estimate weighs in a request's posterior
+REQ_DECAY = 0.85        # a request's earlier verify steps count this much less at each verify
 SOURCE_DECAY = 0.97     # the same for the runtime's per-source estimate
 SOURCE_FLOOR = 0.05     # the per-source estimate stays above this (new requests can still try)
 
@@ -128,19 +131,26 @@ class StepCost:
         return sum(t * v for t, v in zip(self.theta, x))
 
 
-def expected_tokens(p: float, k: int) -> float:
+def expected_tokens(p: float, k: int, q: float | None = None) -> float:
     """Tokens a verify step of a k-token draft yields for its request: the accepted
-    prefix (each token stands with probability p given the ones before) and one more."""
-    return float(k + 1) if p >= 1.0 else (1.0 - p ** (k + 1)) / (1.0 - p)
+    prefix and one more, when the first draft token stands with probability p and each
+    later one, given the ones before it stood, with q (default p). Copies come in runs,
+    so q is measured apart: after a right first token the next ones are right more often."""
+    q = p if q is None else q
+    if k <= 0:
+        return 1.0
+    run = float(k) if q >= 1.0 else (1.0 - q ** k) / (1.0 - q)   # 1 + q + ... + q^(k-1)
+    return 1.0 + p * run
 
 
-def choose_k(p: float, k_max: int, batch: int, ratio) -> int:
+def choose_k(p: float, k_max: int, batch: int, ratio, q: float | None = None) -> int:
     """The draft length in 1..k_max that maximises a step's expected tokens per second,
     or 0 when none beats a plain step of the `batch` requests (one token each) by MIN_GAIN.
-    `ratio(k)`: a step with k more rows costs that many plain steps."""
+    `ratio(k)`: a step with k more rows costs that many plain steps; p, q: see
+    `expected_tokens`."""
     best_k, best = 0, batch * MIN_GAIN
     for k in range(1, k_max + 1):
-        rate = (batch - 1 + expected_tokens(p, k)) / ratio(k)
+        rate = (batch - 1 + expected_tokens(p, k, q)) / ratio(k)
         if rate > best:
             best_k, best = k, rate
     return best_k
@@ -148,20 +158,34 @@ def choose_k(p: float, k_max: int, batch: int, ratio) -> int:
 
 @dataclass
 class Acceptance:
-    """Verified draft tokens: `hits` accepted out of `trials` tested (decayed counts)."""
+    """Verified drafts, decayed counts: first draft tokens (`hits` of `trials`) and the
+    later ones, each given the ones before it stood (`more_hits` of `more_trials`)."""
 
     hits: float = 0.0
     trials: float = 0.0
+    more_hits: float = 0.0
+    more_trials: float = 0.0
 
-    def add(self, accepted: int, tested: int, decay: float) -> None:
-        self.hits = self.hits * decay + accepted
-        self.trials = self.trials * decay + tested
+    def record(self, drafted: int, accepted: int, decay: float) -> None:
+        """A verify step of a `drafted`-token draft kept `accepted` of them (the tokens
+        after the first rejected one were never asked)."""
+        self.fade(decay)
+        self.hits += accepted >= 1
+        self.trials += 1
+        if accepted >= 1 and drafted > 1:
+            self.more_hits += accepted - 1
+            self.more_trials += accepted - 1 + (accepted < drafted)
+
+    def fade(self, decay: float) -> None:
+        self.hits *= decay
+        self.trials *= decay
+        self.more_hits *= decay
+        self.more_trials *= decay
 
     def rate(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
+        """P(the first draft token stands), `prior` weighing `weight` trials."""
         return (self.hits + prior * weight) / (self.trials + weight)
 
-
-def tested_tokens(drafted: int, accepted: int) -> int:
-    """Draft tokens a verify step tested: the accepted ones and the first rejected one
-    (whether the ones after it would stand was never asked)."""
-    return accepted + (1 if accepted < drafted else 0)
+    def rate_more(self, prior: float, weight: float = PRIOR_WEIGHT) -> float:
+        """P(a later draft token stands | the ones before it did)."""
+        return (self.more_hits + prior * weight) / (self.more_trials + weight)

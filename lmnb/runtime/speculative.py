@@ -313,24 +313,25 @@ class Drafter:
         st.hot = draft is not None
         return draft
 
-    def acceptance(self, r: Req, source: str) -> float:
-        """The estimated chance that one of r's draft tokens from `source` stands."""
-        st = self._state(r)
-        own = st.acceptance.get(source)
-        prior = self._source(source).rate(draft_cost.SOURCE_PRIOR.get(source, 0.5))
-        prior = max(prior, draft_cost.SOURCE_FLOOR)
-        return prior if own is None else own.rate(prior)
+    def acceptance(self, r: Req, source: str) -> tuple[float, float]:
+        """(p, q): the estimated chance that r's first draft token from `source` stands,
+        and that a later one does given the ones before it did (draft_cost.Acceptance)."""
+        src = self._source(source)
+        p = max(src.rate(draft_cost.SOURCE_PRIOR.get(source, 0.5)), draft_cost.SOURCE_FLOOR)
+        q = max(src.rate_more(draft_cost.MORE_PRIOR.get(source, 0.8)), draft_cost.SOURCE_FLOOR)
+        own = self._state(r).acceptance.get(source)
+        return (p, q) if own is None else (own.rate(p), own.rate_more(q))
 
     def _pays(self, r: Req, st: SpecState, draft: Draft, batch: int, rows: int) -> Draft | None:
         """The draft cut to the length that maximises expected tokens per second (the
         step's other drafts' rows already in it), or None when no length pays."""
-        k = draft_cost.choose_k(self.acceptance(r, draft.source), len(draft.tokens), batch,
-                                lambda n: self.cost.ratio(batch + rows, n))
+        p, q = self.acceptance(r, draft.source)
+        k = draft_cost.choose_k(p, len(draft.tokens), batch, lambda n: self.cost.ratio(batch + rows, n), q)
         if k == 0:
             st.skipped += 1
             self.counters["spec_skipped"] += 1
             for acc in st.acceptance.values():   # drift back toward the prior: look again later
-                acc.add(0, 0, IDLE_DECAY)
+                acc.fade(IDLE_DECAY)
             return None
         return draft.cut(k) if k < len(draft.tokens) else draft
 
@@ -414,9 +415,8 @@ class Drafter:
         st.drafted += drafted
         st.accepted += accepted
         st.verify_steps += 1
-        tested = draft_cost.tested_tokens(drafted, accepted)
-        st.acceptance.setdefault(source, Acceptance()).add(accepted, tested, draft_cost.REQ_DECAY)
-        self._source(source).add(accepted, tested, draft_cost.SOURCE_DECAY)
+        st.acceptance.setdefault(source, Acceptance()).record(drafted, accepted, draft_cost.REQ_DECAY)
+        self._source(source).record(drafted, accepted, draft_cost.SOURCE_DECAY)
         if accepted == 0:
             st.misses += 1
             if st.misses >= PAUSE_AFTER:
@@ -439,7 +439,7 @@ class Drafter:
             return
         if r.spec is not None and r.spec.verify_steps:
             for acc in self.sources.values():
-                acc.add(0, 0, FINISH_DECAY)
+                acc.fade(FINISH_DECAY)
         self.history.add(r.input_ids[-HISTORY_PROMPT:] + [t for t in r.output_ids if t >= 0])
 
     def stats(self) -> dict:

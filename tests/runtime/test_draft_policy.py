@@ -69,17 +69,23 @@ def test_choose_k_weighs_acceptance_against_cost():
     assert mid == best
     assert expected_tokens(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
     assert expected_tokens(1.0, 3) == 4.0
+    assert expected_tokens(0.5, 3, q=0.9) == pytest.approx(1 + 0.5 * (1 + 0.9 + 0.81))
+    # a copy that goes on once begun (q high) is worth a longer draft at the same p
+    assert choose_k(0.5, 14, 1, dear, q=0.95) > choose_k(0.5, 14, 1, dear) >= 1
 
 
 def test_acceptance_decays_toward_the_prior():
     a = Acceptance()
     for _ in range(12):
-        a.add(0, 1, draft_cost.REQ_DECAY)
-    low = a.rate(0.5)
-    assert low < 0.2
+        a.record(4, 0, draft_cost.REQ_DECAY)      # first token wrong every time
+    assert a.rate(0.5) < 0.2 and a.rate_more(0.8) == pytest.approx(0.8)   # nothing known of later ones
     for _ in range(30):
-        a.add(0, 0, 0.9)   # idle: the evidence fades
+        a.fade(0.9)   # idle: the evidence fades
     assert a.rate(0.5) > 0.45
+    b = Acceptance()
+    for _ in range(12):
+        b.record(4, 3, draft_cost.REQ_DECAY)      # first right, then 2 of 3 later ones
+    assert b.rate(0.5) > 0.8 and b.rate_more(0.8) == pytest.approx(2 / 3, abs=0.05)
 
 
 class _Cache:
