@@ -33,7 +33,8 @@ from dataclasses import dataclass
 KEYS_UNIT = 1024        # the plain fit counts attended positions in these units
 FORGET = 0.98           # plain fit: forgetting factor per observed step (~50 steps of memory)
 OUTLIER = 2.0           # an observation this many times off the estimate (a preempted step) is clipped
-RATIO_WEIGHT = 0.2      # weight of a new observation in a ratio's running mean
+RATIO_WEIGHT = 0.2      # weight of a new observation in a row count's running mean
+FAST_WEIGHT = 0.5       # ... of one faster than the estimate (other work only slows steps down)
 KEYS_PRIOR = 0.3        # before the fit moves: a row's 1k attended keys cost 0.3 of the first step
 ROW_PRIOR = 0.15        # while only one-row steps were measured, each more row costs this
                         # much of a one-row step
@@ -81,9 +82,10 @@ class StepCost:
         # from the current estimate (the interpolation or prior for a count never seen), a
         # step of its weight: one slow step (a first grammar mask, another process) must
         # not price a row count out for good, as no step of that count would then come
+        # (a step is never faster than it costs: a fast one weighs more, a slow one is clipped)
         est = self.rows_cost(n)
-        obs = min(max(obs, est / OUTLIER), est * OUTLIER)
-        self.rows[n] = est + RATIO_WEIGHT * (obs - est)
+        obs = min(obs, est * OUTLIER)
+        self.rows[n] = est + (FAST_WEIGHT if obs < est else RATIO_WEIGHT) * (obs - est)
         self.counts[n] = self.counts.get(n, 0) + 1
 
     def _fit(self, x: list[float], seconds: float) -> None:
@@ -129,6 +131,11 @@ class StepCost:
 
     def _dot(self, x: list[float]) -> float:
         return sum(t * v for t, v in zip(self.theta, x))
+
+
+def prior_ratio(k: int) -> float:
+    """What k more rows cost in plain steps before anything is measured."""
+    return 1.0 + ROW_PRIOR * k
 
 
 def expected_tokens(p: float, k: int, q: float | None = None) -> float:

@@ -57,6 +57,8 @@ FINISH_DECAY = 0.5   # the runtime's per-source evidence weighs this much less a
 IDLE_DECAY = 0.95    # a request that skipped a draft (too unlikely to pay) forgets this much
                      # of its own acceptance evidence per step, back toward the prior
 PROBE_EVERY = 8      # overlap: a cold request skips run-ahead this often to look for a draft
+PROBE_SKIPPED = 16   # after this many drafts in a row turned down for cost, one is priced
+                     # at the prior's cost per row instead (the table may be stale)
 LONG_MATCH = 16      # a history match this long is as good as a radix path
 RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before), or a
                      # lookup match of LONG_MATCH tokens, may be this many times k long
@@ -90,6 +92,7 @@ class SpecState:
     accepted: int = 0
     verify_steps: int = 0
     skipped: int = 0                 # lookups that found a draft the cost model turned down
+    skipped_run: int = 0             # ... in a row
 
 
 class NgramIndex:
@@ -327,6 +330,12 @@ class Drafter:
         step's other drafts' rows already in it), or None when no length pays."""
         p, q = self.acceptance(r, draft.source)
         k = draft_cost.choose_k(p, len(draft.tokens), batch, lambda n: self.cost.ratio(batch + rows, n), q)
+        if k == 0 and st.skipped_run >= PROBE_SKIPPED:
+            # a probe: priced by the prior's cost per row, not the measured table, so an
+            # estimate that one slow step (a stalled machine) made too dear is measured
+            # again, and so is the acceptance; at most one such draft per PROBE_SKIPPED
+            k = draft_cost.choose_k(p, len(draft.tokens), batch, draft_cost.prior_ratio, q)
+        st.skipped_run = 0 if k else st.skipped_run + 1
         if k == 0:
             st.skipped += 1
             self.counters["spec_skipped"] += 1

@@ -189,3 +189,20 @@ def test_pauses_double_up_to_the_limit():
     assert max(pauses) == MAX_PAUSE
     d.verified(r, 2, 1, "prompt")   # an accepted token: the next pause is short again
     assert st.pause == PAUSE_STEPS and st.misses == 0
+
+
+def test_a_cost_estimate_made_too_dear_is_measured_again():
+    """One stalled step priced every draft out (rows look 50x a plain step): drafts that
+    are turned down PROBE_SKIPPED times in a row get a probe at the prior's cost, whose
+    real cost brings the estimate back, and a re-run drafts long again."""
+    from lmnb.runtime.speculative import PROBE_SKIPPED
+
+    d = Drafter(_Cache(lambda at, n: list(range(500 + at - 3, 500 + at - 3 + n))), k=8, exact_rows=16)
+    d.cost = _cost(0.1, rows=range(1, 16))
+    for n in range(2, 17):
+        d.cost.rows[n] = 50.0
+    r = _req([1, 2, 3])
+    rows, steps = _run(d, r, 3 * PROBE_SKIPPED, truth=lambda i: 500 + i,
+                       cost=lambda k: 0.010 * (1 + 0.1 * k))
+    assert steps >= 2 and rows >= 20, (rows, steps)
+    assert d.cost.rows_cost(15) < 50.0 * 0.6
