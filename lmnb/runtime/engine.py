@@ -156,9 +156,10 @@ class Engine:
                 self._drain(block=not self.sched.has_work() and self._inflight is None)
                 if self._stop:
                     break
+                t0 = time.perf_counter()
                 batch = self.sched.next_batch()
                 if batch is not None:
-                    self._step(batch)
+                    self._step(batch, t0)
                 elif self._inflight is not None:
                     self._settle()
                 elif self.sched.has_work():
@@ -199,9 +200,11 @@ class Engine:
             except BaseException as e:  # noqa: BLE001 - delivered to the caller
                 fut.set_exception(e)
 
-    def _step(self, batch: ScheduledBatch) -> None:
-        """Launch `batch`, then settle the step launched before it (or this one at once)."""
-        before, t0 = self._inflight, time.perf_counter()
+    def _step(self, batch: ScheduledBatch, t0: float | None = None) -> None:
+        """Launch `batch` (scheduled from t0 on: its drafts' lookups are part of its
+        cost), then settle the step launched before it (or this one at once)."""
+        before = self._inflight
+        t0 = time.perf_counter() if t0 is None else t0
         out = self.runner.run(batch, before.tokens if before is not None else None)
         # a request with a grammar that ran ahead needs its token of the step before in
         # its cursor before its mask: settle that step now, while the GPU runs this one's
@@ -262,6 +265,9 @@ class Engine:
         self._last_settle = now
         mode = "decode" if batch.is_decode or batch.drafts is not None else "extend"
         self.history.append((time.time(), mode, ntok, dt, tuple(r.rid for r in batch.reqs)))
+        if self.drafter is not None and mode == "decode":
+            # what a draft row costs is measured on these steps (speculative.Drafter)
+            self.drafter.observe_step(batch.prefix_lens, sum(batch.lens) - len(batch.reqs), dt)
 
     def _count(self, batch: ScheduledBatch, ntok: int) -> None:
         c = self.counters

@@ -24,6 +24,7 @@ Three pieces, each small:
 from __future__ import annotations
 
 import bisect
+import copy
 import threading
 import weakref
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class HealingTable:
         for b, i in order:
             self.by_bytes.setdefault(b, []).append(i)
         self._masks: dict[bytes, torch.Tensor] = {}
+        self._all: torch.Tensor | None = None
         self._lock = threading.Lock()
 
     def starting_with(self, prefix: bytes) -> tuple[int, int]:
@@ -61,6 +63,12 @@ class HealingTable:
         """True when some token is `prefix` followed by more bytes."""
         lo, hi = self.starting_with(prefix)
         return hi - lo > len(self.by_bytes.get(prefix, ()))
+
+    def all_allowed(self) -> torch.Tensor:
+        """Bool [vocab_size], all True (one tensor: device mask caches key on identity)."""
+        if self._all is None:
+            self._all = torch.ones(self.vocab_size, dtype=torch.bool)
+        return self._all
 
     def mask(self, rest: bytes) -> torch.Tensor:
         """Bool [vocab_size]: tokens that are a prefix of `rest` or start with it (cached)."""
@@ -150,10 +158,12 @@ class HealingCursor:
     sets `req.guide` back to the inner cursor (None: unconstrained) after advancing it
     over the bytes the healing token had beyond the removed ones."""
 
-    allows_drafts = False   # it rewrites req.guide when done: a copy walked ahead must not
-
     def __init__(self, table: HealingTable, removed: bytes, inner, req) -> None:
         self.table, self.rest, self.inner, self.req = table, removed, inner, req
+
+    def draft_walker(self) -> HealingWalk:
+        """A cursor to walk speculative draft tokens on (it rewrites no request)."""
+        return HealingWalk(self)
 
     def allowed_mask(self) -> torch.Tensor:
         m = self.table.mask(self.rest)
@@ -203,6 +213,33 @@ class HealingCursor:
 
     def jump_forward(self) -> str | None:
         return None if self.rest or self.inner is None else self.inner.jump_forward()
+
+
+class HealingWalk:
+    """A copy of a HealingCursor for walking draft tokens ahead: a copy that hands its
+    inner cursor over to this walk instead of to the request, then a copy of that inner
+    cursor, or, unconstrained, every token allowed (one shared mask per table)."""
+
+    def __init__(self, cursor: HealingCursor) -> None:
+        self.healing = copy.copy(cursor)
+        self.healing.inner = copy.copy(cursor.inner)   # the real one is advanced only by the request
+        self.healing.req = self                        # accept_token sets self.guide when healed
+        self.guide = self.healing
+        self.table = cursor.table
+
+    def allowed_mask(self) -> torch.Tensor:
+        cur = self.guide
+        return self.table.all_allowed() if cur is None else cur.allowed_mask()
+
+    def accept_token(self, token_id: int) -> None:
+        if self.guide is not None:
+            self.guide.accept_token(token_id)
+
+    def is_terminated(self) -> bool:
+        return self.guide is not None and self.guide.is_terminated()
+
+    def jump_forward(self) -> str | None:
+        return None if self.guide is None else self.guide.jump_forward()
 
 
 class HealedHandle:

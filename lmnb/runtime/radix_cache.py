@@ -13,6 +13,8 @@ read from leaf to root; only unlocked leaves are evicted, least recently used fi
                            request caching its newest tokens)
     ancestor_at(node, n) -> the node at n tokens up node's path (a request cut back)
     touch(node, hit)    -> mark the path root..node as just used
+    continuation(key, n, node) -> up to n tokens the tree holds right after node's path +
+                           key (the most recently used branch), without changing the tree
     inc/dec_lock_ref    -> protect / release the path node..root
     evict(n)            -> free at least n slots of unlocked leaves (fewer if not possible)
 """
@@ -149,6 +151,32 @@ class RadixCache:
             node = node.parent
         return ([t for k in reversed(keys) for t in k],
                 torch.cat(values[::-1]) if values else _EMPTY)
+
+    def continuation(self, key: list[int], n: int, node: TreeNode | None = None) -> list[int]:
+        """Up to n tokens that follow `key` below `node` (the root by default) in the tree,
+        taking the most recently used child where it branches; [] when the tree does not
+        hold all of key there. Read-only: no split, no touch (speculative drafts)."""
+        if self.disabled or n <= 0:
+            return []
+        node = self.root if node is None else node
+        at, out = 0, []
+        while at < len(key):
+            child = node.children.get(key[at])
+            if child is None:
+                return []
+            ck, rest = child.key, len(key) - at
+            if len(ck) > rest:   # key ends inside this edge: its rest comes first
+                if ck[:rest] != key[at:]:
+                    return []
+                out, node = ck[rest : rest + n], child
+                break
+            if ck != key[at : at + len(ck)]:
+                return []
+            node, at = child, at + len(ck)
+        while len(out) < n and node.children:
+            node = max(node.children.values(), key=lambda c: c.last_access)
+            out += node.key[: n - len(out)]
+        return out
 
     def touch(self, node: TreeNode, hit: bool = False) -> None:
         """Mark the path root..node as just used (and, with `hit`, count a hit on it)."""

@@ -320,7 +320,8 @@ class Runtime:
 
     def stats(self) -> dict:
         """Engine counters, with the image counters and speculative decoding's:
-        spec_drafted / spec_accepted draft tokens, spec_acceptance_rate, spec_verify_steps
+        spec_drafted / spec_accepted draft tokens, spec_acceptance_rate, spec_verify_steps,
+        spec_skipped (drafts found but not worth their verify rows)
         and spec_tokens_per_verify_step (tokens a drafted request got per verify step)."""
         eng = self.engine
 

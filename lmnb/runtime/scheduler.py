@@ -101,6 +101,15 @@ class Scheduler:
                 riders = []   # no room without evicting: they wait for their decode step
         if not picked:
             return None
+        if not riders and all(n == 1 and _decodes_next(r) for r, n in picked):
+            # only last prompt tokens (a re-run whose prompt is cached): a decode step, so
+            # it may carry drafts (the cached continuation) instead of costing one more step
+            drafts = self._drafts([r for r, _ in picked])
+            if drafts is not None:
+                batch = self._materialize([(r, 1 + (len(d.tokens) if d else 0))
+                                           for (r, _), d in zip(picked, drafts)])
+                batch.drafts = drafts
+                return batch
         batch = self._materialize(picked + riders)
         batch.riders = len(riders)
         return batch
@@ -192,14 +201,16 @@ class Scheduler:
 
     def _drafts(self, reqs: list[Req]) -> list | None:
         """Drafts for a decode batch's requests, or None when none has one (or the pool
-        has no room for their extra tokens: drafts never evict or retract anything)."""
+        has no room for their extra tokens, even after evicting unlocked cache: drafts
+        never retract a request). A full cache is the steady state of a long session, so
+        drafts may evict its least recently used leaves, as a decode step does."""
         if self.drafter is None:
             return None
-        drafts = self.drafter.fit([self.drafter.propose(r) for r in reqs])
+        drafts = self.drafter.drafts(reqs)
         extra = sum(len(d.tokens) for d in drafts if d is not None)
         if not extra:
             return None
-        if self.alloc.available() < len(reqs) + extra:
+        if not self._ensure_free(len(reqs) + extra):
             return None
         return drafts
 
@@ -362,3 +373,10 @@ class _PrefixSet:
                 break
             children, ids = edge[1], ids[n:]
         return total
+
+
+def _decodes_next(r: Req) -> bool:
+    """True when r's one pending token is its last prompt token and nothing but its next
+    token is wanted from that position (no prompt logprobs, no images): computing it is
+    a decode row."""
+    return r.pending == 1 and r.logprob_from < 0 and r.mm is None and not r.output_ids

@@ -18,15 +18,17 @@ Where drafts come from, best first (the longest match wins):
   prompt     n-gram lookup in the request's own prompt and output (copying spans from a
              document, repeated structure)
 
-A lookup (n-gram) draft starts LOOKUP_START tokens long and doubles while accepted in
-full: on the CPU a verify row over a long context costs a quarter of a decode step, so a
-guess is tried short before it earns length. The draft length adapts per request: halved after a draft whose first token was
-rejected, doubled (up to k) after a fully accepted one (radix drafts, the most
-reliable, may be RADIX_FACTOR x k long while nothing is rejected); after several misses in a row
-the request pauses drafting for a while, so free-form text that never matches pays for
-almost no verification rows. Grammar-constrained requests walk a copy of their cursor:
-a draft token the grammar forbids ends the draft, and the draft ends where the grammar
-would jump forward or terminate; the masks of every position come with the draft.
+How long a draft is, and whether to draft at all, is a cost decision (draft_cost.py): the
+runtime measures what a step with k draft rows costs against a plain decode step, and
+each request keeps an acceptance estimate per draft source (its prior the runtime's
+estimate for that source); a draft goes out only when its expected tokens per second
+beat a plain step's, at the length that maximises them. After PAUSE_AFTER drafts in a
+row whose first token was rejected a request pauses drafting, each pause twice as long
+as the one before (up to MAX_PAUSE steps), so free-form text that never matches pays for
+almost no verification rows. Grammar-constrained requests walk a copy of their cursor
+(token healing's through a walker that rewrites no request): a draft token the grammar
+forbids ends the draft, and the draft ends where the grammar would jump forward or
+terminate; the masks of every position come with the draft.
 Requests with penalties (frequency / presence / repetition) do not speculate: their
 logits depend on every token before, which a batched verification would need per row.
 """
@@ -36,7 +38,10 @@ import copy
 from collections import deque
 from dataclasses import dataclass, field
 
+from lmnb.runtime import draft_cost
+from lmnb.runtime.draft_cost import Acceptance, StepCost
 from lmnb.runtime.request import Req
+from lmnb.runtime.token_ids import common_prefix_len
 
 NGRAM = 3            # tokens of context a lookup key holds (shorter keys match noise)
 MIN_MATCH = 3        # a lookup match must cover at least this many tokens
@@ -45,14 +50,18 @@ RARE_KEY = 1         # a short key is a match when it occurred at most this ofte
 PER_KEY = 4          # positions remembered per n-gram key (the latest ones)
 HISTORY_TOKENS = 65_536    # tokens of finished requests kept for history lookups
 HISTORY_PROMPT = 32        # of a finished request's prompt, its last tokens are kept
-PAUSE_AFTER = 4      # misses in a row before drafting pauses
-PAUSE_STEPS = 16     # decode steps a paused request does not draft
+PAUSE_AFTER = 3      # misses in a row before drafting pauses
+PAUSE_STEPS = 8      # decode steps of a request's first pause (each next pause doubles)
+MAX_PAUSE = 128      # ... up to this many
+FINISH_DECAY = 0.5   # the runtime's per-source evidence weighs this much less after a request
+IDLE_DECAY = 0.95    # a request that skipped a draft (too unlikely to pay) forgets this much
+                     # of its own acceptance evidence per step, back toward the prior
 PROBE_EVERY = 8      # overlap: a cold request skips run-ahead this often to look for a draft
+PROBE_SKIPPED = 16   # after this many drafts in a row turned down for cost, one is priced
+                     # at the prior's cost per row instead (the table may be stale)
 LONG_MATCH = 16      # a history match this long is as good as a radix path
-LOOKUP_START = 2     # a request's first n-gram drafts are this short (they double while
-                     # accepted in full): an n-gram guess that misses costs few verify rows
-RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before) may be
-                     # this many times k long while its drafts keep being accepted
+RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this before), or a
+                     # lookup match of LONG_MATCH tokens, may be this many times k long
 
 
 @dataclass
@@ -71,17 +80,19 @@ class Draft:
 class SpecState:
     """Per-request drafting state (Req.spec)."""
 
-    k: int                           # current draft length limit
-    lookup_k: int = LOOKUP_START     # the limit of n-gram (prompt / short history) drafts
     misses: int = 0                  # drafts in a row whose first token was rejected
     paused: int = 0                  # decode steps left without drafting
+    pause: int = PAUSE_STEPS         # the length of the next pause
     idle: int = 0                    # overlap: steps run ahead since the last look
     hot: bool = False                # the last look found a draft
     index: NgramIndex | None = None  # over input_ids + output_ids
     version: int = -1                # output_version the index describes
+    acceptance: dict[str, Acceptance] = field(default_factory=dict)   # per draft source
     drafted: int = 0
     accepted: int = 0
     verify_steps: int = 0
+    skipped: int = 0                 # lookups that found a draft the cost model turned down
+    skipped_run: int = 0             # ... in a row
 
 
 class NgramIndex:
@@ -124,6 +135,27 @@ class NgramIndex:
                 at.append(end)
                 if len(at) > PER_KEY:
                     del at[0]
+
+    def truncate(self, n: int) -> None:
+        """Forget every window that ends past position n (the sequence is cut to n tokens),
+        in time proportional to what is cut: jump-forward rewrites a request's newest
+        tokens, and re-indexing a long prompt for each rewrite cost more than the drafts
+        saved. A key then remembers fewer earlier positions (the cut ones are not
+        replaced by older ones), never a wrong one."""
+        seq, pos, short = self.seq, self.pos, self.short
+        for end in range(len(seq), n, -1):
+            for m in SHORT_KEYS:
+                if end >= m:
+                    at = short.get(tuple(seq[end - m : end]))
+                    if at is not None:
+                        at[0] -= 1
+                        if end in at[1:]:
+                            at.remove(end)
+            if end >= NGRAM:
+                at = pos.get(tuple(seq[end - NGRAM : end]))
+                if at is not None and end in at:
+                    at.remove(end)
+        del seq[n:]
 
     def follow(self, tail: list[int], k: int, exclude_end: int | None = None) -> tuple[int, list[int]]:
         """(match length, up to k tokens that followed the longest earlier match of
@@ -203,13 +235,15 @@ class History:
 
 
 class Drafter:
-    """Proposes drafts for the scheduler and learns from verification results.
+    """Proposes drafts for the scheduler and learns from verification results and from
+    the measured cost of steps (draft_cost.py).
 
     mode: "auto" drafts for greedy requests (their output is then exactly the same as
     without drafts), and for sampling requests only when they ask (`speculative=True`:
     rejection sampling keeps their distribution, but a seed then gives other samples
     depending on what the cache holds); "off" never drafts. `k`: most draft tokens per
-    step; `exact_rows`: see `fit`."""
+    request and step (RADIX_FACTOR x k for radix drafts and long matches); `exact_rows`:
+    see `fit`."""
 
     def __init__(self, cache, mode: str = "auto", k: int = 8, context_len: int = 1 << 30,
                  exact_rows: int | None = None) -> None:
@@ -218,9 +252,11 @@ class Drafter:
         # size does); drafts stay below it, so drafted greedy output is the same
         self.exact_rows = exact_rows
         self.history = History()
+        self.cost = StepCost()
+        self.sources: dict[str, Acceptance] = {}   # the runtime's estimate per draft source
         self.counters = dict(spec_drafted=0, spec_accepted=0, spec_verify_steps=0,
                              spec_verify_tokens=0, spec_radix_drafts=0, spec_history_drafts=0,
-                             spec_prompt_drafts=0)
+                             spec_prompt_drafts=0, spec_skipped=0)
         self.force = None   # tests and benchmarks: fn(req) -> list[int] | None overrides lookups
 
     # -- who speculates ----------------------------------------------------------
@@ -235,19 +271,30 @@ class Drafter:
 
     def _state(self, r: Req) -> SpecState:
         if r.spec is None:
-            r.spec = SpecState(k=self.k)
+            r.spec = SpecState()
         return r.spec
 
     # -- proposals ---------------------------------------------------------------
-    def propose(self, r: Req) -> Draft | None:
-        """A draft for r's next decode step, or None (a plain decode step)."""
+    def drafts(self, reqs: list[Req]) -> list[Draft | None]:
+        """The drafts of one decode step's requests (None: a plain row), each as long as
+        pays given the rows the requests before it draft, cut by `fit`."""
+        out, rows = [], 0
+        for r in reqs:
+            d = self.propose(r, len(reqs), rows)
+            rows += len(d.tokens) if d is not None else 0
+            out.append(d)
+        return self.fit(out)
+
+    def propose(self, r: Req, batch: int = 1, rows: int = 0) -> Draft | None:
+        """A draft for r's next decode step in a step of `batch` requests whose others
+        draft `rows` tokens, or None (a plain decode step)."""
         if self.k <= 0 or r.ahead or not self.enabled(r):
             return None
-        if r.guide is not None and not getattr(r.guide, "allows_drafts", True):
-            return None   # a cursor that cannot be walked ahead on a copy (token healing)
         st = self._state(r)
         st.idle = 0
         room = min(r.params.max_new_tokens - len(r.output_ids) - 1, self.context_len - r.fill_len - 1)
+        if self.exact_rows is not None and batch < self.exact_rows:   # as `fit` will cut
+            room = min(room, self.exact_rows - 1 - batch - rows)
         if room <= 0:
             return None
         if self.force is not None:   # forced drafts: no adaptation
@@ -262,55 +309,73 @@ class Drafter:
             st.hot = False
             return None
         draft = self._lookup(r, st, room)
+        if draft is not None:
+            draft = self._pays(r, st, draft, batch, rows)
         if draft is not None and r.guide is not None:
             draft = _guided_or_none(r.guide, draft)
         st.hot = draft is not None
         return draft
 
+    def acceptance(self, r: Req, source: str) -> tuple[float, float]:
+        """(p, q): the estimated chance that r's first draft token from `source` stands,
+        and that a later one does given the ones before it did (draft_cost.Acceptance)."""
+        src = self._source(source)
+        p = max(src.rate(draft_cost.SOURCE_PRIOR.get(source, 0.5)), draft_cost.SOURCE_FLOOR)
+        q = max(src.rate_more(draft_cost.MORE_PRIOR.get(source, 0.8)), draft_cost.SOURCE_FLOOR)
+        own = self._state(r).acceptance.get(source)
+        return (p, q) if own is None else (own.rate(p), own.rate_more(q))
+
+    def _pays(self, r: Req, st: SpecState, draft: Draft, batch: int, rows: int) -> Draft | None:
+        """The draft cut to the length that maximises expected tokens per second (the
+        step's other drafts' rows already in it), or None when no length pays."""
+        p, q = self.acceptance(r, draft.source)
+        k = draft_cost.choose_k(p, len(draft.tokens), batch, lambda n: self.cost.ratio(batch + rows, n), q)
+        if k == 0 and st.skipped_run >= PROBE_SKIPPED:
+            # a probe: priced by the prior's cost per row, not the measured table, so an
+            # estimate that one slow step (a stalled machine) made too dear is measured
+            # again, and so is the acceptance; at most one such draft per PROBE_SKIPPED
+            k = draft_cost.choose_k(p, len(draft.tokens), batch, draft_cost.prior_ratio, q)
+        st.skipped_run = 0 if k else st.skipped_run + 1
+        if k == 0:
+            st.skipped += 1
+            self.counters["spec_skipped"] += 1
+            for acc in st.acceptance.values():   # drift back toward the prior: look again later
+                acc.fade(IDLE_DECAY)
+            return None
+        return draft.cut(k) if k < len(draft.tokens) else draft
+
     def _lookup(self, r: Req, st: SpecState, room: int) -> Draft | None:
-        ids = r.fill_ids
-        long = self.k * RADIX_FACTOR if st.misses == 0 and st.k == self.k else st.k
-        toks = self._radix(ids, min(room, long))
+        long = min(room, self.k * RADIX_FACTOR)
+        short = min(room, self.k)
+        toks = self._radix(r, long)
         if toks:
             return Draft(toks, "radix")
-        if st.index is None or st.version != r.output_version or len(st.index.seq) > len(ids):
-            st.index, st.version = NgramIndex(), r.output_version
+        ids = r.fill_ids
+        if st.index is None:
+            st.index = NgramIndex()
+        elif st.version != r.output_version or len(st.index.seq) > len(ids):
+            st.index.truncate(common_prefix_len(st.index.seq, ids))   # output rewritten
+        st.version = r.output_version
         st.index.extend(ids[len(st.index.seq):])
         tail = ids[-64:]
-        short = min(st.k, st.lookup_k)
-        n_own, own = st.index.follow(tail, min(room, short), exclude_end=len(ids))
-        n_hist, hist = self.history.follow(tail, min(room, long))
+        n_own, own = st.index.follow(tail, long, exclude_end=len(ids))
+        n_hist, hist = self.history.follow(tail, long)
         if n_hist < LONG_MATCH:   # only a long match earns a radix-length draft
             hist = hist[:short]
+        if n_own < LONG_MATCH:
+            own = own[:short]
         if hist and (n_hist > n_own or (n_hist == n_own and len(hist) > len(own))):
             return Draft(hist, "history")
         if own:
             return Draft(own, "prompt")
         return None
 
-    def _radix(self, ids: list[int], k: int) -> list[int]:
-        """What the cache holds after exactly `ids` (without touching the tree)."""
-        cache = self.cache
-        if cache.disabled:
-            return []
-        node, key = cache.root, ids
-        while key:
-            child = node.children.get(key[0])
-            if child is None:
-                return []
-            ck = child.key
-            if len(ck) > len(key):
-                if ck[: len(key)] != key:
-                    return []
-                return ck[len(key) : len(key) + k]
-            if ck != key[: len(ck)]:
-                return []
-            node, key = child, key[len(ck):]
-        out: list[int] = []
-        while len(out) < k and node.children:
-            node = max(node.children.values(), key=lambda c: c.last_access)
-            out += node.key[: k - len(out)]
-        return out
+    def _radix(self, r: Req, k: int) -> list[int]:
+        """What the cache holds after exactly r's tokens (read-only): walked from the
+        request's locked cache node when it has one (its first cache_len tokens)."""
+        if r.last_node is not None and r.cache_len <= r.fill_len:
+            return self.cache.continuation(r.fill_slice(r.cache_len, r.fill_len), k, r.last_node)
+        return self.cache.continuation(r.fill_ids, k)
 
     def fit(self, drafts: list[Draft | None]) -> list[Draft | None]:
         """The drafts of one decode batch (a request each), cut in batch order so that the
@@ -343,6 +408,11 @@ class Drafter:
         return st.idle >= PROBE_EVERY
 
     # -- results -----------------------------------------------------------------------
+    def observe_step(self, prefix_lens: list[int], draft_rows: int, seconds: float) -> None:
+        """A decode step (draft_rows == 0) or verify step of requests whose last token sat
+        at `prefix_lens` took `seconds` (the engine reports every such step)."""
+        self.cost.observe(prefix_lens, draft_rows, seconds)
+
     def verified(self, r: Req, drafted: int, accepted: int, source: str) -> None:
         c = self.counters
         c["spec_drafted"] += drafted
@@ -354,24 +424,31 @@ class Drafter:
         st.drafted += drafted
         st.accepted += accepted
         st.verify_steps += 1
-        if source in ("prompt", "history"):
-            if accepted == drafted:
-                st.lookup_k = min(self.k, st.lookup_k * 2)
-            elif accepted == 0:
-                st.lookup_k = max(1, st.lookup_k // 2)
-        if accepted == drafted:
-            st.k, st.misses = min(self.k, st.k * 2), 0
-        elif accepted == 0:
-            st.k, st.misses = max(1, st.k // 2), st.misses + 1
+        st.acceptance.setdefault(source, Acceptance()).record(drafted, accepted, draft_cost.REQ_DECAY)
+        self._source(source).record(drafted, accepted, draft_cost.SOURCE_DECAY)
+        if accepted == 0:
+            st.misses += 1
             if st.misses >= PAUSE_AFTER:
-                st.paused, st.misses = PAUSE_STEPS, 0
+                st.paused, st.misses = st.pause, 0
+                st.pause = min(MAX_PAUSE, st.pause * 2)
         else:
-            st.misses = 0
+            st.misses, st.pause = 0, PAUSE_STEPS
+
+    def _source(self, source: str) -> Acceptance:
+        got = self.sources.get(source)
+        if got is None:
+            got = self.sources[source] = Acceptance()
+        return got
 
     def finished(self, r: Req) -> None:
-        """Remember a finished request's tokens for history lookups."""
+        """Remember a finished request's tokens for history lookups; the runtime's
+        per-source evidence weighs less for the requests after it (one request that
+        did not copy does not keep the next from trying)."""
         if self.mode == "off" or not r.output_ids:
             return
+        if r.spec is not None and r.spec.verify_steps:
+            for acc in self.sources.values():
+                acc.fade(FINISH_DECAY)
         self.history.add(r.input_ids[-HISTORY_PROMPT:] + [t for t in r.output_ids if t >= 0])
 
     def stats(self) -> dict:
@@ -395,7 +472,9 @@ def _guided(cursor, draft: Draft) -> Draft | None:
     """Cut the draft where the grammar forbids a token, would jump forward or has ended;
     attach the allowed mask of every verified position (each draft token's, then the
     bonus token's)."""
-    cur = copy.copy(cursor)
+    # a cursor that rewrites its request as it goes (token healing) gives a walker instead
+    walker = getattr(cursor, "draft_walker", None)
+    cur = walker() if walker is not None else copy.copy(cursor)
     masks, kept = [], []
     for t in draft.tokens:
         mask = cur.allowed_mask()

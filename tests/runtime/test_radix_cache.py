@@ -54,6 +54,31 @@ class RadixModel(RuleBasedStateMachine):
         assert value.numel() == n
         assert value.tolist() == [self.naive[tuple(key[: i + 1])] for i in range(n)]
 
+    @rule(key=tokens, n=st.integers(0, 12), split=st.integers(0, 12))
+    def continuation(self, key, n, split):
+        """What follows key in the tree (read-only), from the root or from the node of a
+        cached prefix of key: a cached extension of key, as long as n unless the tree
+        ends first; [] when key is not all cached."""
+        sizes = sorted((len(x.key), x.value.tolist()) for x in self.cache.nodes())
+        node, rest = None, key
+        if self.locks:
+            node, path = self.locks[split % len(self.locks)]
+            rest = list(path) + key   # a key continuing that node's path
+            got = self.cache.continuation(key, n, node)
+        else:
+            got = self.cache.continuation(key, n)
+        assert sorted((len(x.key), x.value.tolist()) for x in self.cache.nodes()) == sizes
+        full = tuple(rest)
+        if self._naive_match(list(full)) < len(full) or n == 0:
+            assert got == []
+            return
+        assert len(got) <= n
+        for j in range(1, len(got) + 1):
+            assert full + tuple(got[:j]) in self.naive
+        if len(got) < n:   # the branch it followed ends there
+            end = full + tuple(got)
+            assert not any(len(k) == len(end) + 1 and k[:-1] == end for k in self.naive)
+
     @rule(key=tokens)
     def lock(self, key):
         value, node = self.cache.match_prefix(key)
@@ -225,4 +250,26 @@ def test_ancestor_at_splits_and_keeps_locks():
     cache.inc_lock_ref(mid)
     cache.dec_lock_ref(node)                              # the tail is evictable, the head held
     assert cache.evict(100) == 2 and cache.protected_size == 4
+    cache.check_integrity()
+
+
+def test_continuation_follows_the_tree_read_only():
+    alloc = TokenSlotAllocator(POOL)
+    cache = RadixCache(alloc.free)
+    cache.insert([1, 2, 3, 4, 5, 6], alloc.alloc(6))
+    dup = alloc.alloc(5)
+    assert cache.insert([1, 2, 3, 7, 8], dup) == 3       # shares 1 2 3
+    alloc.free(dup[:3])
+    cache.match_prefix([1, 2, 3, 7, 8])                  # the 7 8 branch is now the most recent
+    nodes = len(cache.nodes())
+    assert cache.continuation([1, 2], 4) == [3, 7, 8]    # inside an edge, then the recent branch
+    assert cache.continuation([1], 1) == [2]
+    assert cache.continuation([1, 2, 3, 4], 9) == [5, 6]
+    assert cache.continuation([1, 2, 9], 3) == [] and cache.continuation([5], 3) == []
+    assert cache.continuation([1, 2, 3, 4, 5, 6], 3) == []   # a leaf: nothing after it
+    _, node = cache.match_prefix([1, 2, 3])
+    assert cache.continuation([4], 5, node) == [5, 6]    # below a node: key continues its path
+    assert cache.continuation([], 2, node) == [7, 8]
+    assert len(cache.nodes()) == nodes                   # no split, nothing inserted
+    assert RadixCache(alloc.free, disabled=True).continuation([1], 3) == []
     cache.check_integrity()

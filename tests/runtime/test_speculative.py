@@ -72,6 +72,36 @@ def test_a_rare_short_key_drafts_a_copy_from_its_first_token():
         assert (chunks.pos, chunks.short) == (whole.pos, whole.short)
 
 
+def test_ngram_index_truncates_as_if_rebuilt():
+    """A rewritten output (jump-forward) cuts the index back instead of re-indexing the
+    prompt: the counts are a rebuilt index's, and every position it remembers is one
+    the rebuilt index holds too (it may remember fewer)."""
+    rng = random.Random(3)
+    for _ in range(200):
+        seq = [rng.randrange(12) for _ in range(rng.randint(0, 60))]
+        cut = rng.randint(0, len(seq))
+        new = [rng.randrange(12) for _ in range(rng.randint(0, 10))]
+        idx = NgramIndex()
+        idx.extend(seq)
+        idx.truncate(cut)
+        idx.extend(new)
+        fresh = NgramIndex()
+        fresh.extend(seq[:cut] + new)
+        assert idx.seq == fresh.seq
+        for key, at in fresh.short.items():
+            mine = idx.short.get(key, [0])
+            assert mine[0] == at[0]
+            assert all(e <= len(idx.seq) and tuple(idx.seq[e - len(key):e]) == key for e in mine[1:])
+        for key, ends in idx.pos.items():
+            assert all(tuple(idx.seq[e - 3:e]) == key for e in ends)
+            assert set(ends) <= set(fresh.pos.get(key, []))
+        tail = idx.seq[-5:]
+        n, got = idx.follow(tail, 4, exclude_end=len(idx.seq))
+        if n:   # what it drafts did follow an earlier occurrence of the tail's end
+            assert any(idx.seq[e - n:e] == tail[-n:] and idx.seq[e:e + len(got)] == got
+                       for e in range(n, len(idx.seq)))
+
+
 def test_drafts_are_cut_to_stay_below_the_exact_row_count():
     from lmnb.runtime.speculative import Draft, Drafter
 
@@ -110,6 +140,61 @@ def test_greedy_parity_over_the_parity_prompts(smollm2):
     assert after["spec_accepted"] - before["spec_accepted"] >= len(PROMPTS) * (NEW // 2)
     assert all(o["meta"]["draft_tokens"] == 0 for o in off)
     assert sum(o["meta"]["decode_steps"] for o in again) < sum(o["meta"]["decode_steps"] for o in off) / 3
+    smollm2.check_integrity()
+
+
+def _forcing(rt, prompts, outs):
+    """Force drafts of each request's plain output (bypassing the cost policy, so the
+    test does not depend on what earlier tests taught the runtime)."""
+    truth = {tuple(rt.encode(p)): o["output_ids"] for p, o in zip(prompts, outs)}
+
+    def force(r):
+        for key, ids in truth.items():   # a healed prompt is its prompt less a token or two,
+            if tuple(r.input_ids) == key[: len(r.input_ids)]:   # its output has them again
+                return ids[len(r.output_ids):][:8]
+        return None
+    return force
+
+
+def test_a_cached_prompt_drafts_from_its_first_step(smollm2):
+    """A re-run whose prompt is cached but for its last token: that token's step is a
+    decode step carrying a draft (no one-token extend step first), with the plain tokens;
+    the pool is whole afterwards."""
+    p = PROMPTS[2] + " (again)"
+    kw = dict(max_new_tokens=24, temperature=0, ignore_eos=True, return_logprob=True)
+    off = smollm2.generate(p, speculative=False, **kw)
+    smollm2.drafter.force = _forcing(smollm2, [p], off)
+    try:
+        before = smollm2.stats()
+        on = smollm2.generate(p, **kw)
+        after = smollm2.stats()
+    finally:
+        smollm2.drafter.force = None
+    _same(on, off)
+    assert after["extend_steps"] == before["extend_steps"]
+    assert on[0]["meta"]["decode_steps"] <= 3 < off[0]["meta"]["decode_steps"]
+    smollm2.check_integrity()
+
+
+def test_drafts_through_token_healing(smollm2):
+    """Prompts ending mid-word or in a space are healed (their last token regenerated
+    under a mask): drafts go through the healing cursor's walker from the first step on,
+    with the plain tokens and text."""
+    prompts = ["The capital of France is ", "def fibonacci(n):\n    return fib", "Water is made of hydro"]
+    kw = dict(max_new_tokens=20, temperature=0, return_logprob=True, token_healing=True)
+    off = smollm2.generate(prompts, speculative=False, **kw)
+    assert all(o["meta"]["token_healing"]["tokens"] >= 1 for o in off)
+    _same(smollm2.generate(prompts, **kw), off)       # the cost policy's own drafts
+    smollm2.drafter.force = _forcing(smollm2, prompts, off)
+    try:
+        before = smollm2.stats()
+        on = smollm2.generate(prompts, **kw)
+        after = smollm2.stats()
+    finally:
+        smollm2.drafter.force = None
+    _same(on, off)
+    assert after["extend_steps"] == before["extend_steps"]   # the healing step carried drafts
+    assert after["spec_accepted"] - before["spec_accepted"] >= 3 * 10
     smollm2.check_integrity()
 
 

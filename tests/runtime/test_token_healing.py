@@ -99,6 +99,27 @@ def test_cursor_composes_with_an_inner_constraint(table):
     assert req.guide is inner and inner.seen == "1"
 
 
+def test_a_draft_walker_leaves_the_request_and_its_inner_cursor_alone(table):
+    """Speculative drafts walk a healing cursor ahead: the walk hands over to a copy of
+    the inner cursor (or to no constraint: every token allowed), never to the request."""
+    req, inner = _Req(), _Digits()
+    cur = HealingCursor(table, b" ", inner, req)
+    req.guide = cur
+    walk = cur.draft_walker()
+    assert torch.equal(walk.allowed_mask(), cur.allowed_mask())
+    walk.accept_token(10)                                     # " 1": healed, "1" to the inner copy
+    assert req.guide is cur and inner.seen == "" and cur.rest == b" "
+    assert torch.equal(walk.allowed_mask(), inner.allowed_mask())
+    walk.accept_token(12)                                     # "2"
+    assert inner.seen == ""
+    free = HealingCursor(table, b" ", None, req).draft_walker()
+    free.accept_token(4)                                      # " Paris": unconstrained after
+    assert bool(free.allowed_mask().all()) and free.allowed_mask().numel() == len(TOKENS) + 2
+    assert not free.is_terminated() and free.jump_forward() is None
+    with pytest.raises(LmnbError, match="does not continue the healed prompt"):
+        HealingCursor(table, b" Par", None, req).draft_walker().accept_token(6)
+
+
 # -- on the embedded model -------------------------------------------------------------------
 CASES = ["The capital of France is", "Water is made of hydrogen and", "The opposite of hot is"]
 
