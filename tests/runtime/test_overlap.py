@@ -176,8 +176,8 @@ def test_jump_forward_extends_keep_the_cache_whole_at_every_step():
         eng, checked = rt.engine, [0]
         step = eng._step
 
-        def checked_step(batch, step=step, eng=eng, checked=checked):
-            step(batch)
+        def checked_step(batch, *args, step=step, eng=eng, checked=checked):
+            step(batch, *args)
             eng.sched.check_integrity()
             checked[0] += 1
 
