@@ -156,6 +156,18 @@ def _forcing(rt, prompts, outs):
     return force
 
 
+def _forced_run(rt, prompts: list[str], off: list[dict], kw: dict) -> tuple[list[dict], dict, dict]:
+    """`prompts` generated again with drafts forced to `off`'s tokens: (outputs, stats
+    before, stats after)."""
+    rt.drafter.force = _forcing(rt, prompts, off)
+    try:
+        before = rt.stats()
+        on = rt.generate(prompts, **kw)
+        return on, before, rt.stats()
+    finally:
+        rt.drafter.force = None
+
+
 def test_a_cached_prompt_drafts_from_its_first_step(smollm2):
     """A re-run whose prompt is cached but for its last token: that token's step is a
     decode step carrying a draft (no one-token extend step first), with the plain tokens;
@@ -163,13 +175,7 @@ def test_a_cached_prompt_drafts_from_its_first_step(smollm2):
     p = PROMPTS[2] + " (again)"
     kw = dict(max_new_tokens=24, temperature=0, ignore_eos=True, return_logprob=True)
     off = smollm2.generate(p, speculative=False, **kw)
-    smollm2.drafter.force = _forcing(smollm2, [p], off)
-    try:
-        before = smollm2.stats()
-        on = smollm2.generate(p, **kw)
-        after = smollm2.stats()
-    finally:
-        smollm2.drafter.force = None
+    on, before, after = _forced_run(smollm2, [p], off, kw)
     _same(on, off)
     assert after["extend_steps"] == before["extend_steps"]
     assert on[0]["meta"]["decode_steps"] <= 3 < off[0]["meta"]["decode_steps"]
@@ -185,13 +191,7 @@ def test_drafts_through_token_healing(smollm2):
     off = smollm2.generate(prompts, speculative=False, **kw)
     assert all(o["meta"]["token_healing"]["tokens"] >= 1 for o in off)
     _same(smollm2.generate(prompts, **kw), off)       # the cost policy's own drafts
-    smollm2.drafter.force = _forcing(smollm2, prompts, off)
-    try:
-        before = smollm2.stats()
-        on = smollm2.generate(prompts, **kw)
-        after = smollm2.stats()
-    finally:
-        smollm2.drafter.force = None
+    on, before, after = _forced_run(smollm2, prompts, off, kw)
     _same(on, off)
     assert after["extend_steps"] == before["extend_steps"]   # the healing step carried drafts
     assert after["spec_accepted"] - before["spec_accepted"] >= 3 * 10

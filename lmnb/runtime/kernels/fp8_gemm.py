@@ -430,6 +430,8 @@ GEMV_TILES = {
     2: ((4, 512, 2), (4, 1024, 4), (8, 256, 4), (8, 512, 4)),
     4: ((8, 256, 4), (4, 512, 4)),
 }
+# GEMV_TILES[1] tiles the norm-in-GEMV choice also tries (norm_candidates)
+NORM_TILES = 3
 # split-K until the grid has this many programs per SM (at most MAX_SPLIT_K splits, and
 # at least MIN_K_PER_SPLIT of K in each)
 PROGRAMS_PER_SM = 4
@@ -655,8 +657,6 @@ def norm_candidates(gemv_cfg: tuple, k: int) -> list[tuple]:
     tiles = [gemv_cfg[:3]] + [(bn, min(bk, cap), warps) for bn, bk, warps in GEMV_TILES[1][:NORM_TILES]]
     return [("separate", gemv_cfg)] + [("fused", (*t, 1)) for t in dict.fromkeys(tiles)]
 
-
-NORM_TILES = 3
 
 
 def _norm_launcher(x, s, block, norm: GemvNorm, total):
