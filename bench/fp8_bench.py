@@ -478,6 +478,8 @@ def main() -> None:
     ap.add_argument("--fp8-decode", type=lambda v: tuple(x == "True" if i == 0 else int(x)
                                                          for i, x in enumerate(v.split(","))),
                     default=None, help="FP8 decode kernel shape: f16,block_n,warps,stages")
+    ap.add_argument("--decode-heads-first", type=int, choices=(0, 1), default=None,
+                    help="the decode attention grid order (triton_kernels.DECODE_HEADS_FIRST)")
     ap.add_argument("--kv-gb", type=float, default=24.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench/results/fp8_llama3-8b.json")
@@ -490,6 +492,10 @@ def main() -> None:
         from lmnb.runtime.quant import fp8
 
         fp8.fp8_unsupported_reason = lambda device: None
+    if args.decode_heads_first is not None:
+        from lmnb.runtime.attention import triton_kernels as tk
+
+        tk.DECODE_HEADS_FIRST = bool(args.decode_heads_first)
     b = Bench(args)
     b.emit("setup", hbm_gbs=b.bw / 1e9)
     for name in args.only.split(","):

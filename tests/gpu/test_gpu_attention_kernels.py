@@ -109,6 +109,25 @@ def test_decode_long_and_tiny_contexts(lens):
         assert rel_err(_run_decode(case, s), ref) < REL_TOL[dtype], f"splits={s}"
 
 
+@pytest.mark.parametrize("bs,group", [(1, 4), (5, 4), (17, 8)])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_grid_orders_agree(bs, group, splits):
+    """KV heads first or requests first in the grid: the same arithmetic, so the same bits."""
+    dtype = usable(torch.bfloat16)
+    case = _decode_case(bs, group, 128, dtype, seed=bs + splits)
+    ref = _store_and_ref(case)
+    b = case.batch
+    outs = []
+    for heads_first in (False, True):
+        o = _poisoned(case.q)
+        tk.decode_attention(case.q, case.pool.k[0], case.pool.v[0], o, b.req_to_token,
+                            b.req_pool_indices, b.seq_lens, case.scale, splits,
+                            heads_first=heads_first)
+        outs.append(o)
+    assert torch.equal(outs[0], outs[1])
+    assert rel_err(outs[1], ref) < REL_TOL[dtype]
+
+
 def _extend_case(bs, prefix, group, head_dim, dtype, seed, max_ext=140):
     rng = random.Random(seed)
     exts = [rng.randint(1, max_ext) for _ in range(bs)]

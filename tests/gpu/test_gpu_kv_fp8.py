@@ -189,6 +189,26 @@ def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
     _check(o, case.q, fp8, case.pool, b, case.scale)
 
 
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_decode_fp8_grid_orders_agree(num_splits):
+    """KV heads first or requests first in the grid: the same bits over an FP8 pool."""
+    rng = random.Random(num_splits)
+    lens = [rng.randint(1, 600) for _ in range(6)]
+    h, kvh = _heads(4)
+    case = make_case([s - 1 for s in lens], [1] * 6, h, kvh, 128, BF16, Mode.DECODE, seed=num_splits)
+    fp8 = _fp8_pool(case.pool)
+    b = case.batch
+    outs = []
+    for heads_first in (False, True):
+        o = torch.full_like(case.q, float("nan"))
+        tk.decode_attention(case.q, fp8.k[0], fp8.v[0], o, b.req_to_token, b.req_pool_indices,
+                            b.seq_lens, case.scale, num_splits, k_scale=fp8.k_scale[0],
+                            v_scale=fp8.v_scale[0], heads_first=heads_first)
+        outs.append(o)
+    assert torch.equal(outs[0], outs[1])
+    _check(outs[1], case.q, fp8, case.pool, b, case.scale)
+
+
 @pytest.mark.parametrize("prefixes,exts,group,head_dim", [
     ([0], [70], 1, 128), ([37, 0, 500], [5, 130, 64], 4, 128), ([1, 200], [1, 9], 8, 64),
     ([300] * 6, [100] * 6, 4, 128),

@@ -303,10 +303,15 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
                          head_dim, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
                          DOT_PREC: tl.constexpr, QUANT: tl.constexpr, F16: tl.constexpr,
-                         PDL: tl.constexpr, WORDS: tl.constexpr = False):
+                         PDL: tl.constexpr, WORDS: tl.constexpr = False,
+                         HEADS_FIRST: tl.constexpr = False):
     pdl_start(PDL)
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
+    if HEADS_FIRST:   # the KV heads of one request run side by side (see DECODE_HEADS_FIRST)
+        kvh = tl.program_id(0)
+        b = tl.program_id(1)
+    else:
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
     s = tl.program_id(2)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
     kv_row = ReqToToken + tl.load(ReqPoolIdx + b).to(tl.int64) * stride_r2t
@@ -375,6 +380,11 @@ DECODE_BLOCK_N = 64
 # words); the best of 6 in bench/fp8_bench.py's kv_kernels sweep (H200, bench/RESULTS.md,
 # 2026-12-02, eighth session): 0.93x the bf16 kernel's time at 256 requests x 800 tokens
 FP8_DECODE = (True, 64, 2, 3, True)
+# the decode kernel's grid: (KV heads, requests, splits) when true, so the programs of one
+# request's KV heads are launched together and read the same slots (one slot holds every
+# head's row, and its scales share one sector) at about the same time; (requests, KV heads,
+# splits) when false
+DECODE_HEADS_FIRST = False
 # the extend kernel over an FP8 pool reads K/V as words too (see `_load_rows`)
 FP8_EXTEND_WORDS = True
 
@@ -410,14 +420,16 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                      num_splits: int, mid_o: torch.Tensor | None = None,
                      mid_lse: torch.Tensor | None = None, block_n: int = DECODE_BLOCK_N,
                      num_warps: int = 4, num_stages: int = 2, k_scale: torch.Tensor | None = None,
-                     v_scale: torch.Tensor | None = None, fp8_config: tuple | None = None) -> torch.Tensor:
+                     v_scale: torch.Tensor | None = None, fp8_config: tuple | None = None,
+                     heads_first: bool | None = None) -> torch.Tensor:
     """One query per request over its whole context. q, o: [bs, H, D]. With
     num_splits > 1, mid_o / mid_lse (see `decode_buffers`, at least bs x H x splits) hold
     the partial results; no host sync happens here. k_scale / v_scale: an FP8 pool's
     scales (see the module docstring); their kernel shape is `fp8_config` (default
     FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages and
     optionally whether K/V are read as words, default yes where `_words_ok`).
-    The fp16 cast keeps |q| < 65504 (far above any q of a working model)."""
+    The fp16 cast keeps |q| < 65504 (far above any q of a working model). heads_first: the
+    grid order (default DECODE_HEADS_FIRST)."""
     bs, h, d = q.shape
     if bs == 0:
         return o
@@ -438,7 +450,9 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     block_d = triton.next_power_of_2(d)
     quant = k_scale is not None
     ks, vs = (k_scale, v_scale) if quant else (k_buf, v_buf)
-    _decode_split_kernel[(bs, kvh, num_splits)](
+    heads_first = DECODE_HEADS_FIRST if heads_first is None else heads_first
+    grid = (kvh, bs, num_splits) if heads_first else (bs, kvh, num_splits)
+    _decode_split_kernel[grid](
         q, k_buf, v_buf, ks, vs, o, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
         scale * LOG2E, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
         v_buf.stride(0), v_buf.stride(1), ks.stride(0) if quant else 0, o.stride(0), o.stride(1),
@@ -446,8 +460,8 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant, F16=f16,
-        PDL=pdl_enabled(q.device), WORDS=words, num_warps=num_warps, num_stages=num_stages,
-        **launch_kwargs(q.device),
+        PDL=pdl_enabled(q.device), WORDS=words, HEADS_FIRST=heads_first, num_warps=num_warps,
+        num_stages=num_stages, **launch_kwargs(q.device),
     )
     if not direct:
         _decode_merge_kernel[(bs, h)](
