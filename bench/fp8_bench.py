@@ -475,9 +475,9 @@ def main() -> None:
     ap.add_argument("--model", default="dummy:llama3-8b")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--modes", default="bf16,fp8,fp8kv")
-    ap.add_argument("--fp8-decode", type=lambda v: tuple(x == "True" if i == 0 else int(x)
-                                                         for i, x in enumerate(v.split(","))),
-                    default=None, help="FP8 decode kernel shape: f16,block_n,warps,stages")
+    ap.add_argument("--fp8-decode", type=lambda v: tuple(x == "True" if x in ("True", "False") else int(x)
+                                                         for x in v.split(",")),
+                    default=None, help="FP8 decode kernel shape: f16,block_n,warps,stages[,words]")
     ap.add_argument("--decode-heads-first", type=int, choices=(0, 1), default=None,
                     help="the decode attention grid order (triton_kernels.DECODE_HEADS_FIRST)")
     ap.add_argument("--kv-gb", type=float, default=24.0)
@@ -496,7 +496,12 @@ def main() -> None:
         from lmnb.runtime.attention import triton_kernels as tk
 
         tk.DECODE_HEADS_FIRST = bool(args.decode_heads_first)
+    if args.fp8_decode is not None:   # kv_kernels times only it; the parts after it use it
+        from lmnb.runtime.attention import triton_kernels as tk
+
+        tk.FP8_DECODE = args.fp8_decode
     b = Bench(args)
+    b.fp8_decode = args.fp8_decode
     b.emit("setup", hbm_gbs=b.bw / 1e9)
     for name in args.only.split(","):
         t = time.perf_counter()

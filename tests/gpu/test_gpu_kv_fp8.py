@@ -171,7 +171,9 @@ def _check(out, q, fp8, bf16_pool, batch, scale):
 @pytest.mark.parametrize("config", [(False, 64, 4, 2), (True, 64, 4, 2), (True, 128, 8, 2),
                                     (False, 128, 4, 3), (False, 128, 4, 3, False),
                                     (True, 64, 4, 2, False), (True, 64, 2, 3, True),
-                                    (True, 32, 1, 3, True), None])
+                                    (True, 32, 1, 3, True), (False, 32, 4, 2, True),
+                                    (False, 64, 8, 1, True), (False, 64, 4, 2, True),
+                                    (True, 64, 8, 3, True), None])
 def test_decode_fp8_matches_reference(bs, group, head_dim, num_splits, config):
     """Each FP8 decode kernel shape (bf16 or fp16 operands; K/V read as words unless the
     fifth item says False; None: the default)."""
