@@ -89,6 +89,7 @@ class DecodeGraphRunner:
             for bs in reversed(self.sizes):
                 if bs not in self._graphs:
                     self._capture(bs)
+            self.backend.warm_up(self.pool, self.table)
         torch.cuda.synchronize(self.device)
 
     def _static_batch(self, bs: int) -> ForwardBatch:

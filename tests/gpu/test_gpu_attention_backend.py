@@ -147,3 +147,32 @@ def test_decode_cuda_graph_replay():
         graph.replay()
         ref = ref_attention(q, case.pool.k[0], case.pool.v[0], batch, case.scale)
         assert rel_err(out, ref) < REL_TOL[dtype], f"step {step}"
+
+
+@pytest.mark.parametrize("kv_dtype", ["model", "fp8"])
+def test_warm_up_runs_every_extend_shape(kv_dtype, monkeypatch):
+    """warm_up (called with the decode graphs' capture) runs the extend kernel once per
+    shape extend_config may pick, over the pool's own dtype, after a step told it the
+    queries' dtype; before any step it does nothing. The pool is left as it was."""
+    from lmnb.runtime.attention import triton_kernels as tk
+    from lmnb.runtime.kv_dtype import FP8_KV
+    from lmnb.runtime.memory import ReqToTokenPool
+
+    dtype, h, kvh, d = usable(torch.bfloat16), 8, 2, 64
+    pool = KVPool(16, 1, kvh, d, FP8_KV if kv_dtype == "fp8" else dtype, DEVICE)
+    table = ReqToTokenPool(2, 8, DEVICE).table
+    backend = TritonBackend(h, kvh, d, d ** -0.5)
+    seen, real = [], tk.extend_attention
+
+    def spy(*args, config=None, **kw):
+        seen.append((args[0].dtype, config))
+        return real(*args, config=config, **kw)
+
+    monkeypatch.setattr(tk, "extend_attention", spy)
+    backend.warm_up(pool, table)
+    assert seen == []
+    backend._q_dtype = dtype   # what a step's _attend records
+    before = [t.clone() for t in pool.k + pool.v]
+    backend.warm_up(pool, table)
+    assert seen == [(dtype, c) for c in tk.extend_configs(d, dtype)]
+    assert all(torch.equal(a, b) for a, b in zip(before, pool.k + pool.v))

@@ -427,3 +427,32 @@ def test_timed_choice(m, monkeypatch):
     # _scaled_mm and the fp8 tl.dot quantize the activations per token: their reference does
     exact = fp8_linear_ref(x.float(), q, s, None, None, quantize_input=chosen[0] in ("scaled_mm", "w8a8"))
     assert rel_err(y, exact) < TOL
+
+
+def test_timed_choice_on_disk(tmp_path, monkeypatch):
+    """A choice outlives the process (one file per GPU model and kernel source): read back
+    as the same tuple, used only while it is still a candidate; a corrupt file is no
+    choice. On CUDA a stored choice is taken without timing anything."""
+    monkeypatch.setenv("LMNB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fp8_gemm, "_STORED", {})
+    key = ("small", 8, 3072, 2048, None, BF16, DEVICE)
+    cands = [("w8a16", (16, 64, 128, 1, 4, 3)), ("w8a16", (16, 128, 64, 1, 4, 4)), ("scaled_mm", None)]
+    fp8_gemm.store_choice(key, cands[1])
+    assert fp8_gemm._choice_file().parent == tmp_path
+    monkeypatch.setattr(fp8_gemm, "_STORED", {})   # a new process: read from the file
+    assert fp8_gemm.stored_choice(key, cands) == cands[1]
+    assert fp8_gemm.stored_choice(key, [cands[0], cands[2]]) is None
+    assert fp8_gemm.stored_choice(key[:1] + (16,) + key[2:], cands) is None
+    if CUDA:
+        monkeypatch.setenv("LMNB_FP8_TUNE", "1")
+        monkeypatch.setattr(fp8_gemm, "_CHOSEN", {})
+
+        def no_timing(*a, **k):
+            raise AssertionError("a stored choice was timed again")
+
+        monkeypatch.setattr(fp8_gemm, "time_cold", no_timing)
+        got = fp8_gemm._choose(key, cands, None, torch.empty(1, device=DEVICE), (8, 3072), BF16)
+        assert got == cands[1] and fp8_gemm._CHOSEN[key] == cands[1]
+    fp8_gemm._choice_file().write_text("{not json")
+    monkeypatch.setattr(fp8_gemm, "_STORED", {})
+    assert fp8_gemm.stored_choice(key, cands) is None

@@ -33,6 +33,11 @@ class AttentionBackend(ABC):
     def init_forward(self, batch: ForwardBatch) -> None:
         """Per-step planning; default: nothing."""
 
+    def warm_up(self, pool: KVPool, req_to_token: torch.Tensor) -> None:
+        """Compile the kernel variants a later step may need that the decode graphs' capture
+        does not (e.g. large extends), so no step of a serving run waits for a compiler;
+        called once with the graphs' capture. Default: nothing."""
+
     @abstractmethod
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
                 batch: ForwardBatch, pool: KVPool) -> torch.Tensor:

@@ -243,6 +243,11 @@ def _extend_kernel(Q, K, V, KS, VS, O, ReqToToken, ReqPoolIdx, PrefixLens, Exten
              out.to(O.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
+_EXTEND_SMALL = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+_EXTEND_NARROW = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+_EXTEND_WIDE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+
+
 def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int, bs: int = 1,
                   num_heads: int = 1, num_sms: int = 132) -> dict:
     """Block shapes for the extend kernel, from the sweeps in bench/KERNELS.md (H100):
@@ -250,9 +255,16 @@ def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int, bs: int = 
     programs per SM (a long prefix under few new tokens is otherwise starved of
     parallelism), else 64; smaller tiles for fp32 (shared memory)."""
     if dtype == torch.float32 or head_dim > 128:
-        return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+        return dict(_EXTEND_SMALL)
     wide = max_extend > 64 and bs * num_heads * triton.cdiv(max_extend, 128) >= 2 * num_sms
-    return {"BLOCK_M": 128 if wide else 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return dict(_EXTEND_WIDE if wide else _EXTEND_NARROW)
+
+
+def extend_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
+    """Every shape `extend_config` may return for this head_dim and dtype."""
+    if dtype == torch.float32 or head_dim > 128:
+        return [dict(_EXTEND_SMALL)]
+    return [dict(_EXTEND_NARROW), dict(_EXTEND_WIDE)]
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,16 +23,21 @@ Every launch has a fixed grid and output shape for a given M, no host sync: the 
 CUDA-graph safe. Kernels launch with programmatic dependent launch on sm90+
 (`kernels.pdl`): a GEMV loads its first weight tile before waiting for the kernel before
 it. For M <= 256 the kernel and its tile come from a timed choice on first use per shape
-and bucket of M (1, 2, 4, 8, 16; powers of two above), cached for the process: each
+and bucket of M (1, 2, 4, 8, 16; powers of two above), cached for the process and on disk
+(`stored_choice`: one file per GPU model and kernel source): each
 candidate runs over distinct copies of the weight inside one CUDA graph (`time_cold`:
 weights from HBM and a decode step's launch gaps, as in the model). Eager calls only,
 never while a graph is being captured; `LMNB_FP8_TUNE=0`: the first candidate.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import torch
 import triton
@@ -870,6 +875,10 @@ def _choose(key: tuple, candidates: list[tuple], launch, q: torch.Tensor, out_sh
     if len(candidates) == 1 or not _tuning_enabled() or dev.type != "cuda":
         _CHOSEN[key] = candidates[0]
         return candidates[0]
+    stored = stored_choice(key, candidates)
+    if stored is not None:
+        _CHOSEN[key] = stored
+        return stored
     copies = cold_copies(q)
     y = torch.empty(out_shape, dtype=dtype, device=dev)
     best, best_t = candidates[0], float("inf")
@@ -882,7 +891,65 @@ def _choose(key: tuple, candidates: list[tuple], launch, q: torch.Tensor, out_sh
             best, best_t = cand, t
     del copies
     _CHOSEN[key] = best
+    store_choice(key, best)
     return best
+
+
+# The timed choices outlive the process: one JSON file per GPU model, toolkit, Triton and
+# version of this module's source (a changed kernel is timed again), under the weight
+# cache's directory (loader.cache_dir). A later load on the same machine skips the timing
+# (the FP8 8B model's first step took ~28 s of it on an H200). A stored choice is used only
+# if it is still among the candidates; an unreadable or unwritable file only costs the timing.
+_STORED: dict[str, dict] = {}
+
+
+def _choice_file() -> Path:
+    from lmnb.runtime.loader import cache_dir
+
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    src = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    tag = "-".join((dev, f"cuda{torch.version.cuda}", f"triton{triton.__version__}", src))
+    return cache_dir() / f"fp8_choices-{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}.json"
+
+
+def _stored() -> dict:
+    path = str(_choice_file())
+    if path not in _STORED:
+        try:
+            _STORED[path] = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            _STORED[path] = {}
+    return _STORED[path]
+
+
+def _key_text(key: tuple) -> str:
+    """The key without the device (the file is per GPU model already)."""
+    return "|".join(str(part) for part in key if not isinstance(part, torch.device))
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def stored_choice(key: tuple, candidates: list[tuple]) -> tuple | None:
+    got = _stored().get(_key_text(key))
+    if got is None:
+        return None
+    got = _as_tuple(got)
+    return got if got in candidates else None
+
+
+def store_choice(key: tuple, choice: tuple) -> None:
+    table = _stored()
+    table[_key_text(key)] = choice
+    path = _choice_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def chosen_configs() -> dict[str, tuple]:
