@@ -129,7 +129,11 @@ def load_tokenizer(spec: str):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LMNB_CACHE_DIR") or Path.home() / ".cache" / "lmnb")
+    """lmnb's cache (converted weights, compiled CPU kernels, GPU GEMM choices):
+    $LMNB_CACHE_DIR, else $XDG_CACHE_HOME/lmnb, else ~/.cache/lmnb."""
+    root = os.environ.get("LMNB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmnb")
+    return Path(root)
 
 
 def converted_dir(gguf_path: str) -> Path:

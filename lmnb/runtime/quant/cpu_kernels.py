@@ -192,12 +192,6 @@ def unpack_cols(v: torch.Tensor) -> torch.Tensor:
     return v.transpose(1, 2).reshape(b * c, g).contiguous()
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("LMNB_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmnb")
-    return Path(root)
-
-
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -222,7 +216,9 @@ def build(extra_flags: tuple[str, ...] = ()) -> tuple[Kernels | None, str]:
     src = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([src, " ".join(flags).encode(), "".join(version).encode(),
                                      _cpu_flags().encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"cpu_kernels-{key}.so"
+    from lmnb.runtime.loader import cache_dir   # (not at import: models import this module)
+
+    out = cache_dir() / f"cpu_kernels-{key}.so"
     if not out.exists():
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
