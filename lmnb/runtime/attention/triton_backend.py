@@ -123,14 +123,17 @@ class TritonBackend(AttentionBackend):
         if self._q_dtype is None:   # no step ran yet: the queries' dtype is not known
             return
         dev = req_to_token.device
+        # a batch built as the runner builds its own (the kernel is specialized on the
+        # index tensors' dtypes): one new token of request row 0 at slot 0
+        batch = ForwardBatch.build(Mode.EXTEND, [0], [0], [0], [1],
+                                   torch.zeros(1, dtype=torch.int64), req_to_token, [0])
         q = torch.zeros((1, self.num_heads, self.head_dim), dtype=self._q_dtype, device=dev)
-        zero = torch.zeros(1, dtype=torch.int32, device=dev)
-        one = torch.ones(1, dtype=torch.int32, device=dev)
         ks, vs = pool.scales(0)
         for cfg in tk.extend_configs(self.head_dim, q.dtype):
             tk.extend_attention(q, pool.k[0], pool.v[0], torch.empty_like(q), req_to_token,
-                                zero, zero, one, zero, 1, self.scale, config=cfg,
-                                k_scale=ks, v_scale=vs)
+                                batch.req_pool_indices, batch.prefix_lens, batch.extend_lens,
+                                batch.extend_starts, 1, self.scale, config=cfg, k_scale=ks,
+                                v_scale=vs)
 
     # ------------------------------------------------------------------ compute
     def forward(self, q, k, v, layer: int, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
