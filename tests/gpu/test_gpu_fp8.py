@@ -433,6 +433,7 @@ def test_timed_choice_on_disk(tmp_path, monkeypatch):
     """A choice outlives the process (one file per GPU model and kernel source): read back
     as the same tuple, used only while it is still a candidate; a corrupt file is no
     choice. On CUDA a stored choice is taken without timing anything."""
+    import json
     monkeypatch.setenv("LMNB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(fp8_gemm, "_STORED", {})
     key = ("small", 8, 3072, 2048, None, BF16, DEVICE)
@@ -453,6 +454,14 @@ def test_timed_choice_on_disk(tmp_path, monkeypatch):
         monkeypatch.setattr(fp8_gemm, "time_cold", no_timing)
         got = fp8_gemm._choose(key, cands, None, torch.empty(1, device=DEVICE), (8, 3072), BF16)
         assert got == cands[1] and fp8_gemm._CHOSEN[key] == cands[1]
+    # another process's choice written meanwhile is kept beside this one's
+    other = key[:1] + (4,) + key[2:]
+    table = json.loads(fp8_gemm._choice_file().read_text())
+    fp8_gemm._choice_file().write_text(json.dumps({**table, fp8_gemm._key_text(other): list(cands[0])}))
+    fp8_gemm.store_choice(key[:1] + (2,) + key[2:], cands[2])
+    monkeypatch.setattr(fp8_gemm, "_STORED", {})
+    assert fp8_gemm.stored_choice(other, cands) == cands[0]
+    assert fp8_gemm.stored_choice(key[:1] + (2,) + key[2:], cands) == cands[2]
     fp8_gemm._choice_file().write_text("{not json")
     monkeypatch.setattr(fp8_gemm, "_STORED", {})
     assert fp8_gemm.stored_choice(key, cands) is None

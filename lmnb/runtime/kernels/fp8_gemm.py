@@ -31,6 +31,7 @@ never while a graph is being captured; `LMNB_FP8_TUNE=0`: the first candidate.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -940,10 +941,13 @@ def stored_choice(key: tuple, candidates: list[tuple]) -> tuple | None:
 
 
 def store_choice(key: tuple, choice: tuple) -> None:
+    """Add a choice to the file (merged with what other processes wrote since it was read)."""
     table = _stored()
     table[_key_text(key)] = choice
     path = _choice_file()
     try:
+        with contextlib.suppress(OSError, ValueError):
+            table.update({k: v for k, v in json.loads(path.read_text()).items() if k not in table})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(table, indent=0, sort_keys=True))
