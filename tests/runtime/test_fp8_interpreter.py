@@ -1,6 +1,6 @@
-"""The FP8 Triton kernels (and the attention warm-up) on the CPU through Triton's interpreter (`TRITON_INTERPRET=1`),
-small shapes: tests/gpu/test_gpu_fp8.py in a subprocess (the interpreter is chosen when
-triton is imported). Skips where triton is not installed (CPU-only installs)."""
+"""The FP8 Triton kernels and the attention warm-up on the CPU through Triton's interpreter
+(`TRITON_INTERPRET=1`), small shapes: tests/gpu files in a subprocess (the interpreter is
+chosen when triton is imported). Skips where triton is not installed (CPU-only installs)."""
 from __future__ import annotations
 
 import os
