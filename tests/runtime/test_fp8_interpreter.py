@@ -13,27 +13,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_fp8_kernels_in_the_triton_interpreter():
+def _interpreted(test_file: str, *args: str, timeout: int = 900, **env) -> str:
+    """pytest on a tests/gpu file in a subprocess under the interpreter; its output's tail."""
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "LMNB_FP8_QUICK": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", **env}
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-           str(ROOT / "tests/gpu/test_gpu_fp8.py"), "-k", "not every"]
+           str(ROOT / "tests/gpu" / test_file), *args]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=900, check=False)
+                       timeout=timeout, check=False)
     tail = (r.stdout + r.stderr)[-3000:]
     assert r.returncode == 0, tail
+    return tail
+
+
+def test_fp8_kernels_in_the_triton_interpreter():
+    tail = _interpreted("test_gpu_fp8.py", "-k", "not every", LMNB_FP8_QUICK="1")
     assert " passed" in tail and "failed" not in tail
 
 
 def test_attention_warm_up_in_the_triton_interpreter():
     """The Triton attention backend's warm-up (every extend kernel shape, run with the
-    decode graphs' capture) in the interpreter, as above."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-           str(ROOT / "tests/gpu/test_gpu_attention_backend.py"), "-k", "warm_up"]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600, check=False)
-    tail = (r.stdout + r.stderr)[-3000:]
-    assert r.returncode == 0, tail
+    decode graphs' capture)."""
+    tail = _interpreted("test_gpu_attention_backend.py", "-k", "warm_up", timeout=600)
     assert "2 passed" in tail, tail
