@@ -2,11 +2,17 @@
 for sm_90a on a machine without a GPU (Triton's bundled ptxas), with the occupancy they
 allow on an H200 (65,536 registers, 228 KB shared memory, 64 warps per SM).
 
-    python bench/debug/offline_regs.py [--kv fp8|bf16] [--sass FILE]
+    python bench/debug/offline_regs.py [--kv fp8|bf16] [--shapes "True_64_2_3_True;..."] [--loop]
+
+--loop also prints the main loop's instructions (the body between the last backward branch
+and its target in the SASS) by opcode, and per K/V byte of one BLOCK_N-key tile: with
+registers, the kernel's cost per byte can be compared without a GPU (2026-12-03: the
+default FP8 shape issues 2.2x the bf16 kernel's instructions per byte).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import re
 import subprocess
@@ -68,6 +74,28 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
     return regs, spills
 
 
+def sass_of(cubin: bytes) -> str:
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(bindir / "cuobjdump"), "-sass", f.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def main_loop(sass: str) -> collections.Counter:
+    """Opcodes of the longest loop body (a backward branch and its target)."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in
+           (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if m]
+    best: list[str] = []
+    for addr, text in ins:
+        tgt = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if tgt and int(tgt.group(1), 16) < addr:
+            body = [t for a, t in ins if int(tgt.group(1), 16) <= a <= addr]
+            best = body if len(body) > len(best) else best
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best)
+
+
 def occupancy(regs: int, warps: int, smem: int) -> int:
     per_warp = ((regs * 32 + 255) // 256) * 256
     by_regs = 65536 // (per_warp * warps)
@@ -80,6 +108,7 @@ def main() -> None:
     ap.add_argument("--kv", default="fp8")
     ap.add_argument("--shapes", default=None, help="f16_bn_warps_stages_words;...")
     ap.add_argument("--sass", default=None)
+    ap.add_argument("--loop", action="store_true")
     args = ap.parse_args()
     if args.shapes:
         shapes = [tuple(int(x) if x.isdigit() else x == "True" for x in s.split("_"))
@@ -98,6 +127,12 @@ def main() -> None:
         regs, spills = resource_usage(k.asm["cubin"])
         print(f"f16={f16!s:5} bn={bn:3} warps={w} stages={st} words={words}: regs={regs} "
               f"stack={spills} smem={smem} warps/SM={occupancy(regs, w, smem)}", flush=True)
+        if args.loop:
+            ops = main_loop(sass_of(k.asm["cubin"]))
+            tile_bytes = 2 * bn * 128 * (1 if args.kv == "fp8" else 2)
+            total = sum(ops.values())
+            print(f"    loop: {total} instructions per warp, {total * w / tile_bytes:.3f} per K/V byte; "
+                  + " ".join(f"{op}={n}" for op, n in ops.most_common(12)), flush=True)
         if args.sass:
             with open(args.sass, "a") as f:
                 f.write(f"// {f16} {bn} {w} {st} {words}\n{k.asm.get('sass', '')}\n")
