@@ -242,6 +242,27 @@ def test_fused_decode_batch_is_each_request_alone():
     assert torch.equal(together, torch.cat(alone))
 
 
+def test_fused_step_is_the_same_bits_with_any_thread_count():
+    """Each thread keeps its own residual stream and quantized rows (computed alike for
+    every row), the linears split columns and attention splits units: one, two or three
+    threads give the same logits and the same K/V."""
+    model = _model("q4", seed=6)
+    pool = _pool(7)
+    threads = torch.get_num_threads()
+    outs, pools = [], []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            p = _clone(pool)
+            outs.append(_step(model, p, [0, 1, 2], [9, 99, 199]))
+            pools.append(p)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    for p in pools[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(pools[0].k + pools[0].v, p.k + p.v))
+
+
 def test_fused_verify_extend_is_successive_decode_steps():
     model = _model("q4", seed=4)
     ids = [3, 141, 59, 26, 5]
