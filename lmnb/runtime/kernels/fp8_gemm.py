@@ -899,18 +899,23 @@ def _choose(key: tuple, candidates: list[tuple], launch, q: torch.Tensor, out_sh
 # The timed choices outlive the process: one JSON file per GPU model, toolkit, Triton and
 # version of this module's source (a changed kernel is timed again), under the weight
 # cache's directory (loader.cache_dir). A later load on the same machine skips the timing
-# (the FP8 8B model's first step took ~28 s of it on an H200). A stored choice is used only
+# (the FP8 8B model's first requests spent ~30 s in it on an H200). A stored choice is used only
 # if it is still among the candidates; an unreadable or unwritable file only costs the timing.
 _STORED: dict[str, dict] = {}
+
+
+@cache
+def _choice_tag() -> str:
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    src = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    tag = "-".join((dev, f"cuda{torch.version.cuda}", f"triton{triton.__version__}", src))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
 
 
 def _choice_file() -> Path:
     from lmnb.runtime.loader import cache_dir
 
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    src = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    tag = "-".join((dev, f"cuda{torch.version.cuda}", f"triton{triton.__version__}", src))
-    return cache_dir() / f"fp8_choices-{re.sub(r'[^A-Za-z0-9_.-]+', '_', tag)}.json"
+    return cache_dir() / f"fp8_choices-{_choice_tag()}.json"
 
 
 def _stored() -> dict:
