@@ -149,9 +149,13 @@ class DeviceSampler:
                 if d.masks is not None:
                     masks.append(d.masks[j])
                     masked_rows.append(len(rows) - 1)
-        logits = all_logits[to_device(rows, dev)]
         want_lp = any(r.params.return_logprob for r in plan.reqs)
-        raw = logits.clone() if want_lp else None
+        # the step's own rows in order, nothing to write into them (a batch-1 verify step
+        # without bans or masks): read them in place instead of copying the logits
+        in_place = (rows == list(range(all_logits.shape[0])) and not any(early)
+                    and not masked_rows)
+        logits = all_logits if in_place else all_logits[to_device(rows, dev)]
+        raw = (logits if in_place else logits.clone()) if want_lp else None
         for j, ban in enumerate(early):
             if ban:
                 self._ban_early_stops(logits[j : j + 1], [row_reqs[j]])
