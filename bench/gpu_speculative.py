@@ -78,7 +78,6 @@ def main() -> None:
                 return full[len(r.output_ids) : len(r.output_ids) + k]
 
             d.force = exact
-            rounds = 0
             for rounds in range(1, 7):
                 rt.flush_cache()
                 _, outs = run(rt, ps, new, speculative=True)

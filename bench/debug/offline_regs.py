@@ -61,26 +61,20 @@ def compile_decode(kv: str, f16: bool, block_n: int, warps: int, stages: int, wo
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 
 
-def resource_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers, spill stores) of a cubin, read by the bundled cuobjdump."""
+def cuobjdump(cubin: bytes, *flags: str) -> str:
+    """The bundled cuobjdump's output for a cubin."""
     bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(bindir / "cuobjdump"), "--dump-resource-usage", f.name],
-                             capture_output=True, text=True, check=True).stdout
-    regs = int(re.search(r"REG:(\d+)", out).group(1))
-    spills = int(re.search(r"STACK:(\d+)", out).group(1))
-    return regs, spills
-
-
-def sass_of(cubin: bytes) -> str:
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([str(bindir / "cuobjdump"), "-sass", f.name], capture_output=True,
+        return subprocess.run([str(bindir / "cuobjdump"), *flags, f.name], capture_output=True,
                               text=True, check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers, stack bytes) of a cubin."""
+    out = cuobjdump(cubin, "--dump-resource-usage")
+    return int(re.search(r"REG:(\d+)", out).group(1)), int(re.search(r"STACK:(\d+)", out).group(1))
 
 
 def main_loop(sass: str) -> collections.Counter:
@@ -128,7 +122,7 @@ def main() -> None:
         print(f"f16={f16!s:5} bn={bn:3} warps={w} stages={st} words={words}: regs={regs} "
               f"stack={spills} smem={smem} warps/SM={occupancy(regs, w, smem)}", flush=True)
         if args.loop:
-            ops = main_loop(sass_of(k.asm["cubin"]))
+            ops = main_loop(cuobjdump(k.asm["cubin"], "-sass"))
             tile_bytes = 2 * bn * 128 * (1 if args.kv == "fp8" else 2)
             total = sum(ops.values())
             print(f"    loop: {total} instructions per warp, {total * w / tile_bytes:.3f} per K/V byte; "

@@ -7,9 +7,9 @@ import threading
 from typing import Self
 
 try:
-    _LIBC = ctypes.CDLL("libc.so.6")
+    _TRIM = getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
 except OSError:   # not glibc: RSS is read as it is
-    _LIBC = None
+    _TRIM = None
 
 
 def rss_bytes() -> int:
@@ -17,8 +17,8 @@ def rss_bytes() -> int:
     returned its free pages (`malloc_trim`): in a test worker that ran other files first,
     freed arena memory otherwise moves RSS by ~100 MB either way, which a leak check would
     read as growth."""
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
+    if _TRIM is not None:
+        _TRIM(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 

@@ -243,9 +243,8 @@ def test_fused_decode_batch_is_each_request_alone():
 
 
 def test_fused_step_is_the_same_bits_with_any_thread_count():
-    """Each thread keeps its own residual stream and quantized rows (computed alike for
-    every row), the linears split columns and attention splits units: one, two or three
-    threads give the same logits and the same K/V."""
+    """The per-row phases split rows, the linears columns and attention units among the
+    threads: one, two or three threads give the same logits and the same K/V."""
     model = _model("q4", seed=6)
     pool = _pool(7)
     threads = torch.get_num_threads()

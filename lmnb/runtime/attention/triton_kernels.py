@@ -248,13 +248,17 @@ _EXTEND_NARROW = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 _EXTEND_WIDE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
+def _extend_small_tiles(head_dim: int, dtype: torch.dtype) -> bool:
+    return dtype == torch.float32 or head_dim > 128
+
+
 def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int, bs: int = 1,
                   num_heads: int = 1, num_sms: int = 132) -> dict:
     """Block shapes for the extend kernel, from the sweeps in bench/KERNELS.md (H100):
     4 warps with a 3-stage pipeline; 128-row query blocks only while they still give two
     programs per SM (a long prefix under few new tokens is otherwise starved of
     parallelism), else 64; smaller tiles for fp32 (shared memory)."""
-    if dtype == torch.float32 or head_dim > 128:
+    if _extend_small_tiles(head_dim, dtype):
         return dict(_EXTEND_SMALL)
     wide = max_extend > 64 and bs * num_heads * triton.cdiv(max_extend, 128) >= 2 * num_sms
     return dict(_EXTEND_WIDE if wide else _EXTEND_NARROW)
@@ -262,7 +266,7 @@ def extend_config(head_dim: int, dtype: torch.dtype, max_extend: int, bs: int = 
 
 def extend_configs(head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Every shape `extend_config` may return for this head_dim and dtype."""
-    if dtype == torch.float32 or head_dim > 128:
+    if _extend_small_tiles(head_dim, dtype):
         return [dict(_EXTEND_SMALL)]
     return [dict(_EXTEND_NARROW), dict(_EXTEND_WIDE)]
 
