@@ -16,8 +16,8 @@ import torch, triton, transformers
 parts = ["torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__,
          "transformers", transformers.__version__]
 if importlib.util.find_spec("llguidance"):
-    import llguidance
-    parts += ["llguidance", llguidance.get_version()]
+    import importlib.metadata
+    parts += ["llguidance", importlib.metadata.version("llguidance")]
 print(*parts)
 PY
 nproc | sed 's/^/cpus /' | tee -a "$OUT/gpu.txt"

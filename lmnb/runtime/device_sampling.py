@@ -18,6 +18,7 @@ from lmnb.runtime.sampler import (
     DeviceMasks,
     _filtered_probs,
     apply_masks,
+    greedy_tokens,
     sample_tensor,
     to_device,
     token_logprobs,
@@ -146,7 +147,7 @@ class DeviceSampler:
                 p = r.params
                 early.append(bool(p.min_new_tokens) and r.guide is None
                              and len(r.output_ids) + j < p.min_new_tokens)
-                if d.masks is not None:
+                if d.masks is not None and d.masks[j] is not None:
                     masks.append(d.masks[j])
                     masked_rows.append(len(rows) - 1)
         want_lp = any(r.params.return_logprob for r in plan.reqs)
@@ -165,7 +166,7 @@ class DeviceSampler:
             idx = to_device(masked_rows, dev)
             logits[idx] = logits[idx].masked_fill(banned, float("-inf"))
         draft_t = to_device(drafts, dev)
-        choice = logits.argmax(dim=-1)
+        choice = greedy_tokens(logits)
         accept = choice == draft_t
         sampled = [j for j, r in enumerate(row_reqs) if not r.params.greedy]
         if sampled:

@@ -231,6 +231,10 @@ class HealingWalk:
         cur = self.guide
         return self.table.all_allowed() if cur is None else cur.allowed_mask()
 
+    def unconstrained(self) -> bool:
+        """Healed with no grammar behind: every token is allowed from here on."""
+        return self.guide is None
+
     def accept_token(self, token_id: int) -> None:
         if self.guide is not None:
             self.guide.accept_token(token_id)

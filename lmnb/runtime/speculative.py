@@ -68,7 +68,8 @@ RADIX_FACTOR = 4     # a radix draft (the text generated after exactly this befo
 class Draft:
     tokens: list[int]
     source: str                      # "radix" | "history" | "prompt" | "forced"
-    masks: list | None = None        # grammar: allowed mask per verified position (len + 1)
+    masks: list | None = None        # grammar: allowed mask per verified position (len + 1);
+                                     # None at a position nothing constrains
 
     def cut(self, n: int) -> Draft:
         """The first n (>= 1) draft tokens, with their masks."""
@@ -471,14 +472,16 @@ def _guided_or_none(cursor, draft: Draft) -> Draft | None:
 def _guided(cursor, draft: Draft) -> Draft | None:
     """Cut the draft where the grammar forbids a token, would jump forward or has ended;
     attach the allowed mask of every verified position (each draft token's, then the
-    bonus token's)."""
+    bonus token's; None where the walk has left every constraint behind: a healed prompt
+    without a grammar, whose rows then need no masking)."""
     # a cursor that rewrites its request as it goes (token healing) gives a walker instead
     walker = getattr(cursor, "draft_walker", None)
     cur = walker() if walker is not None else copy.copy(cursor)
+    free = getattr(cur, "unconstrained", lambda: False)
     masks, kept = [], []
     for t in draft.tokens:
-        mask = cur.allowed_mask()
-        if t >= mask.numel() or not bool(mask[t]):
+        mask = None if free() else cur.allowed_mask()
+        if mask is not None and (t >= mask.numel() or not bool(mask[t])):
             break
         masks.append(mask)
         kept.append(t)
@@ -488,7 +491,7 @@ def _guided(cursor, draft: Draft) -> Draft | None:
     if not kept:
         return None
     if not cur.is_terminated():
-        masks.append(cur.allowed_mask())
+        masks.append(None if free() else cur.allowed_mask())
     else:
         masks.append(masks[-1])   # never used: the request stops at the last draft token
     return Draft(kept, draft.source, masks)

@@ -120,6 +120,27 @@ def test_a_draft_walker_leaves_the_request_and_its_inner_cursor_alone(table):
         HealingCursor(table, b" Par", None, req).draft_walker().accept_token(6)
 
 
+def test_a_healed_draft_masks_only_the_positions_healing_constrains(table):
+    """A draft over a healing cursor without a grammar behind it carries the healing mask
+    for its first position and None (nothing to mask) once the prompt is healed; with a
+    grammar behind it every position keeps the grammar's mask."""
+    from lmnb.runtime.speculative import Draft, _guided
+
+    req = _Req()
+    cur = HealingCursor(table, b" ", None, req)
+    req.guide = cur
+    d = _guided(cur, Draft([4, 7, 8], "radix"))               # " Paris", ":", "a"
+    assert d.tokens == [4, 7, 8] and len(d.masks) == 4
+    assert torch.equal(d.masks[0], cur.allowed_mask()) and d.masks[1:] == [None, None, None]
+    assert _guided(cur, Draft([6], "radix")) is None          # "Paris" does not begin with " "
+    inner = _Digits()
+    cur = HealingCursor(table, b" ", inner, req)
+    req.guide = cur
+    d = _guided(cur, Draft([10, 12, 8], "radix"))             # " 1", "2", then "a": forbidden
+    assert d.tokens == [10, 12] and all(m is not None for m in d.masks)
+    assert req.guide is cur and inner.seen == ""
+
+
 # -- on the embedded model -------------------------------------------------------------------
 CASES = ["The capital of France is", "Water is made of hydrogen and", "The opposite of hot is"]
 
