@@ -40,14 +40,27 @@ ROW_PRIOR = 0.15        # while only one-row steps were measured, each more row 
                         # much of a one-row step
 MIN_GAIN = 1.03         # a draft must promise this many times a plain step's tokens per second
 # radix: the text generated after exactly these tokens before, which greedy decoding repeats
-# unless that text came from sampling or another constraint (119 of 119 per re-run here)
-SOURCE_PRIOR = {"radix": 0.97, "history": 0.6, "prompt": 0.5, "forced": 0.5}
+# unless that text came from sampling or another constraint (119 of 119 per re-run here).
+# Lookups by how much context matched (speculative.Draft.evidence): in bench/speculative.py's
+# first, re-run and edited runs (smollm2, 2 repeats) the first token stood for 8 of 23
+# one- or two-token ("short") matches, 23 of 33 of 3-15 tokens, 21 of 22 of 16 and more ("long")
+SOURCE_PRIOR = {"radix": 0.97, "history": 0.6, "prompt": 0.5, "forced": 0.5,
+                "history:short": 0.35, "prompt:short": 0.35, "history:long": 0.9, "prompt:long": 0.9}
 # the same for a later draft token once the ones before it stood (a copy goes on)
-MORE_PRIOR = {"radix": 0.97, "history": 0.8, "prompt": 0.8, "forced": 0.8}
+MORE_PRIOR = {"radix": 0.97, "history": 0.8, "prompt": 0.8, "forced": 0.8,
+              "history:short": 0.6, "prompt:short": 0.6, "history:long": 0.9, "prompt:long": 0.9}
 PRIOR_WEIGHT = 3.0      # pseudo-trials the source's estimate weighs in a request's posterior
 REQ_DECAY = 0.85        # a request's earlier verify steps count this much less at each verify
 SOURCE_DECAY = 0.97     # the same for the runtime's per-source estimate
 SOURCE_FLOOR = 0.05     # the per-source estimate stays above this (new requests can still try)
+
+
+def priors(evidence: str) -> tuple[float, float]:
+    """(SOURCE_PRIOR, MORE_PRIOR) of a kind of draft (`speculative.Draft.evidence`); a
+    kind without its own entries takes its source's (the part before ":")."""
+    base = evidence.split(":", 1)[0]
+    return (SOURCE_PRIOR.get(evidence, SOURCE_PRIOR.get(base, 0.5)),
+            MORE_PRIOR.get(evidence, MORE_PRIOR.get(base, 0.8)))
 
 
 def plain_features(prefix_lens: list[int]) -> list[float]:

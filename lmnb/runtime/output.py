@@ -35,7 +35,7 @@ class OutputProcessor:
         self.tok, self.eos_ids = tokenizer, set(eos_ids)
         self.context_len, self.jump_forward = context_len, jump_forward
         self._stop_res: dict[str, re.Pattern] = {}
-        self.on_verified = None   # speculative: fn(req, drafted, accepted, source)
+        self.on_verified = None   # speculative: fn(req, drafted, accepted, source, evidence)
 
     def settle(self, step: SampledStep) -> Settled:
         """Apply a step's tokens (waiting for them once). A request that holds a
@@ -104,7 +104,7 @@ class OutputProcessor:
             # before the step and the kept draft tokens (not the newest: it has no KV yet)
             out.rollbacks.append((r, start - 1 + appended))
             if self.on_verified is not None:   # accepted: tokens beyond a plain step's one
-                self.on_verified(r, m, appended - 1, d.source)
+                self.on_verified(r, m, appended - 1, d.source, d.evidence)
             if reason is not None:
                 out.finished.append((r, reason))
 

@@ -20,8 +20,9 @@ Where drafts come from, best first (the longest match wins):
 
 How long a draft is, and whether to draft at all, is a cost decision (draft_cost.py): the
 runtime measures what a step with k draft rows costs against a plain decode step, and
-each request keeps an acceptance estimate per draft source (its prior the runtime's
-estimate for that source); a draft goes out only when its expected tokens per second
+each request keeps an acceptance estimate per kind of draft (its source; a lookup's also by
+how many tokens it matched, `Draft.evidence`), its prior the runtime's estimate for that
+kind; a draft goes out only when its expected tokens per second
 beat a plain step's, at the length that maximises them. After PAUSE_AFTER drafts in a
 row whose first token was rejected a request pauses drafting, each pause twice as long
 as the one before (up to MAX_PAUSE steps), so free-form text that never matches pays for
@@ -70,11 +71,24 @@ class Draft:
     source: str                      # "radix" | "history" | "prompt" | "forced"
     masks: list | None = None        # grammar: allowed mask per verified position (len + 1);
                                      # None at a position nothing constrains
+    match: int = 0                   # lookups: the context tokens the match covered
 
     def cut(self, n: int) -> Draft:
         """The first n (>= 1) draft tokens, with their masks."""
         masks = None if self.masks is None else self.masks[: n + 1]
-        return Draft(self.tokens[:n], self.source, masks)
+        return Draft(self.tokens[:n], self.source, masks, self.match)
+
+    @property
+    def evidence(self) -> str:
+        """The acceptance estimate this draft is priced by and counts toward: its source,
+        a lookup's split by how much context it matched (a rare one- or two-token key, a
+        match of NGRAM to LONG_MATCH tokens, a longer one: they stand at very different
+        rates, see draft_cost.SOURCE_PRIOR)."""
+        if self.source not in ("history", "prompt"):
+            return self.source
+        if self.match < NGRAM:
+            return self.source + ":short"
+        return self.source + (":long" if self.match >= LONG_MATCH else "")
 
 
 @dataclass
@@ -88,7 +102,7 @@ class SpecState:
     hot: bool = False                # the last look found a draft
     index: NgramIndex | None = None  # over input_ids + output_ids
     version: int = -1                # output_version the index describes
-    acceptance: dict[str, Acceptance] = field(default_factory=dict)   # per draft source
+    acceptance: dict[str, Acceptance] = field(default_factory=dict)   # per Draft.evidence
     drafted: int = 0
     accepted: int = 0
     verify_steps: int = 0
@@ -254,7 +268,7 @@ class Drafter:
         self.exact_rows = exact_rows
         self.history = History()
         self.cost = StepCost()
-        self.sources: dict[str, Acceptance] = {}   # the runtime's estimate per draft source
+        self.sources: dict[str, Acceptance] = {}   # the runtime's estimate per Draft.evidence
         self.counters = dict(spec_drafted=0, spec_accepted=0, spec_verify_steps=0,
                              spec_verify_tokens=0, spec_radix_drafts=0, spec_history_drafts=0,
                              spec_prompt_drafts=0, spec_skipped=0)
@@ -317,19 +331,21 @@ class Drafter:
         st.hot = draft is not None
         return draft
 
-    def acceptance(self, r: Req, source: str) -> tuple[float, float]:
-        """(p, q): the estimated chance that r's first draft token from `source` stands,
-        and that a later one does given the ones before it did (draft_cost.Acceptance)."""
-        src = self._source(source)
-        p = max(src.rate(draft_cost.SOURCE_PRIOR.get(source, 0.5)), draft_cost.SOURCE_FLOOR)
-        q = max(src.rate_more(draft_cost.MORE_PRIOR.get(source, 0.8)), draft_cost.SOURCE_FLOOR)
-        own = self._state(r).acceptance.get(source)
+    def acceptance(self, r: Req, evidence: str) -> tuple[float, float]:
+        """(p, q): the estimated chance that r's first draft token of this kind
+        (`Draft.evidence`) stands, and that a later one does given the ones before it did
+        (draft_cost.Acceptance)."""
+        src = self._source(evidence)
+        p0, q0 = draft_cost.priors(evidence)
+        p = max(src.rate(p0), draft_cost.SOURCE_FLOOR)
+        q = max(src.rate_more(q0), draft_cost.SOURCE_FLOOR)
+        own = self._state(r).acceptance.get(evidence)
         return (p, q) if own is None else (own.rate(p), own.rate_more(q))
 
     def _pays(self, r: Req, st: SpecState, draft: Draft, batch: int, rows: int) -> Draft | None:
         """The draft cut to the length that maximises expected tokens per second (the
         step's other drafts' rows already in it), or None when no length pays."""
-        p, q = self.acceptance(r, draft.source)
+        p, q = self.acceptance(r, draft.evidence)
         k = draft_cost.choose_k(p, len(draft.tokens), batch, lambda n: self.cost.ratio(batch + rows, n), q)
         if k == 0 and st.skipped_run >= PROBE_SKIPPED:
             # a probe: priced by the prior's cost per row, not the measured table, so an
@@ -366,9 +382,9 @@ class Drafter:
         if n_own < LONG_MATCH:
             own = own[:short]
         if hist and (n_hist > n_own or (n_hist == n_own and len(hist) > len(own))):
-            return Draft(hist, "history")
+            return Draft(hist, "history", match=n_hist)
         if own:
-            return Draft(own, "prompt")
+            return Draft(own, "prompt", match=n_own)
         return None
 
     def _radix(self, r: Req, k: int) -> list[int]:
@@ -414,7 +430,11 @@ class Drafter:
         at `prefix_lens` took `seconds` (the engine reports every such step)."""
         self.cost.observe(prefix_lens, draft_rows, seconds)
 
-    def verified(self, r: Req, drafted: int, accepted: int, source: str) -> None:
+    def verified(self, r: Req, drafted: int, accepted: int, source: str,
+                 evidence: str | None = None) -> None:
+        """A verify step of r's `drafted`-token draft from `source` kept `accepted`;
+        `evidence`: the draft's `Draft.evidence` (default: the source)."""
+        evidence = evidence or source
         c = self.counters
         c["spec_drafted"] += drafted
         c["spec_accepted"] += accepted
@@ -425,8 +445,8 @@ class Drafter:
         st.drafted += drafted
         st.accepted += accepted
         st.verify_steps += 1
-        st.acceptance.setdefault(source, Acceptance()).record(drafted, accepted, draft_cost.REQ_DECAY)
-        self._source(source).record(drafted, accepted, draft_cost.SOURCE_DECAY)
+        st.acceptance.setdefault(evidence, Acceptance()).record(drafted, accepted, draft_cost.REQ_DECAY)
+        self._source(evidence).record(drafted, accepted, draft_cost.SOURCE_DECAY)
         if accepted == 0:
             st.misses += 1
             if st.misses >= PAUSE_AFTER:
@@ -494,7 +514,7 @@ def _guided(cursor, draft: Draft) -> Draft | None:
         masks.append(None if free() else cur.allowed_mask())
     else:
         masks.append(masks[-1])   # never used: the request stops at the last draft token
-    return Draft(kept, draft.source, masks)
+    return Draft(kept, draft.source, masks, draft.match)
 
 
 @dataclass
