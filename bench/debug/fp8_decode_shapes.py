@@ -3,8 +3,7 @@ meet (llama3-8b heads: 32 query / 8 KV, D = 128; slots laid out as decode steps 
 them, see decode_grid.slot_table), heads-first grid, splits as the runtime picks them.
 Each shape's output is checked against the bf16 kernel's on the same values; the best
 shape (sum of times relative to bf16 over the cases, error within bounds) is written to
---best as `f16,block_n,warps,stages,words[,qk8]` for fp8_bench's --fp8-decode (qk8: q @ K^T
-as an e4m3 dot, see triton_kernels.decode_attention; its larger error keeps it out of --best).
+--best as `f16,block_n,warps,stages,words` for fp8_bench's --fp8-decode.
 
     python bench/debug/fp8_decode_shapes.py --out FILE --best FILE [--shapes "T_64_2_3_T;..."]
 """
@@ -44,9 +43,8 @@ DEFAULT_SHAPES = [
 
 
 def parse_shape(text: str) -> tuple:
-    """`f16_blockn_warps_stages_words[_qk8]`, booleans as True/T/1."""
-    f16, bn, w, st, *flags = text.replace(",", "_").split("_")
-    return (f16 in ("True", "T", "1"), int(bn), int(w), int(st), *(f in ("True", "T", "1") for f in flags))
+    f16, bn, w, st, words = text.replace(",", "_").split("_")
+    return (f16 in ("True", "T", "1"), int(bn), int(w), int(st), words in ("True", "T", "1"))
 
 
 def main() -> None:

@@ -145,19 +145,14 @@ def _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end, q_pos
                   mask_d, stride_kt, stride_kh, stride_vt, stride_vh, stride_st, sm_scale_log2,
                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                   QUANT: tl.constexpr, WORDS: tl.constexpr = False,
-                  BLOCK_D: tl.constexpr = 0, QK8: tl.constexpr = False, q8=None, q8_scale=None):
+                  BLOCK_D: tl.constexpr = 0):
     """One online-softmax step over key positions n0 .. n0+BLOCK_N of one request.
     QUANT: K/V are e4m3 codes, KS / VS their per-(slot, head) scales; WORDS: read them as
-    words (see `_load_rows`). QK8 (an FP8 pool, head_dim == BLOCK_D): q @ K^T as an e4m3
-    dot of q8 (q in e4m3, per-row scale q8_scale) and K's codes as they are stored."""
+    words (see `_load_rows`)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < kv_end
     slots = tl.load(kv_row + offs_n, mask=mask_n, other=0).to(tl.int64)
-    if QK8:
-        # masked keys read slot 0 (a valid row); their logits are set to -inf below
-        k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :])
-        qk = tl.dot(q8, tl.trans(k)) * q8_scale[:, None]
-    elif WORDS:
+    if WORDS:
         k = _load_rows(K, slots, stride_kt, kvh * stride_kh, offs_d, mask_n, mask_d, q.dtype,
                        BLOCK_N, BLOCK_D, True)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
@@ -237,7 +232,7 @@ def _extend_kernel(Q, K, V, KS, VS, O, ReqToToken, ReqPoolIdx, PrefixLens, Exten
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
                                       q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
                                       stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
-                                      DOT_PREC, QUANT, WORDS, BLOCK_D, QK8, q8, q8_scale)
+                                      DOT_PREC, QUANT, WORDS, BLOCK_D)
     for n0 in range(full_end_aligned, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, kv_end,
                                       q_pos, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
@@ -326,7 +321,7 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
                          DOT_PREC: tl.constexpr, QUANT: tl.constexpr, F16: tl.constexpr,
                          PDL: tl.constexpr, WORDS: tl.constexpr = False,
-                         HEADS_FIRST: tl.constexpr = False, QK8: tl.constexpr = False):
+                         HEADS_FIRST: tl.constexpr = False):
     pdl_start(PDL)
     if HEADS_FIRST:   # the KV heads of one request run side by side (see DECODE_HEADS_FIRST)
         kvh = tl.program_id(0)
@@ -350,13 +345,6 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
                 mask=mask_h[:, None] & mask_d[None, :], other=0.0)
     if F16:   # e4m3 -> fp16 is one instruction per pair, -> bf16 is several
         q = q.to(tl.float16)
-    q8 = q
-    q8_scale = tl.full([BLOCK_H], 1.0, dtype=tl.float32)
-    if QK8:   # q in e4m3 with one scale per head: its largest entry maps to 448
-        qf = q.to(tl.float32)
-        qmax = tl.max(tl.abs(qf), 1)
-        q8_scale = tl.where(qmax > 0, qmax / 448.0, 1.0)
-        q8 = (qf / q8_scale[:, None]).to(tl.float8e4nv)
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -364,7 +352,7 @@ def _decode_split_kernel(Q, K, V, KS, VS, O, MidO, MidLse, ReqToToken, ReqPoolId
         acc, m_i, l_i = _attend_block(q, acc, m_i, l_i, K, V, KS, VS, kv_row, kvh, n0, end,
                                       heads, offs_d, mask_d, stride_kt, stride_kh, stride_vt,
                                       stride_vh, stride_st, sm_scale_log2, BLOCK_N, False,
-                                      DOT_PREC, QUANT, WORDS, BLOCK_D, QK8, q8, q8_scale)
+                                      DOT_PREC, QUANT, WORDS, BLOCK_D)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     mask_o = mask_h[:, None] & mask_d[None, :]
     if DIRECT:
@@ -458,20 +446,18 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
     the partial results; no host sync happens here. k_scale / v_scale: an FP8 pool's
     scales (see the module docstring); their kernel shape is `fp8_config` (default
     FP8_DECODE: whether a bf16 q is cast to fp16 for the dots, BLOCK_N, warps, stages and
-    optionally whether K/V are read as words, default yes where `_words_ok`, and whether
-    q @ K^T is an e4m3 dot of q quantized per head and K's codes, default no).
+    optionally whether K/V are read as words, default yes where `_words_ok`).
     The fp16 cast keeps |q| < 65504 (far above any q of a working model). heads_first: the
     grid order (default DECODE_HEADS_FIRST)."""
     bs, h, d = q.shape
     if bs == 0:
         return o
-    f16 = words = qk8 = False
+    f16 = words = False
     if k_scale is not None:
         f16, block_n, num_warps, num_stages, *rest = fp8_config or FP8_DECODE
         f16 = f16 and q.dtype == torch.bfloat16
         words = ((rest[0] if rest else True) and _words_ok(k_buf, d, q.dtype)
                  and _words_ok(v_buf, d, q.dtype))
-        qk8 = len(rest) > 1 and rest[1] and d == triton.next_power_of_2(d) and d >= 32
     kvh = k_buf.shape[1]
     group = h // kvh
     direct = num_splits == 1
@@ -493,8 +479,7 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
         mid_lse.stride(0), mid_lse.stride(1), req_to_token.stride(0), num_splits, d,
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=block_d, DIRECT=direct, DOT_PREC=_dot_precision(q.dtype), QUANT=quant, F16=f16,
-        PDL=pdl_enabled(q.device), WORDS=words, HEADS_FIRST=heads_first, QK8=qk8,
-        num_warps=num_warps,
+        PDL=pdl_enabled(q.device), WORDS=words, HEADS_FIRST=heads_first, num_warps=num_warps,
         num_stages=num_stages, **launch_kwargs(q.device),
     )
     if not direct:
